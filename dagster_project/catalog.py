@@ -1,0 +1,173 @@
+"""The catalog: which models to publish, from which hub, and how to validate them.
+
+Loaded and validated up front so a typo fails before any run starts, with an error
+that names the entry and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be used; the message names the file, entry and field."""
+
+
+def partition_key(repo_id: str) -> str:
+    """`org/name` -> `org__name`: `/` breaks Dagster paths and `|` is reserved."""
+    return repo_id.replace("/", "__")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSpec(_Strict):
+    kind: Literal["git_mirror", "huggingface"]
+    root: str | None = Field(None, description="git_mirror: directory of clones, <root>/<repo_id>")
+    endpoint: str | None = Field(
+        None, description="huggingface: API endpoint (default HF_ENDPOINT)"
+    )
+    token_env: str = Field("HF_TOKEN", description="huggingface: variable holding the token")
+
+
+def _check_ref(value: str) -> str:
+    if not REF.match(value) or ".." in value:
+        raise ValueError(f"{value!r} is not a branch, tag or commit name")
+    return value
+
+
+class ModelEntry(_Strict):
+    repo_id: str
+    hub: str
+    ref: str = "main"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    encrypt: bool = True
+    prompts: list[str] = Field(min_length=1, max_length=64)
+    max_tokens: int = Field(16, ge=1, le=512)
+    logprob_tolerance: float = Field(0.01, gt=0, le=1.0)
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:
+        if not REPO_ID.match(value) or ".." in value:
+            raise ValueError(f"{value!r} is not a Hugging Face repo id like 'org/name'")
+        return value
+
+    _ref = field_validator("ref")(_check_ref)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value: list[str]) -> list[str]:
+        for prompt in value:
+            if not prompt.strip() or len(prompt) > 4000:
+                raise ValueError("each prompt must be non-empty and at most 4000 characters")
+        return value
+
+    @property
+    def key(self) -> str:
+        return partition_key(self.repo_id)
+
+
+class Catalog(_Strict):
+    hubs: dict[str, HubSpec]
+    models: list[ModelEntry] = Field(default_factory=list)
+
+    def entry(self, key: str) -> ModelEntry:
+        for model in self.models:
+            if model.key == key:
+                return model
+        known = ", ".join(m.key for m in self.models) or "none"
+        raise CatalogError(f"no catalog entry with key {key!r} (known: {known})")
+
+    @property
+    def keys(self) -> list[str]:
+        return [m.key for m in self.models]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate mapping keys instead of keeping the last."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise CatalogError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _describe(error: dict, data: dict) -> str:
+    loc = error["loc"]
+    where = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        try:
+            repo = data["models"][loc[1]].get("repo_id")
+            where = f"models[{loc[1]}] ({repo})" + where[len(f"models[{loc[1]}]") :]
+        except (AttributeError, IndexError, KeyError, TypeError):
+            pass
+    return f"{where}: {error['msg']}"
+
+
+def parse_catalog(text: str, source: str = "catalog", base_dir: Path | None = None) -> Catalog:
+    """Parse catalog YAML; relative hub roots resolve against `base_dir`."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{source}: not valid YAML: {exc}") from None
+    except CatalogError as exc:
+        raise CatalogError(f"{source}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{source}: expected a mapping with 'hubs' and 'models'")
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e, data) for e in exc.errors())
+        raise CatalogError(f"{source}: {problems}") from None
+    problems = []
+    seen: set[str] = set()
+    for i, model in enumerate(catalog.models):
+        if model.hub not in catalog.hubs:
+            problems.append(
+                f"models[{i}] ({model.repo_id}).hub: unknown hub {model.hub!r}"
+                f" (defined: {', '.join(catalog.hubs) or 'none'})"
+            )
+        if model.key in seen:
+            problems.append(f"models[{i}] ({model.repo_id}): listed twice")
+        seen.add(model.key)
+    for name, hub in catalog.hubs.items():
+        if hub.kind == "git_mirror" and not hub.root:
+            problems.append(f"hubs.{name}.root: required for a git_mirror hub")
+    if problems:
+        raise CatalogError(f"{source}: " + "; ".join(problems))
+    if base_dir is not None:
+        hubs = {
+            name: hub.model_copy(update={"root": str((base_dir / hub.root).resolve())})
+            if hub.root
+            else hub
+            for name, hub in catalog.hubs.items()
+        }
+        catalog = catalog.model_copy(update={"hubs": hubs})
+    return catalog
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the catalog: {exc.strerror}") from None
+    return parse_catalog(text, source=str(path), base_dir=path.resolve().parent)

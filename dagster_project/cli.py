@@ -1,0 +1,179 @@
+"""`modelpub`: publish catalog entries and look up what is published."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from dagster_project.catalog import CatalogError, load_catalog, partition_key
+from dagster_project.settings import Settings
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    home = Path(
+        os.environ.setdefault(
+            "DAGSTER_HOME",
+            str(Path(os.environ.get("MODELPUB_HOME", ".modelpub")).resolve() / "dagster_home"),
+        )
+    )
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()
+    return DagsterInstance.get()
+
+
+def _registry(settings: Settings):
+    from resources.registry import Registry
+    from resources.store import open_store
+
+    return Registry(open_store(settings.store))
+
+
+def publish(settings: Settings, key: str, force: bool = False) -> dict:
+    """Run the publish job in-process for one catalog entry; returns the version record."""
+    from dagster_project.definitions import build_definitions
+
+    key = partition_key(key)
+    load_catalog(settings.catalog).entry(key)
+    defs = build_definitions(settings)
+    instance = _instance()
+    if not instance.has_dynamic_partition("models", key):
+        instance.add_dynamic_partitions("models", [key])
+    result = defs.resolve_job_def("publish_model").execute_in_process(
+        instance=instance,
+        partition_key=key,
+        run_config={"ops": {"tensorized_model": {"config": {"force": force}}}},
+        raise_on_error=False,
+    )
+    failed_checks = [
+        f"{e.check_name}: {e.description or 'see the check metadata in the Dagster UI'}"
+        for e in result.get_asset_check_evaluations()
+        if not e.passed
+    ]
+    published = result.asset_materializations_for_node("published_version")
+    if not result.success or not published:
+        errors = [
+            ev.event_specific_data.error.message.strip()
+            for ev in result.all_events
+            if ev.is_step_failure
+        ]
+        raise PublishFailed(key, result.run_id, failed_checks, errors)
+    return published[0].metadata["record"].value
+
+
+class PublishFailed(RuntimeError):
+    def __init__(self, key: str, run_id: str, failed_checks: list[str], errors: list[str]):
+        lines = [f"publishing {key} failed (Dagster run {run_id}); nothing was published"]
+        lines += [f"  check failed: {c}" for c in failed_checks]
+        lines += [f"  error: {e}" for e in errors]
+        super().__init__("\n".join(lines))
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelpub", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("publish", help="publish a catalog entry (key or repo id) now")
+    p.add_argument("key")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish a new suffix even if this sha is already published",
+    )
+    p = sub.add_parser("list", help="published versions and aliases")
+    p.add_argument("repo_id", nargs="?")
+    p = sub.add_parser("resolve", help="the record for repo_id[@alias|@vN] as JSON")
+    p.add_argument("reference")
+    p = sub.add_parser("serve-command", help="the vllm serve command for repo_id[@alias|@vN]")
+    p.add_argument("reference")
+    p = sub.add_parser("demo", help="make the demo model repo (or a new commit) and publish it")
+    p.add_argument("--new-commit", action="store_true", help="commit new random weights first")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    from resources.keys import KeyStoreError
+    from resources.registry import RegistryError
+    from resources.store import StoreError
+
+    try:
+        return COMMANDS[args.command](settings, args)
+    except (CatalogError, PublishFailed, RegistryError, StoreError, KeyStoreError) as exc:
+        print(f"modelpub: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_publish(settings: Settings, args) -> int:
+    _print(publish(settings, args.key, force=args.force))
+    return 0
+
+
+def _cmd_list(settings: Settings, args) -> int:
+    registry = _registry(settings)
+    rows = []
+    for repo in [args.repo_id] if args.repo_id else registry.repos():
+        aliases = registry.aliases(repo)
+        for record in registry.versions(repo):
+            names = sorted(a for a, s in aliases.items() if s == record["suffix"])
+            rows.append(
+                f"{repo}@{record['suffix']}\t{record['hf_sha'][:12]}\t"
+                f"{record['dtype']}\t{record['published_at']}\t{','.join(names)}"
+            )
+    print("\n".join(rows) if rows else "nothing published yet")
+    return 0
+
+
+def _cmd_resolve(settings: Settings, args) -> int:
+    _print(_registry(settings).resolve(args.reference))
+    return 0
+
+
+def _keyfile(settings: Settings, record: dict) -> str | None:
+    from resources.keys import LocalStore, open_key_store
+
+    keys = open_key_store(settings.keys, settings.store)
+    if record.get("key_id") and isinstance(keys.store, LocalStore):
+        return str(keys.store.path(f"{record['key_id']}.key"))
+    return None
+
+
+def _cmd_serve_command(settings: Settings, args) -> int:
+    from resources.serve import serve_command
+
+    registry = _registry(settings)
+    record = registry.resolve(args.reference)
+    print(serve_command(record, registry.store, keyfile=_keyfile(settings, record)))
+    return 0
+
+
+def _cmd_demo(settings: Settings, args) -> int:
+    from dagster_project.demo import DEMO_REPO, commit_count, commit_tiny_model, demo_repo_path
+
+    catalog = load_catalog(settings.catalog)
+    repo = demo_repo_path(catalog)
+    if args.new_commit or not repo.exists():
+        print(f"committing a tiny random model to {repo}", file=sys.stderr)
+        commit_tiny_model(repo, seed=commit_count(repo))
+    record = publish(settings, DEMO_REPO)
+    print("published:", file=sys.stderr)
+    _print(record)
+    print("\nserve it with:", file=sys.stderr)
+    args.reference = f"{DEMO_REPO}@{record['suffix']}"
+    return _cmd_serve_command(settings, args)
+
+
+COMMANDS = {
+    "publish": _cmd_publish,
+    "list": _cmd_list,
+    "resolve": _cmd_resolve,
+    "serve-command": _cmd_serve_command,
+    "demo": _cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The Dagster Definitions: assets, checks, jobs and resources, configured from the environment."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from assets.checks import roundtrip_checks
+from assets.models import model_snapshot, published_version, tensorized_model
+from dagster_project.catalog import load_catalog
+from dagster_project.jobs import publish_model_job
+from dagster_project.settings import Settings
+from resources.dagster_resources import (
+    CatalogResource,
+    HubResource,
+    KeyStoreResource,
+    ObjectStoreResource,
+    RegistryResource,
+    TensorizerResource,
+    VllmResource,
+)
+
+
+def build_definitions(settings: Settings) -> Definitions:
+    load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
+    store = ObjectStoreResource(uri=settings.store)
+    return Definitions(
+        assets=[model_snapshot, tensorized_model, published_version],
+        asset_checks=[roundtrip_checks],
+        jobs=[publish_model_job],
+        resources={
+            "catalog": CatalogResource(path=settings.catalog),
+            "hub": HubResource(cache_dir=settings.cache),
+            "object_store": store,
+            "key_store": KeyStoreResource(uri=settings.keys, artifact_store_uri=settings.store),
+            "registry": RegistryResource(store=store),
+            "tensorizer": TensorizerResource(staging_dir=f"{settings.cache}/staging"),
+            "vllm": VllmResource(),
+        },
+    )
+
+
+defs = build_definitions(Settings.from_env())

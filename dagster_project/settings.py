@@ -1,0 +1,24 @@
+"""Where things live, from the environment, with the embedded local defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    catalog: str
+    store: str
+    keys: str
+    cache: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = os.environ.get("MODELPUB_HOME", ".modelpub")
+        return cls(
+            catalog=os.environ.get("MODELPUB_CATALOG", "catalog.yaml"),
+            store=os.environ.get("MODELPUB_STORE", f"{home}/store"),
+            keys=os.environ.get("MODELPUB_KEYS", f"{home}/keys"),
+            cache=os.environ.get("MODELPUB_CACHE", f"{home}/cache"),
+        )

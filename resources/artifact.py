@@ -1,0 +1,75 @@
+"""A published artifact: `model.tensors` plus config/tokenizer files under one prefix.
+
+Writing stages every file locally, hashes it and uploads it; reading back checks
+the file hashes and every tensor against the source checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resources import tensorize
+from resources.store import NotFound, ObjectStore
+
+
+@dataclass
+class WrittenArtifact:
+    files: dict[str, dict] = field(default_factory=dict)  # name -> {size, sha256}
+    serialize_s: float = 0.0
+    upload_s: float = 0.0
+
+    @property
+    def tensors_bytes(self) -> int:
+        return self.files[tensorize.TENSORS_FILE]["size"]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f["size"] for f in self.files.values())
+
+
+def write_artifact(
+    store: ObjectStore, prefix: str, snapshot: Path, dtype: str, key: bytes | None, staging: Path
+) -> WrittenArtifact:
+    """Serialize the snapshot's weights and upload them with its config files.
+
+    On failure, whatever was uploaded under `prefix` is removed again (best effort;
+    nothing there is visible to serving code until a registry record points at it).
+    """
+    out = WrittenArtifact()
+    tensors = staging / tensorize.TENSORS_FILE
+    stats = tensorize.serialize(tensorize.load_source_weights(snapshot, dtype), tensors, key)
+    out.serialize_s = stats.seconds
+    uploads = [(tensorize.TENSORS_FILE, tensors)] + [
+        (str(p.relative_to(snapshot)), p) for p in tensorize.config_files(snapshot)
+    ]
+    start = time.perf_counter()
+    try:
+        for name, path in uploads:
+            out.files[name] = {"size": path.stat().st_size, "sha256": tensorize.sha256_file(path)}
+            store.put_file(f"{prefix}/{name}", path)
+    except BaseException:
+        for name in out.files:
+            with contextlib.suppress(Exception):  # the original error matters more
+                store.delete(f"{prefix}/{name}")
+        raise
+    finally:
+        tensors.unlink(missing_ok=True)
+    out.upload_s = time.perf_counter() - start
+    return out
+
+
+def check_files(store: ObjectStore, prefix: str, files: dict[str, dict]) -> list[dict]:
+    """One row per recorded file: present, same size and same sha256 as recorded."""
+    rows = []
+    for name, expected in sorted(files.items()):
+        row = {"file": name, "size": expected["size"], "present": True, "sha256_matches": False}
+        try:
+            with store.local_copy(f"{prefix}/{name}") as path:
+                row["sha256_matches"] = tensorize.sha256_file(path) == expected["sha256"]
+        except NotFound:
+            row["present"] = False
+        rows.append(row)
+    return rows

@@ -1,0 +1,86 @@
+"""Dagster resources: thin configurable handles on the plain classes in this package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from dagster_project.catalog import Catalog, HubSpec, load_catalog
+from resources import vllm_runner
+from resources.hub import Hub, make_hub
+from resources.keys import KeyStore, open_key_store
+from resources.registry import Registry
+from resources.store import ObjectStore, open_store
+
+
+class CatalogResource(ConfigurableResource):
+    """The catalog file; read at each use so an edit applies to the next run."""
+
+    path: str
+
+    def load(self) -> Catalog:
+        return load_catalog(self.path)
+
+
+class HubResource(ConfigurableResource):
+    """Hubs named in the catalog, and the local cache of fetched snapshots."""
+
+    cache_dir: str
+    hf_token: str | None = None
+
+    def hub(self, spec: HubSpec) -> Hub:
+        import os
+
+        token = self.hf_token or os.environ.get(spec.token_env)
+        return make_hub(spec.kind, root=spec.root, endpoint=spec.endpoint, token=token)
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir)
+
+
+class ObjectStoreResource(ConfigurableResource):
+    """Artifacts and the registry: a local directory or `s3://bucket/prefix`."""
+
+    uri: str
+
+    def open(self) -> ObjectStore:
+        return open_store(self.uri)
+
+
+class KeyStoreResource(ConfigurableResource):
+    """Encryption keys, in a place separate from the artifact store."""
+
+    uri: str
+    artifact_store_uri: str
+
+    def open(self) -> KeyStore:
+        return open_key_store(self.uri, self.artifact_store_uri)
+
+
+class RegistryResource(ConfigurableResource):
+    store: ObjectStoreResource
+
+    def open(self) -> Registry:
+        return Registry(self.store.open())
+
+
+class TensorizerResource(ConfigurableResource):
+    """Where serialization stages its files before upload."""
+
+    staging_dir: str
+
+    def staging(self, run_id: str) -> Path:
+        path = Path(self.staging_dir) / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class VllmResource(ConfigurableResource):
+    """Runs vLLM engines for the round-trip comparison."""
+
+    timeout_s: int = 900
+
+    def generate(self, spec: vllm_runner.GenerationSpec) -> dict:
+        return vllm_runner.generate(spec, timeout_s=self.timeout_s)

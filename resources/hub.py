@@ -1,0 +1,149 @@
+"""Where model repos come from: the Hugging Face Hub, or local git mirrors of it.
+
+A hub answers two questions: which commit does a ref point at now (`resolve`), and
+what files does that commit hold (`fetch`). Everything after `resolve` uses the sha,
+so a run is reproducible even if the branch moves under it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+SHA_LEN = 40
+
+
+class HubError(RuntimeError):
+    """The hub could not answer; `transient` says whether a retry may help."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+class Hub(ABC):
+    @abstractmethod
+    def resolve(self, repo_id: str, ref: str) -> str:
+        """The commit sha that `ref` points at now."""
+
+    @abstractmethod
+    def fetch(self, repo_id: str, sha: str, dest: Path) -> None:
+        """Write the files of `repo_id` at `sha` into the empty directory `dest`."""
+
+    def snapshot(self, repo_id: str, sha: str, cache_dir: Path) -> Path:
+        """A local copy of the repo at `sha`, fetched once and then reused."""
+        if len(sha) != SHA_LEN:
+            raise HubError(f"{repo_id}: {sha!r} is not a full commit sha")
+        final = cache_dir / "snapshots" / repo_id / sha
+        if final.is_dir():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".fetch-"))
+        try:
+            self.fetch(repo_id, sha, tmp)
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # else another run fetched the same sha first
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+
+class GitMirrorHub(Hub):
+    """Local git clones of Hub repos at `<root>/<repo_id>`, as air-gapped sites keep them."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _repo(self, repo_id: str) -> Path:
+        path = self.root / repo_id
+        if not (path / ".git").exists() and not (path / "HEAD").exists():
+            raise HubError(f"{repo_id}: no git mirror at {path}; clone the repo there first")
+        return path
+
+    def _git(self, repo_id: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", str(self._repo(repo_id)), *args], capture_output=True, check=False
+        )
+
+    def resolve(self, repo_id: str, ref: str) -> str:
+        done = self._git(repo_id, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+        if done.returncode != 0:
+            raise HubError(f"{repo_id}: revision {ref!r} not found in the mirror at {self.root}")
+        return done.stdout.decode().strip()
+
+    def fetch(self, repo_id: str, sha: str, dest: Path) -> None:
+        done = self._git(repo_id, "archive", "--format=tar", sha)
+        if done.returncode != 0:
+            raise HubError(f"{repo_id}: cannot read commit {sha}: {done.stderr.decode().strip()}")
+        with tempfile.TemporaryFile() as buf:
+            buf.write(done.stdout)
+            buf.seek(0)
+            with tarfile.open(fileobj=buf) as tar:
+                tar.extractall(dest, filter="data")
+
+
+class HuggingFaceHub(Hub):
+    """The Hugging Face Hub (or anything that speaks its API), through huggingface_hub."""
+
+    def __init__(self, endpoint: str | None = None, token: str | None = None):
+        self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+        self.token = token or os.environ.get("HF_TOKEN") or None
+
+    def _api(self):
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.endpoint, token=self.token)
+
+    def resolve(self, repo_id: str, ref: str) -> str:
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        where = self.endpoint or "the Hugging Face Hub"
+        try:
+            return self._api().model_info(repo_id, revision=ref).sha
+        except RevisionNotFoundError:
+            raise HubError(f"{repo_id}: revision {ref!r} not found on {where}") from None
+        except GatedRepoError:
+            raise HubError(
+                f"{repo_id}: gated on {where}; set HF_TOKEN to a token with access"
+            ) from None
+        except RepositoryNotFoundError:
+            raise HubError(
+                f"{repo_id}: repository not found on {where} (or private: set HF_TOKEN)"
+            ) from None
+        except HfHubHTTPError as exc:
+            raise HubError(f"{repo_id}: {where} answered {exc}", transient=True) from None
+        except OSError as exc:
+            raise HubError(f"{repo_id}: cannot reach {where}: {exc}", transient=True) from None
+
+    def fetch(self, repo_id: str, sha: str, dest: Path) -> None:
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(
+                repo_id, revision=sha, local_dir=dest, endpoint=self.endpoint, token=self.token
+            )
+        except OSError as exc:
+            raise HubError(f"{repo_id}@{sha}: download failed: {exc}", transient=True) from None
+        shutil.rmtree(dest / ".cache", ignore_errors=True)
+
+
+def make_hub(
+    kind: str, root: str | None = None, endpoint: str | None = None, token: str | None = None
+) -> Hub:
+    if kind == "git_mirror":
+        return GitMirrorHub(root or ".")
+    if kind == "huggingface":
+        return HuggingFaceHub(endpoint=endpoint, token=token)
+    raise ValueError(f"unknown hub kind {kind!r}")

@@ -1,0 +1,165 @@
+"""Round-trip validation: does the published artifact reproduce the source model?
+
+Three layers, each catching what the one before cannot: the files' sha256s match the
+record (a swapped config), every tensor deserializes (hash-verified, decrypted) to the
+source's exact bytes (tampering, a wrong key), and vLLM loading the artifact generates
+exactly what vLLM loading the source generates (a format vLLM reads differently).
+Great Expectations then states the pass criteria over the resulting tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from resources import tensorize, validation
+from resources.artifact import check_files
+from resources.store import ObjectStore
+from resources.tensorize import TENSORS_FILE
+from resources.vllm_runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
+
+
+@dataclass
+class RoundTripReport:
+    files: list[dict] = field(default_factory=list)
+    tensors: list[dict] = field(default_factory=list)
+    tensors_error: str | None = None
+    source_tensors: int = 0
+    generations: list[dict] = field(default_factory=list)
+    generations_error: str | None = None
+    engine_start_s: dict = field(default_factory=dict)
+    expectations: dict = field(default_factory=dict)
+
+    @property
+    def tensors_passed(self) -> bool:
+        return (
+            self.tensors_error is None
+            and bool(self.tensors)
+            and all(r["equal"] for r in self.tensors)
+            and all(r["present"] and r["sha256_matches"] for r in self.files)
+        )
+
+    @property
+    def generations_passed(self) -> bool:
+        return (
+            self.generations_error is None
+            and bool(self.generations)
+            and all(r["tokens_equal"] and r["within_tolerance"] for r in self.generations)
+        )
+
+    @property
+    def expectations_passed(self) -> bool:
+        return bool(self.expectations.get("success"))
+
+    @property
+    def passed(self) -> bool:
+        return self.tensors_passed and self.generations_passed and self.expectations_passed
+
+    def summary(self) -> dict:
+        return {
+            "passed": self.passed,
+            "tensors": {
+                "passed": self.tensors_passed,
+                "count": len(self.tensors),
+                "error": self.tensors_error,
+            },
+            "generations": {
+                "passed": self.generations_passed,
+                "prompts": len(self.generations),
+                "max_abs_logprob_diff": max(
+                    (r["max_abs_logprob_diff"] for r in self.generations), default=None
+                ),
+                "error": self.generations_error,
+            },
+            "expectations": {
+                "passed": self.expectations_passed,
+                "evaluated": len(self.expectations.get("results", [])),
+            },
+        }
+
+    def to_json(self) -> dict:
+        return {"passed": self.passed, "summary": self.summary(), **asdict(self)}
+
+
+def describe_load_error(exc: Exception, uri: str, key_id: str | None) -> str:
+    """Say what a failure to read the artifact means for the person who sees it."""
+    from tensorizer.serialization import CryptographyError, HashMismatchError
+
+    if isinstance(exc, CryptographyError):
+        return (
+            f"key {key_id!r} does not decrypt {uri}: the key is wrong or the file was "
+            f"modified after publishing ({exc})"
+        )
+    if isinstance(exc, HashMismatchError):
+        return f"{uri} is corrupted: a tensor's hash does not match its header ({exc})"
+    return f"cannot read {uri}: {type(exc).__name__}: {exc}"
+
+
+@dataclass
+class RoundTrip:
+    """Everything needed to check one published artifact against its source snapshot."""
+
+    store: ObjectStore
+    prefix: str
+    files: dict[str, dict]
+    snapshot: Path
+    dtype: str
+    key_id: str | None
+    key: bytes | None
+    keyfile: Path | None
+    prompts: list[str]
+    max_tokens: int
+    tolerance: float
+
+    def check_tensors(self, report: RoundTripReport) -> None:
+        report.files = check_files(self.store, self.prefix, self.files)
+        key = f"{self.prefix}/{TENSORS_FILE}"
+        source = tensorize.load_source_weights(self.snapshot, self.dtype)
+        report.source_tensors = len(source)
+        try:
+            published = tensorize.deserialize(
+                self.store.uri(key), self.key, self.store.stream_kwargs()
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure to read back fails the check
+            report.tensors_error = describe_load_error(exc, self.store.uri(key), self.key_id)
+            return
+        report.tensors = tensorize.compare_weights(source, published)
+
+    def check_generations(
+        self, report: RoundTripReport, generate: Callable[[GenerationSpec], dict]
+    ) -> None:
+        if not report.tensors_passed:
+            report.generations_error = "not run: the tensor check failed"
+            return
+        dtype = runtime_dtype(self.dtype)
+        loader = self.store.vllm_loader_options(f"{self.prefix}/{TENSORS_FILE}", with_secrets=True)
+        if self.keyfile is not None:
+            loader["encryption_keyfile"] = str(self.keyfile)
+        common = dict(prompts=self.prompts, max_tokens=self.max_tokens, dtype=dtype)
+        try:
+            source = generate(GenerationSpec(model=str(self.snapshot), **common))
+            with self.store.config_dir(self.prefix, self.files) as model_dir:
+                published = generate(
+                    GenerationSpec(model=str(model_dir), tensorizer=loader, **common)
+                )
+        except VllmRunError as exc:
+            report.generations_error = str(exc)
+            return
+        report.engine_start_s = {
+            "source": source["engine_start_s"],
+            "published": published["engine_start_s"],
+        }
+        report.generations = compare_generations(source, published, self.tolerance)
+
+    def run(self, generate: Callable[[GenerationSpec], dict]) -> RoundTripReport:
+        report = RoundTripReport()
+        self.check_tensors(report)
+        self.check_generations(report, generate)
+        report.expectations = validation.run_expectations(
+            report.tensors,
+            report.generations,
+            self.tolerance,
+            tensor_count=report.source_tensors,
+        )
+        return report

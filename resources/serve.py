@@ -1,0 +1,32 @@
+"""How serving code loads a published version: the `vllm serve` command line."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from resources.store import LocalStore, ObjectStore
+from resources.tensorize import TENSORS_FILE
+
+
+def serve_command(record: dict, store: ObjectStore, keyfile: str | None = None) -> str:
+    """The shell lines that serve a version record with vLLM.
+
+    vLLM 0.33 refuses an `s3://` directory as the model (vLLM #32807), so the model is
+    always a local directory of config files and `tensorizer_uri` points at the tensors.
+    """
+    prefix = f"vllm/{record['repo_id']}/{record['suffix']}"
+    lines = []
+    if isinstance(store, LocalStore):
+        model_dir = record["artifact_uri"]
+    else:
+        model_dir = f"./{record['repo_id'].replace('/', '__')}-{record['suffix']}"
+        lines.append(f"modelpub fetch-config {record['repo_id']}@{record['suffix']} {model_dir}")
+    extra = store.vllm_loader_options(f"{prefix}/{TENSORS_FILE}", with_secrets=False)
+    if record.get("encrypted"):
+        extra["encryption_keyfile"] = keyfile or f"<key file for key id {record['key_id']}>"
+    lines.append(
+        f"vllm serve {shlex.quote(model_dir)} --load-format tensorizer --dtype {record['dtype']}"
+        f" --model-loader-extra-config {shlex.quote(json.dumps(extra))}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""Object stores for artifacts and the registry: a local directory, or S3.
+
+Both give the registry what it needs to stay consistent without a database:
+create-exactly-once (`create`) and compare-and-swap (`replace`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class StoreError(RuntimeError):
+    """The store refused or could not be reached; the message says what to check."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class ObjectStore(ABC):
+    """Keys are `/`-separated relative paths."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """Where a person (or vLLM) finds the object."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Upload `path` so that the object appears whole or not at all."""
+
+    @abstractmethod
+    def get_file(self, key: str, dest: Path) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """All keys under `prefix`, sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write `data` only if `key` does not exist; False if it already did."""
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object and a version tag for `replace`, or None if absent."""
+
+    @abstractmethod
+    def replace(self, key: str, data: bytes, tag: str) -> bool:
+        """Write `data` only if the object still has version `tag`; False if it changed."""
+
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """A local file with the object's bytes, for readers that need a path."""
+        with tempfile.TemporaryDirectory(prefix="modelpub-") as tmp:
+            dest = Path(tmp) / Path(key).name
+            self.get_file(key, dest)
+            yield dest
+
+    @contextmanager
+    def config_dir(self, prefix: str, files: dict[str, dict]) -> Iterator[Path]:
+        """A local directory with an artifact's files except the tensors: vLLM's `model`."""
+        with tempfile.TemporaryDirectory(prefix="modelpub-config-") as tmp:
+            for name in files:
+                if name != "model.tensors":
+                    dest = Path(tmp) / name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self.get_file(f"{prefix}/{name}", dest)
+            yield Path(tmp)
+
+    def stream_kwargs(self) -> dict:
+        """Keyword arguments for tensorizer's `open_stream` on this store's URIs."""
+        return {}
+
+    def vllm_loader_options(self, key: str, with_secrets: bool) -> dict:
+        """`model_loader_extra_config` entries for vLLM to read `key` with tensorizer;
+        without secrets, for printing (vLLM then reads credentials from S3_* variables)."""
+        return {"tensorizer_uri": self.uri(key)}
+
+
+def _sha256_tag(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class LocalStore(ObjectStore):
+    """A directory. Atomic renames give whole-or-nothing writes; link() gives O_EXCL."""
+
+    def __init__(self, root: str | Path, file_mode: int = 0o644):
+        self.root = Path(root).resolve()
+        self.file_mode = file_mode
+
+    def path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise StoreError(f"key {key!r} escapes the store root {self.root}")
+        return path
+
+    def uri(self, key: str) -> str:
+        return str(self.path(key))
+
+    def _staged(self, key: str) -> Path:
+        target = self.path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {target.parent}: {exc.strerror}") from None
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.fchmod(fd, self.file_mode)
+        os.close(fd)
+        return Path(tmp)
+
+    def _write_staged(self, key: str, data: bytes) -> Path:
+        tmp = self._staged(key)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def put_file(self, key: str, path: Path) -> None:
+        tmp = self._staged(key)
+        try:
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, self.file_mode)
+            os.replace(tmp, self.path(key))
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {self.uri(key)}: {exc.strerror or exc}") from None
+
+    def get_file(self, key: str, dest: Path) -> None:
+        try:
+            shutil.copyfile(self.path(key), dest)
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        return sorted(
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def create(self, key: str, data: bytes) -> bool:
+        tmp = self._write_staged(key, data)
+        try:
+            os.link(tmp, self.path(key))
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.get_bytes(key)
+        except NotFound:
+            return None
+        return data, _sha256_tag(data)
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        lock = self.path(key).with_name(f".{self.path(key).name}.lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def replace(self, key: str, data: bytes, tag: str) -> bool:
+        with self._locked(key):
+            current = self.read_versioned(key)
+            if current is None or current[1] != tag:
+                return False
+            os.replace(self._write_staged(key, data), self.path(key))
+            return True
+
+    @contextmanager
+    def config_dir(self, prefix: str, files: dict[str, dict]) -> Iterator[Path]:
+        yield self.path(prefix)
+
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        if not self.exists(key):
+            raise NotFound(f"{self.uri(key)} does not exist")
+        yield self.path(key)
+
+
+def open_store(uri: str) -> ObjectStore:
+    """`s3://bucket/prefix` for S3, anything else is a local directory."""
+    if uri.startswith("s3://"):
+        from resources.s3_store import S3Store
+
+        return S3Store.from_uri(uri)
+    return LocalStore(uri)

@@ -1,0 +1,147 @@
+"""Run vLLM on a model and record greedy generations, in a child process.
+
+Each engine runs in its own process: vLLM keeps global state (distributed groups,
+compiled graphs) that makes a second engine in one process unreliable, and a crash
+in native code (SIGILL on some CPUs) must fail a check, not kill the Dagster run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ENGINE_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: faster start on CPU
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default would take a large slice of RAM
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class VllmRunError(RuntimeError):
+    pass
+
+
+@dataclass
+class GenerationSpec:
+    model: str  # a local directory with config.json (and the weights, unless tensorizer)
+    prompts: list[str]
+    max_tokens: int
+    dtype: str = "auto"
+    tensorizer: dict | None = None  # model_loader_extra_config for load_format="tensorizer"
+    lora: dict | None = None  # {"name": ..., "path": ..., "rank": ...}
+    max_model_len: int = 512
+    extra_engine_args: dict = field(default_factory=dict)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def runtime_dtype(catalog_dtype: str) -> str:
+    """On CPU both sides of a comparison run in float32: bfloat16 crashed vllm-cpu here
+    (SIGILL in cpu_attention_with_kv_cache) and `auto` would pick it."""
+    return catalog_dtype if cuda_available() else "float32"
+
+
+def generate(spec: GenerationSpec, timeout_s: float = 900) -> dict:
+    """Start an engine in a child process and return its generations and timings."""
+    with tempfile.TemporaryDirectory(prefix="modelpub-vllm-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(asdict(spec)))
+        env = {**os.environ, **ENGINE_ENV}
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "resources.vllm_runner", str(spec_path), str(out_path)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise VllmRunError(f"vLLM did not finish within {timeout_s:.0f}s") from None
+        if done.returncode != 0 or not out_path.exists():
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-25:])
+            raise VllmRunError(f"vLLM exited with status {done.returncode}:\n{tail}")
+        result = json.loads(out_path.read_text())
+        result["process_s"] = time.perf_counter() - start
+        return result
+
+
+def compare_generations(source: dict, published: dict, tolerance: float) -> list[dict]:
+    """One row per prompt: identical token ids, and the largest logprob difference."""
+    rows = []
+    for a, b in zip(source["results"], published["results"], strict=True):
+        diffs = [abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"], strict=False)]
+        max_diff = max(diffs, default=0.0)
+        rows.append(
+            {
+                "prompt": a["prompt"],
+                "tokens": len(a["token_ids"]),
+                "tokens_equal": a["token_ids"] == b["token_ids"],
+                "max_abs_logprob_diff": max_diff,
+                "within_tolerance": max_diff <= tolerance,
+                "source_text": a["text"],
+                "published_text": b["text"],
+            }
+        )
+    return rows
+
+
+def _run_engine(spec: GenerationSpec) -> dict:
+    from vllm import LLM, SamplingParams
+
+    kwargs = dict(
+        model=spec.model,
+        dtype=spec.dtype,
+        max_model_len=spec.max_model_len,
+        seed=0,
+        enforce_eager=True,
+        **spec.extra_engine_args,
+    )
+    if spec.tensorizer is not None:
+        kwargs.update(load_format="tensorizer", model_loader_extra_config=spec.tensorizer)
+    lora_request = None
+    if spec.lora:
+        from vllm.lora.request import LoRARequest
+
+        kwargs.update(enable_lora=True, max_lora_rank=spec.lora["rank"], max_loras=1)
+        lora_request = LoRARequest(spec.lora["name"], 1, spec.lora["path"])
+    start = time.perf_counter()
+    llm = LLM(**kwargs)
+    started = time.perf_counter() - start
+    params = SamplingParams(temperature=0.0, max_tokens=spec.max_tokens, logprobs=0, seed=0)
+    outputs = llm.generate(spec.prompts, params, lora_request=lora_request, use_tqdm=False)
+    results = []
+    for prompt, out in zip(spec.prompts, outputs, strict=True):
+        completion = out.outputs[0]
+        results.append(
+            {
+                "prompt": prompt,
+                "token_ids": list(completion.token_ids),
+                "logprobs": [
+                    step[tok].logprob
+                    for tok, step in zip(completion.token_ids, completion.logprobs, strict=True)
+                ],
+                "text": completion.text,
+            }
+        )
+    return {"engine_start_s": started, "results": results}
+
+
+if __name__ == "__main__":
+    spec_file, out_file = sys.argv[1], sys.argv[2]
+    result = _run_engine(GenerationSpec(**json.loads(Path(spec_file).read_text())))
+    Path(out_file).write_text(json.dumps(result))
