@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny models in git mirrors, and an isolated modelpub home per test."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dagster_project.demo import commit_tiny_model
+from dagster_project.settings import Settings
+
+LLAMA = "test-org/tiny-llama"
+OPT = "test-org/tiny-opt"
+PROMPTS = ["Hello world", "The quick brown fox"]
+
+
+@pytest.fixture(scope="session")
+def mirror_template(tmp_path_factory) -> Path:
+    """Git mirrors of a tiny Llama and a tiny OPT, built once per session."""
+    root = tmp_path_factory.mktemp("mirror")
+    commit_tiny_model(root / LLAMA, arch="llama", seed=0)
+    commit_tiny_model(root / OPT, arch="opt", seed=0)
+    return root
+
+
+@dataclass
+class Env:
+    """A private modelpub home: its own mirror copy, catalog, store, keys and Dagster home."""
+
+    root: Path
+    mirror: Path
+    settings: Settings
+
+    def write_catalog(self, text: str) -> None:
+        Path(self.settings.catalog).write_text(text)
+
+
+def catalog_yaml(mirror: Path, models: list[dict]) -> str:
+    import yaml
+
+    return yaml.safe_dump(
+        {
+            "hubs": {"mirror": {"kind": "git_mirror", "root": str(mirror)}},
+            "models": [
+                {"hub": "mirror", "prompts": PROMPTS, "max_tokens": 6, "dtype": "float32", **m}
+                for m in models
+            ],
+        }
+    )
+
+
+@pytest.fixture
+def env(tmp_path, mirror_template, monkeypatch) -> Env:
+    mirror = tmp_path / "mirror"
+    shutil.copytree(mirror_template, mirror, symlinks=True)
+    settings = Settings(
+        catalog=str(tmp_path / "catalog.yaml"),
+        store=str(tmp_path / "store"),
+        keys=str(tmp_path / "keys"),
+        cache=str(tmp_path / "cache"),
+    )
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    for name, value in (
+        ("MODELPUB_CATALOG", settings.catalog),
+        ("MODELPUB_STORE", settings.store),
+        ("MODELPUB_KEYS", settings.keys),
+        ("MODELPUB_CACHE", settings.cache),
+    ):
+        monkeypatch.setenv(name, value)
+    e = Env(root=tmp_path, mirror=mirror, settings=settings)
+    e.write_catalog(catalog_yaml(mirror, [{"repo_id": LLAMA}, {"repo_id": OPT}]))
+    return e
