@@ -144,7 +144,7 @@ def roundtrip_checks(
     else:
         report = check(None)
     store.create(
-        f"validation/{entry.repo_id}/{target['suffix']}/{op.run_id}.json",
+        f"validation/{entry.repo_id}/{target['suffix']}/{op.run.run_id}.json",
         json.dumps(report.to_json(), indent=2, default=str).encode(),
     )
     context.log.info(

@@ -56,11 +56,11 @@ def model_snapshot(
 ) -> MaterializeResult:
     entry = catalog.load().entry(context.partition_key)
     source = hub.hub(catalog.load().hubs[entry.hub])
-    run = context.instance.get_run_by_id(context.run_id)
+    run = context.instance.get_run_by_id(context.run.run_id)
     try:
         sha = run.tags.get(SHA_TAG) if run else None
         sha = sha or source.resolve(entry.repo_id, entry.ref)
-        context.instance.add_run_tags(context.run_id, {SHA_TAG: sha})
+        context.instance.add_run_tags(context.run.run_id, {SHA_TAG: sha})
         path = source.snapshot(entry.repo_id, sha, hub.cache)
     except HubError as exc:
         raise Failure(str(exc), allow_retries=exc.transient) from None
@@ -128,14 +128,14 @@ def tensorized_model(
         )
 
     snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache)
-    suffix = reg.reserve_suffix(entry.repo_id, context.run_id)
+    suffix = reg.reserve_suffix(entry.repo_id, context.run.run_id)
     key_id = f"{context.partition_key}/{suffix}" if entry.encrypt else None
     key = key_store.open().create(key_id) if key_id else None
     prefix = artifact_prefix(entry.repo_id, suffix)
     store = object_store.open()
     context.log.info(f"serializing {entry.repo_id}@{sha[:12]} to {store.uri(prefix)}")
     written = write_artifact(
-        store, prefix, snapshot, entry.dtype, key, tensorizer.staging(context.run_id)
+        store, prefix, snapshot, entry.dtype, key, tensorizer.staging(context.run.run_id)
     )
     target = {
         "suffix": suffix,
@@ -197,7 +197,7 @@ def published_version(
     store = object_store.open()
     suffix = target["suffix"]
     report = json.loads(
-        store.get_bytes(f"validation/{entry.repo_id}/{suffix}/{context.run_id}.json")
+        store.get_bytes(f"validation/{entry.repo_id}/{suffix}/{context.run.run_id}.json")
     )
     if not report["passed"]:
         raise Failure(f"round-trip validation of {entry.repo_id}@{suffix} failed; not publishing")
@@ -221,9 +221,9 @@ def published_version(
             "versions": package_versions(),
             "validation": report["summary"],
             "validation_report": store.uri(
-                f"validation/{entry.repo_id}/{suffix}/{context.run_id}.json"
+                f"validation/{entry.repo_id}/{suffix}/{context.run.run_id}.json"
             ),
-            "dagster_run_id": context.run_id,
+            "dagster_run_id": context.run.run_id,
             "published_at": now(),
         }
         reg.publish(record)

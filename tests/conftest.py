@@ -61,6 +61,7 @@ def env(tmp_path, mirror_template, monkeypatch) -> Env:
         keys=str(tmp_path / "keys"),
         cache=str(tmp_path / "cache"),
     )
+    (tmp_path / "dagster_home").mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     for name, value in (
         ("MODELPUB_CATALOG", settings.catalog),
