@@ -57,12 +57,19 @@ def publish(settings: Settings, key: str, force: bool = False) -> dict:
     published = result.asset_materializations_for_node("published_version")
     if not result.success or not published:
         errors = [
-            ev.event_specific_data.error.message.strip()
+            _root_cause(ev.event_specific_data.error)
             for ev in result.all_events
             if ev.is_step_failure
         ]
         raise PublishFailed(key, result.run_id, failed_checks, errors)
     return published[0].metadata["record"].value
+
+
+def _root_cause(error) -> str:
+    """The innermost error's message, without Dagster's wrapping."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
 
 
 class PublishFailed(RuntimeError):

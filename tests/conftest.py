@@ -44,7 +44,13 @@ def catalog_yaml(mirror: Path, models: list[dict]) -> str:
         {
             "hubs": {"mirror": {"kind": "git_mirror", "root": str(mirror)}},
             "models": [
-                {"hub": "mirror", "prompts": PROMPTS, "max_tokens": 6, "dtype": "float32", **m}
+                {
+                    "hub": "mirror",
+                    "prompts": list(PROMPTS),
+                    "max_tokens": 6,
+                    "dtype": "float32",
+                    **m,
+                }
                 for m in models
             ],
         }

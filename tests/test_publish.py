@@ -1,5 +1,6 @@
 """The publish job end to end, with real Dagster runs, real git mirrors and real vLLM."""
 
+import base64
 import json
 import subprocess
 from pathlib import Path
@@ -25,8 +26,15 @@ def registry(env) -> Registry:
     return Registry(LocalStore(env.settings.store))
 
 
-def all_bytes_under(root: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+def assert_no_key_material(key: bytes, roots: list[Path], captured) -> None:
+    """The key, in any common encoding, appears in no file under `roots` (the store, the
+    Dagster event log and compute logs) and in nothing printed."""
+    forms = [key, key.hex().encode(), base64.b64encode(key), base64.urlsafe_b64encode(key)]
+    text = (captured.out + captured.err).encode()
+    for path in [p for root in roots for p in root.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        assert not any(form in data for form in forms), f"key material in {path}"
+    assert not any(form in text for form in forms), "key material in the output"
 
 
 def test_publish_verify_and_republish(env, capsys):
@@ -46,7 +54,9 @@ def test_publish_verify_and_republish(env, capsys):
         p.name for p in artifact.iterdir()
     }
     key = (Path(env.settings.keys) / f"{KEY}/v1.key").read_bytes()
-    assert key not in all_bytes_under(Path(env.settings.store)), "key material in the store"
+    assert_no_key_material(
+        key, [Path(env.settings.store), env.root / "dagster_home"], capsys.readouterr()
+    )
     report = json.loads(Path(record["validation_report"]).read_text())
     assert all(row["tokens_equal"] for row in report["generations"])
     v1_bytes = (Path(env.settings.store) / f"registry/{LLAMA}/versions/v1.json").read_bytes()
