@@ -15,6 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.errors import TRANSIENT_RETRY, classified_errors
 from assets.metadata import human_size, md_table, rate
 from assets.partitions import models_partitions
 from assets.state import SHA_TAG, latest_metadata, run_sha
@@ -27,7 +28,6 @@ from resources.dagster_resources import (
     RegistryResource,
     TensorizerResource,
 )
-from resources.hub import HubError
 from resources.registry import artifact_prefix, now
 from resources.serve import serve_command
 from resources.tensorize import TENSORS_FILE
@@ -48,6 +48,7 @@ class PublishConfig(Config):
     kinds={"huggingface", "git"},
     owners=OWNERS,
     group_name="models",
+    retry_policy=TRANSIENT_RETRY,
     description="The catalog entry's Hugging Face repo, resolved once to a commit sha and "
     "fetched into the local snapshot cache. Every later step uses that sha.",
 )
@@ -57,13 +58,11 @@ def model_snapshot(
     entry = catalog.load().entry(context.partition_key)
     source = hub.hub(catalog.load().hubs[entry.hub])
     run = context.instance.get_run_by_id(context.run.run_id)
-    try:
+    with classified_errors():
         sha = run.tags.get(SHA_TAG) if run else None
         sha = sha or source.resolve(entry.repo_id, entry.ref)
         context.instance.add_run_tags(context.run.run_id, {SHA_TAG: sha})
         path = source.snapshot(entry.repo_id, sha, hub.cache)
-    except HubError as exc:
-        raise Failure(str(exc), allow_retries=exc.transient) from None
     files = sorted(p for p in path.rglob("*") if p.is_file())
     rows = [{"file": str(p.relative_to(path)), "size": human_size(p.stat().st_size)} for p in files]
     return MaterializeResult(
@@ -85,10 +84,12 @@ def model_snapshot(
     kinds={"tensorizer", "pytorch"},
     owners=OWNERS,
     group_name="models",
+    retry_policy=TRANSIENT_RETRY,
     description="The snapshot's weights serialized with tensorizer (encrypted unless the "
     "catalog says otherwise) and uploaded with config and tokenizer files under a new "
     "versioned suffix. Not visible to serving code until `published_version` records it.",
 )
+@classified_errors()
 def tensorized_model(
     context: AssetExecutionContext,
     config: PublishConfig,
@@ -181,10 +182,12 @@ def package_versions() -> dict[str, str]:
     kinds={"vllm"},
     owners=OWNERS,
     group_name="models",
+    retry_policy=TRANSIENT_RETRY,
     description="The immutable registry record that makes a verified artifact visible to "
     "serving code, and the `latest` alias moved to it. Runs only when every blocking "
     "round-trip check on `tensorized_model` passed.",
 )
+@classified_errors()
 def published_version(
     context: AssetExecutionContext,
     catalog: CatalogResource,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def _root_cause(error) -> str:
     """The innermost error's message, without Dagster's wrapping."""
     while error.cause is not None:
         error = error.cause
-    return error.message.strip()
+    return re.sub(r"^[\w.]+: ", "", error.message.strip())
 
 
 class PublishFailed(RuntimeError):

@@ -30,6 +30,7 @@ class FakeHub:
         self.root = root
         self.token = token
         self.requests: list[str] = []
+        self.fail_next = 0  # answer this many requests with 503, as an overloaded Hub does
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -98,6 +99,10 @@ class FakeHub:
             def do_GET(self) -> None:
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append(f"{self.command} {path}")
+                if hub.fail_next > 0:
+                    hub.fail_next -= 1
+                    self._send(503, b"overloaded")
+                    return
                 for pattern, serve in (
                     (INFO, self._info),
                     (TREE, self._tree),
