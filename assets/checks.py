@@ -12,6 +12,7 @@ from dagster import (
     multi_asset_check,
 )
 
+from assets.gpu import GPU_OP_TAGS
 from assets.metadata import md_table
 from assets.models import tensorized_model
 from assets.partitions import models_partitions
@@ -104,6 +105,7 @@ def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
         for name, text in CHECKS.items()
     ],
     name="roundtrip_checks",
+    op_tags=GPU_OP_TAGS,
 )
 def roundtrip_checks(
     context: AssetCheckExecutionContext,
@@ -135,6 +137,8 @@ def roundtrip_checks(
             prompts=entry.prompts,
             max_tokens=entry.max_tokens,
             tolerance=entry.logprob_tolerance,
+            fmt=target["format"],
+            tensor_parallel_size=target["tensor_parallel_size"],
         )
         return roundtrip.run(vllm.generate)
 

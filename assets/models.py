@@ -16,6 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.errors import TRANSIENT_RETRY, classified_errors
+from assets.gpu import GPU_OP_TAGS
 from assets.metadata import human_size, md_table, rate
 from assets.partitions import models_partitions
 from assets.state import SHA_TAG, latest_metadata, run_sha
@@ -30,7 +31,8 @@ from resources.dagster_resources import (
 )
 from resources.registry import artifact_prefix, now
 from resources.serve import serve_command
-from resources.tensorize import TENSORS_FILE
+from resources.vllm_format import FormatError, resolve_format, tensors_name
+from resources.vllm_runner import cuda_available
 
 OWNERS = ["team:ml-platform"]
 
@@ -85,9 +87,12 @@ def model_snapshot(
     owners=OWNERS,
     group_name="models",
     retry_policy=TRANSIENT_RETRY,
+    op_tags=GPU_OP_TAGS,
     description="The snapshot's weights serialized with tensorizer (encrypted unless the "
     "catalog says otherwise) and uploaded with config and tokenizer files under a new "
-    "versioned suffix. Not visible to serving code until `published_version` records it.",
+    "versioned suffix: the vLLM-tensorized format (vLLM's own serializer, one file per "
+    "tensor-parallel rank) on a CUDA host, the HF-tensorized format elsewhere. Not visible "
+    "to serving code until `published_version` records it.",
 )
 @classified_errors()
 def tensorized_model(
@@ -103,8 +108,17 @@ def tensorized_model(
     cat = catalog.load()
     entry = cat.entry(context.partition_key)
     sha = run_sha(context)
+    try:
+        fmt = resolve_format(entry.format, cuda_available(), entry.tensor_parallel_size)
+    except FormatError as exc:
+        raise Failure(f"{entry.repo_id}: {exc}") from None
     reg = registry.open()
-    settings = {"dtype": entry.dtype, "encrypted": entry.encrypt, "format": "hf"}
+    settings = {
+        "dtype": entry.dtype,
+        "encrypted": entry.encrypt,
+        "format": fmt,
+        "tensor_parallel_size": entry.tensor_parallel_size,
+    }
     existing = None if config.force else reg.find_by_sha(entry.repo_id, sha, **settings)
     if existing is not None:
         context.log.info(
@@ -134,9 +148,18 @@ def tensorized_model(
     key = key_store.open().create(key_id) if key_id else None
     prefix = artifact_prefix(entry.repo_id, suffix)
     store = object_store.open()
-    context.log.info(f"serializing {entry.repo_id}@{sha[:12]} to {store.uri(prefix)}")
+    context.log.info(
+        f"serializing {entry.repo_id}@{sha[:12]} ({fmt} format) to {store.uri(prefix)}"
+    )
     written = write_artifact(
-        store, prefix, snapshot, entry.dtype, key, tensorizer.staging(context.run.run_id)
+        store,
+        prefix,
+        snapshot,
+        entry.dtype,
+        key,
+        tensorizer.staging(context.run.run_id),
+        fmt,
+        entry.tensor_parallel_size,
     )
     target = {
         "suffix": suffix,
@@ -155,7 +178,10 @@ def tensorized_model(
             "suffix": suffix,
             "sha": sha,
             "reused": False,
-            "uri": MetadataValue.url(store.uri(f"{prefix}/{TENSORS_FILE}")),
+            "uri": MetadataValue.url(
+                store.uri(f"{prefix}/{tensors_name(entry.tensor_parallel_size)}")
+            ),
+            "format": fmt,
             "encrypted": entry.encrypt,
             "key_id": key_id or "(not encrypted)",
             "tensors_size": human_size(written.tensors_bytes),
@@ -215,11 +241,12 @@ def published_version(
             "hf_sha": target["sha"],
             "suffix": suffix,
             "format": target["format"],
+            "tensor_parallel_size": target["tensor_parallel_size"],
             "dtype": target["dtype"],
             "encrypted": target["encrypted"],
             "key_id": target["key_id"],
             "artifact_uri": store.uri(prefix),
-            "tensors_uri": store.uri(f"{prefix}/{TENSORS_FILE}"),
+            "tensors_uri": store.uri(f"{prefix}/{tensors_name(target['tensor_parallel_size'])}"),
             "files": target["files"],
             "versions": package_versions(),
             "validation": report["summary"],

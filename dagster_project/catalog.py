@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 MAX_CATALOG_BYTES = 1 << 20
@@ -46,6 +53,33 @@ def _check_ref(value: str) -> str:
     return value
 
 
+LABEL = re.compile(r"^([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+
+
+class GpuSpec(_Strict):
+    """What this entry's GPU steps ask Kubernetes for (see assets/gpu.py)."""
+
+    count: int | None = Field(
+        None, ge=1, le=16, description="nvidia.com/gpu per GPU step; default tensor_parallel_size"
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="node labels added to the deployment's GPU node selector, e.g. "
+        "{nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}",
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not LABEL.match(key):
+                raise ValueError(f"{key!r} is not a Kubernetes label key")
+            if not LABEL_VALUE.match(label):
+                raise ValueError(f"{label!r} (for {key}) is not a Kubernetes label value")
+        return value
+
+
 class ModelEntry(_Strict):
     repo_id: str
     hub: str
@@ -55,6 +89,10 @@ class ModelEntry(_Strict):
     prompts: list[str] = Field(min_length=1, max_length=64)
     max_tokens: int = Field(16, ge=1, le=512)
     logprob_tolerance: float = Field(0.01, gt=0, le=1.0)
+    # auto: the vLLM-tensorized format on a CUDA host, the HF-tensorized one elsewhere.
+    format: Literal["auto", "hf", "vllm"] = "auto"
+    tensor_parallel_size: int = Field(1, ge=1, le=16)
+    gpu: GpuSpec = Field(default_factory=GpuSpec)
 
     @field_validator("repo_id")
     @classmethod
@@ -73,9 +111,27 @@ class ModelEntry(_Strict):
                 raise ValueError("each prompt must be non-empty and at most 4000 characters")
         return value
 
+    @model_validator(mode="after")
+    def _parallelism(self) -> ModelEntry:
+        if self.tensor_parallel_size > 1 and self.format == "hf":
+            raise ValueError(
+                f"tensor_parallel_size {self.tensor_parallel_size} needs format 'vllm' or "
+                "'auto': vLLM loads the HF-tensorized format on one rank only"
+            )
+        if self.gpu.count is not None and self.gpu.count < self.tensor_parallel_size:
+            raise ValueError(
+                f"gpu.count {self.gpu.count} is less than tensor_parallel_size "
+                f"{self.tensor_parallel_size}: every rank needs its own GPU"
+            )
+        return self
+
     @property
     def key(self) -> str:
         return partition_key(self.repo_id)
+
+    @property
+    def gpu_count(self) -> int:
+        return self.gpu.count or self.tensor_parallel_size
 
 
 class Catalog(_Strict):

@@ -36,10 +36,11 @@ def _registry(settings: Settings):
 
 def publish(settings: Settings, key: str, force: bool = False) -> dict:
     """Run the publish job in-process for one catalog entry; returns the version record."""
+    from assets.gpu import gpu_run_config
     from dagster_project.definitions import build_definitions
 
     key = partition_key(key)
-    load_catalog(settings.catalog).entry(key)
+    entry = load_catalog(settings.catalog).entry(key)
     defs = build_definitions(settings)
     instance = _instance()
     if not instance.has_dynamic_partition("models", key):
@@ -47,7 +48,11 @@ def publish(settings: Settings, key: str, force: bool = False) -> dict:
     result = defs.resolve_job_def("publish_model").execute_in_process(
         instance=instance,
         partition_key=key,
-        run_config={"ops": {"tensorized_model": {"config": {"force": force}}}},
+        run_config={
+            "ops": {"tensorized_model": {"config": {"force": force}}},
+            # pods for GPU steps where the executor makes them; kept on re-execution
+            **gpu_run_config(entry, settings.executor),
+        },
         raise_on_error=False,
     )
     failed_checks = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, ExecutorDefinition, multiprocess_executor
 
 from assets.checks import roundtrip_checks
 from assets.models import model_snapshot, published_version, tensorized_model
@@ -20,6 +20,17 @@ from resources.dagster_resources import (
 )
 
 
+def executor_def(name: str) -> ExecutorDefinition:
+    """The executor named by MODELPUB_EXECUTOR: `multiprocess` (default) or `k8s`."""
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if name == "multiprocess":
+        return multiprocess_executor
+    raise ValueError(f"MODELPUB_EXECUTOR={name!r}: use 'multiprocess' or 'k8s'")
+
+
 def build_definitions(settings: Settings) -> Definitions:
     load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
     store = ObjectStoreResource(uri=settings.store)
@@ -27,6 +38,7 @@ def build_definitions(settings: Settings) -> Definitions:
         assets=[model_snapshot, tensorized_model, published_version],
         asset_checks=[roundtrip_checks],
         jobs=[publish_model_job],
+        executor=executor_def(settings.executor),
         resources={
             "catalog": CatalogResource(path=settings.catalog),
             "hub": HubResource(cache_dir=settings.cache),

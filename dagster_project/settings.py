@@ -12,6 +12,9 @@ class Settings:
     store: str
     keys: str
     cache: str
+    # multiprocess: steps in child processes of the run (one machine); k8s: one pod per step
+    # (dagster-k8s's k8s_job_executor), GPU steps on GPU nodes (assets/gpu.py).
+    executor: str = "multiprocess"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -21,4 +24,5 @@ class Settings:
             store=os.environ.get("MODELPUB_STORE", f"{home}/store"),
             keys=os.environ.get("MODELPUB_KEYS", f"{home}/keys"),
             cache=os.environ.get("MODELPUB_CACHE", f"{home}/cache"),
+            executor=os.environ.get("MODELPUB_EXECUTOR", "multiprocess"),
         )

@@ -1,4 +1,5 @@
-"""A published artifact: `model.tensors` plus config/tokenizer files under one prefix.
+"""A published artifact: the tensors (`model.tensors`, or one `model-rank-NNN.tensors` per
+tensor-parallel rank in the vLLM-tensorized format) plus config/tokenizer files under one prefix.
 
 Writing stages every file locally, hashes it and uploads it; reading back checks
 the file hashes and every tensor against the source checkpoint.
@@ -12,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resources import tensorize
+from resources import tensorize, vllm_format
 from resources.store import NotFound, ObjectStore
 
 
@@ -28,22 +29,26 @@ class WrittenArtifact:
 
     @property
     def tensors_bytes(self) -> int:
-        return self.files[tensorize.TENSORS_FILE]["size"]
+        return sum(f["size"] for name, f in self.files.items() if name.endswith(".tensors"))
 
     @property
     def total_bytes(self) -> int:
         return sum(f["size"] for f in self.files.values())
 
 
-def write_artifact(
-    store: ObjectStore, prefix: str, snapshot: Path, dtype: str, key: bytes | None, staging: Path
-) -> WrittenArtifact:
-    """Serialize the snapshot's weights and upload them with its config files.
-
-    On failure, whatever was uploaded under `prefix` is removed again (best effort;
-    nothing there is visible to serving code until a registry record points at it).
-    """
-    out = WrittenArtifact()
+def _serialize(
+    snapshot: Path,
+    dtype: str,
+    key: bytes | None,
+    staging: Path,
+    fmt: str,
+    tensor_parallel_size: int,
+) -> tuple[list[Path], float]:
+    """The tensor files written into `staging`, and the seconds spent serializing."""
+    if fmt == "vllm":
+        start = time.perf_counter()
+        paths = vllm_format.write_vllm_tensors(snapshot, staging, dtype, key, tensor_parallel_size)
+        return paths, time.perf_counter() - start  # includes vLLM loading the model
     tensors = staging / tensorize.TENSORS_FILE
     weights = tensorize.load_source_weights(snapshot, dtype)
     try:
@@ -58,8 +63,28 @@ def write_artifact(
             f"{need / 1e6:.1f} MB of tensors; free space there or point MODELPUB_CACHE at a "
             "larger disk, then rerun"
         ) from None
-    out.serialize_s = stats.seconds
-    uploads = [(tensorize.TENSORS_FILE, tensors)] + [
+    return [tensors], stats.seconds
+
+
+def write_artifact(
+    store: ObjectStore,
+    prefix: str,
+    snapshot: Path,
+    dtype: str,
+    key: bytes | None,
+    staging: Path,
+    fmt: str = "hf",
+    tensor_parallel_size: int = 1,
+) -> WrittenArtifact:
+    """Serialize the snapshot's weights in `fmt` (`hf` or `vllm`, see resources/vllm_format.py)
+    and upload them with its config files.
+
+    On failure, whatever was uploaded under `prefix` is removed again (best effort;
+    nothing there is visible to serving code until a registry record points at it).
+    """
+    out = WrittenArtifact()
+    tensors, out.serialize_s = _serialize(snapshot, dtype, key, staging, fmt, tensor_parallel_size)
+    uploads = [(p.name, p) for p in tensors] + [
         (str(p.relative_to(snapshot)), p) for p in tensorize.config_files(snapshot)
     ]
     start = time.perf_counter()
@@ -73,7 +98,8 @@ def write_artifact(
                 store.delete(f"{prefix}/{name}")
         raise
     finally:
-        tensors.unlink(missing_ok=True)
+        for path in tensors:
+            path.unlink(missing_ok=True)
     out.upload_s = time.perf_counter() - start
     return out
 

@@ -5,6 +5,10 @@ record (a swapped config), every tensor deserializes (hash-verified, decrypted) 
 source's exact bytes (tampering, a wrong key), and vLLM loading the artifact generates
 exactly what vLLM loading the source generates (a format vLLM reads differently).
 Great Expectations then states the pass criteria over the resulting tables.
+
+The vLLM-tensorized format holds vLLM's parameters (fused, sharded per rank), which have no
+one-to-one counterpart in the checkpoint: for it the tensor check proves every rank file
+decrypts and hash-verifies, and equivalence with the source rests on vLLM's outputs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from resources import tensorize, validation
 from resources.artifact import check_files
 from resources.store import ObjectStore
 from resources.tensorize import TENSORS_FILE
+from resources.vllm_format import tensors_files, tensors_name
 from resources.vllm_runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
 
 
@@ -111,20 +116,30 @@ class RoundTrip:
     prompts: list[str]
     max_tokens: int
     tolerance: float
+    fmt: str = "hf"
+    tensor_parallel_size: int = 1
 
     def check_tensors(self, report: RoundTripReport) -> None:
         report.files = check_files(self.store, self.prefix, self.files)
-        key = f"{self.prefix}/{TENSORS_FILE}"
+        published = {}
+        for name in tensors_files(self.tensor_parallel_size):
+            uri = self.store.uri(f"{self.prefix}/{name}")
+            try:
+                published[name] = tensorize.deserialize(uri, self.key, self.store.stream_kwargs())
+            except Exception as exc:  # noqa: BLE001 - any failure to read back fails the check
+                report.tensors_error = describe_load_error(exc, uri, self.key_id)
+                return
+        if self.fmt == "vllm":
+            report.tensors = [
+                row
+                for name, tensors in published.items()
+                for row in tensorize.describe_weights(tensors, prefix=f"{name}:")
+            ]
+            report.source_tensors = len(report.tensors)
+            return
         source = tensorize.load_source_weights(self.snapshot, self.dtype)
         report.source_tensors = len(source)
-        try:
-            published = tensorize.deserialize(
-                self.store.uri(key), self.key, self.store.stream_kwargs()
-            )
-        except Exception as exc:  # noqa: BLE001 - any failure to read back fails the check
-            report.tensors_error = describe_load_error(exc, self.store.uri(key), self.key_id)
-            return
-        report.tensors = tensorize.compare_weights(source, published)
+        report.tensors = tensorize.compare_weights(source, published[TENSORS_FILE])
 
     def check_generations(
         self, report: RoundTripReport, generate: Callable[[GenerationSpec], dict]
@@ -133,10 +148,14 @@ class RoundTrip:
             report.generations_error = "not run: the tensor check failed"
             return
         dtype = runtime_dtype(self.dtype)
-        loader = self.store.vllm_loader_options(f"{self.prefix}/{TENSORS_FILE}", with_secrets=True)
+        loader = self.store.vllm_loader_options(
+            f"{self.prefix}/{tensors_name(self.tensor_parallel_size)}", with_secrets=True
+        )
         if self.keyfile is not None:
             loader["encryption_keyfile"] = str(self.keyfile)
         common = dict(prompts=self.prompts, max_tokens=self.max_tokens, dtype=dtype)
+        if self.tensor_parallel_size > 1:
+            common["extra_engine_args"] = {"tensor_parallel_size": self.tensor_parallel_size}
         try:
             source = generate(GenerationSpec(model=str(self.snapshot), **common))
             with self.store.config_dir(self.prefix, self.files) as model_dir:
@@ -161,5 +180,6 @@ class RoundTrip:
             report.generations,
             self.tolerance,
             tensor_count=report.source_tensors,
+            against_source=self.fmt != "vllm",
         )
         return report

@@ -77,7 +77,7 @@ class ObjectStore(ABC):
         """A local directory with an artifact's files except the tensors: vLLM's `model`."""
         with tempfile.TemporaryDirectory(prefix="modelpub-config-") as tmp:
             for name in files:
-                if name != "model.tensors":
+                if not name.endswith(".tensors"):
                     dest = Path(tmp) / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     self.get_file(f"{prefix}/{name}", dest)

@@ -108,6 +108,22 @@ def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous().reshape(-1).view(torch.uint8)
 
 
+def describe_weights(tensors: dict[str, torch.Tensor], prefix: str = "") -> list[dict]:
+    """One row per tensor that has no source counterpart (the vLLM-tensorized format): it was
+    read back with its hash verified, which is all `equal` can claim for it."""
+    return [
+        {
+            "name": f"{prefix}{name}",
+            "source_dtype": None,
+            "published_dtype": str(t.dtype).removeprefix("torch."),
+            "shape": list(t.shape),
+            "numel": t.numel(),
+            "equal": True,
+        }
+        for name, t in sorted(tensors.items())
+    ]
+
+
 def compare_weights(
     source: dict[str, torch.Tensor], published: dict[str, torch.Tensor]
 ) -> list[dict]:

@@ -12,15 +12,18 @@ import logging
 import pandas as pd
 
 
-def _suites(tolerance: float, tensor_count: int):
+def _suites(tolerance: float, tensor_count: int, against_source: bool):
     import great_expectations.expectations as gxe
 
     tensors = [
         gxe.ExpectTableRowCountToEqual(value=tensor_count),
         gxe.ExpectColumnValuesToNotBeNull(column="published_dtype"),
         gxe.ExpectColumnValuesToBeInSet(column="equal", value_set=[True]),
-        gxe.ExpectColumnPairValuesToBeEqual(column_A="source_dtype", column_B="published_dtype"),
     ]
+    if against_source:
+        tensors.append(
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="source_dtype", column_B="published_dtype")
+        )
     generations = [
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToBeInSet(column="tokens_equal", value_set=[True]),
@@ -31,9 +34,14 @@ def _suites(tolerance: float, tensor_count: int):
 
 
 def run_expectations(
-    tensor_rows: list[dict], generation_rows: list[dict], tolerance: float, tensor_count: int
+    tensor_rows: list[dict],
+    generation_rows: list[dict],
+    tolerance: float,
+    tensor_count: int,
+    against_source: bool = True,
 ) -> dict:
-    """Validate both tables; returns {"success", "results": [{table, expectation, success}]}."""
+    """Validate both tables; returns {"success", "results": [{table, expectation, success}]}.
+    Without a source to compare with (the vLLM-tensorized format), dtypes are not paired."""
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -41,7 +49,7 @@ def run_expectations(
     source = context.data_sources.add_pandas("roundtrip")
     tables = {"tensors": pd.DataFrame(tensor_rows), "generations": pd.DataFrame(generation_rows)}
     results = []
-    for table, expectations in _suites(tolerance, tensor_count).items():
+    for table, expectations in _suites(tolerance, tensor_count, against_source).items():
         asset = source.add_dataframe_asset(table)
         batch = asset.add_batch_definition_whole_dataframe(table).get_batch(
             batch_parameters={"dataframe": tables[table]}

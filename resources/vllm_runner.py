@@ -54,16 +54,19 @@ def runtime_dtype(catalog_dtype: str) -> str:
     return catalog_dtype if cuda_available() else "float32"
 
 
-def generate(spec: GenerationSpec, timeout_s: float = 900) -> dict:
-    """Start an engine in a child process and return its generations and timings."""
+def run_child(
+    module: str, payload: dict, timeout_s: float, extra_env: dict[str, str] | None = None
+) -> dict:
+    """Run `python -m module payload.json out.json` with the engine environment and return
+    the JSON it wrote, plus `process_s`."""
     with tempfile.TemporaryDirectory(prefix="modelpub-vllm-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_path.write_text(json.dumps(asdict(spec)))
-        env = {**os.environ, **ENGINE_ENV}
+        spec_path.write_text(json.dumps(payload))
+        env = {**os.environ, **ENGINE_ENV, **(extra_env or {})}
         start = time.perf_counter()
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "resources.vllm_runner", str(spec_path), str(out_path)],
+                [sys.executable, "-m", module, str(spec_path), str(out_path)],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -78,6 +81,11 @@ def generate(spec: GenerationSpec, timeout_s: float = 900) -> dict:
         result = json.loads(out_path.read_text())
         result["process_s"] = time.perf_counter() - start
         return result
+
+
+def generate(spec: GenerationSpec, timeout_s: float = 900) -> dict:
+    """Start an engine in a child process and return its generations and timings."""
+    return run_child("resources.vllm_runner", asdict(spec), timeout_s)
 
 
 def compare_generations(source: dict, published: dict, tolerance: float) -> list[dict]:

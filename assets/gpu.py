@@ -1,0 +1,85 @@
+"""What the steps that need an accelerator ask Kubernetes for.
+
+`tensorized_model` (vLLM serializes the model from the GPU) and `roundtrip_checks` (vLLM
+generates from the source and the artifact) run on GPU nodes; the other steps do not. On
+Kubernetes each step is a pod launched by dagster-k8s's `k8s_job_executor`, which reads
+the step's `dagster-k8s/config` op tag: GPU_OP_TAGS requests one `nvidia.com/gpu`, selects
+GPU nodes (by MODELPUB_GPU_NODE_SELECTOR, a JSON object of node labels, where the cluster
+labels them differently from NVIDIA's GPU feature discovery) and tolerates the GPU taint.
+Those tags are fixed when the code loads, so an entry that needs more (a
+tensor-parallel model) or other nodes gets them per run: `gpu_run_config(entry, executor)`
+is the run config to launch its run with (the CLI's `publish` and any sensor or schedule
+use it). Run-level `dagster-k8s/config` tags would not do: dagster-k8s applies those to the
+run's own pod only, never to the step pods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from dagster_project.catalog import ModelEntry
+
+K8S_CONFIG_TAG = "dagster-k8s/config"
+GPU_RESOURCE = "nvidia.com/gpu"
+NODE_SELECTOR_ENV = "MODELPUB_GPU_NODE_SELECTOR"
+# Set by NVIDIA's GPU feature discovery (part of the GPU operator) on nodes with a GPU.
+DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+# GPU node pools are usually tainted so that only pods asking for GPUs land there.
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+GPU_STEPS = ("tensorized_model", "roundtrip_checks")
+
+
+def gpu_node_selector(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The labels of the cluster's GPU nodes: MODELPUB_GPU_NODE_SELECTOR, else NVIDIA's."""
+    raw = environ.get(NODE_SELECTOR_ENV)
+    if not raw:
+        return dict(DEFAULT_NODE_SELECTOR)
+    try:
+        labels = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{NODE_SELECTOR_ENV} is not JSON ({exc}): {raw!r}") from None
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise ValueError(
+            f"{NODE_SELECTOR_ENV} must be a JSON object of label strings, e.g. "
+            f'{{"cloud.google.com/gke-accelerator": "nvidia-l4"}}; got {raw!r}'
+        )
+    return labels
+
+
+GPU_NODE_SELECTOR = gpu_node_selector()
+
+
+def k8s_gpu_config(count: int = 1, node_selector: Mapping[str, str] | None = None) -> dict:
+    """A `dagster-k8s/config` value: `count` GPUs on a node with the GPU labels (plus
+    `node_selector`), tolerating the GPU taint."""
+    return {
+        "container_config": {
+            "resources": {
+                "requests": {GPU_RESOURCE: str(count)},
+                "limits": {GPU_RESOURCE: str(count)},
+            }
+        },
+        "pod_spec_config": {
+            "node_selector": {**GPU_NODE_SELECTOR, **(node_selector or {})},
+            "tolerations": [GPU_TOLERATION],
+        },
+    }
+
+
+GPU_OP_TAGS = {K8S_CONFIG_TAG: json.dumps(k8s_gpu_config())}
+
+
+def gpu_run_config(entry: ModelEntry, executor: str) -> dict:
+    """Run config giving `entry`'s GPU steps its GPU count and node selector.
+
+    Only the Kubernetes executor has per-step pod config; elsewhere (one machine) this is
+    empty, and an entry without overrides needs nothing beyond GPU_OP_TAGS either.
+    """
+    if executor != "k8s" or (entry.gpu_count == 1 and not entry.gpu.node_selector):
+        return {}
+    config = k8s_gpu_config(entry.gpu_count, entry.gpu.node_selector)
+    return {"execution": {"config": {"per_step_k8s_config": dict.fromkeys(GPU_STEPS, config)}}}
