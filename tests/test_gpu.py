@@ -1,0 +1,102 @@
+"""GPU steps declare what they need from Kubernetes, and per-entry needs reach their pods,
+checked with dagster-k8s's own parsing, merging and Job construction."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from dagster import validate_run_config
+from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.job import (
+    DagsterK8sJobConfig,
+    UserDefinedDagsterK8sConfig,
+    construct_dagster_k8s_job,
+    get_user_defined_k8s_config,
+)
+
+from assets.gpu import GPU_STEPS, K8S_CONFIG_TAG, gpu_node_selector, gpu_run_config
+from dagster_project.catalog import load_catalog
+from dagster_project.definitions import build_definitions
+from tests.conftest import LLAMA, OPT
+
+
+def publish_job(settings):
+    return build_definitions(settings).resolve_job_def("publish_model")
+
+
+def step_pod(step_tags: dict, per_step: dict | None = None):
+    """The pod spec dagster-k8s's step handler builds for a step: its op tags, then the
+    executor's per-step config on top (as K8sStepHandler merges them)."""
+    context = K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(step_tags))
+    if per_step is not None:
+        override = UserDefinedDagsterK8sConfig.from_dict(per_step)
+        context = context.merge(K8sContainerContext(run_k8s_config=override))
+    job = construct_dagster_k8s_job(
+        DagsterK8sJobConfig(job_image="modelpub:0.1.0", dagster_home="/opt/dagster/dagster_home"),
+        ["dagster", "api", "execute_step"],
+        "dagster-step-test",
+        user_defined_k8s_config=context.run_k8s_config,
+    )
+    return job.spec.template.spec
+
+
+def test_gpu_steps_and_only_they_ask_for_a_gpu(env):
+    job = publish_job(env.settings)
+    tags = {name: node.definition.tags for name, node in job.graph.node_dict.items()}
+    assert {name for name, t in tags.items() if K8S_CONFIG_TAG in t} == set(GPU_STEPS)
+    assert set(tags) == {*GPU_STEPS, "model_snapshot", "published_version"}
+    for step in GPU_STEPS:
+        pod = step_pod(tags[step])
+        assert pod.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
+        assert pod.containers[0].resources.requests == {"nvidia.com/gpu": "1"}
+        assert pod.node_selector == {"nvidia.com/gpu.present": "true"}
+        assert [(t.key, t.operator, t.effect) for t in pod.tolerations] == [
+            ("nvidia.com/gpu", "Exists", "NoSchedule")
+        ]
+    pod = step_pod(tags["model_snapshot"])
+    assert pod.containers[0].resources.limits is None and not pod.node_selector
+
+
+def test_an_entrys_gpu_count_and_nodes_reach_its_gpu_step_pods(env):
+    text = Path(env.settings.catalog).read_text()
+    env.write_catalog(
+        text.replace(
+            f"repo_id: {LLAMA}",
+            f"repo_id: {LLAMA}\n  tensor_parallel_size: 2\n"
+            "  gpu: {node_selector: {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}}",
+        )
+    )
+    catalog = load_catalog(env.settings.catalog)
+    llama, opt = catalog.entry(LLAMA.replace("/", "__")), catalog.entry(OPT.replace("/", "__"))
+    assert gpu_run_config(llama, "multiprocess") == {} and gpu_run_config(opt, "k8s") == {}
+
+    settings = dataclasses.replace(env.settings, executor="k8s")
+    job = publish_job(settings)
+    assert job.executor_def.name == "k8s"
+    run_config = gpu_run_config(llama, "k8s")
+    assert validate_run_config(job, run_config)  # the k8s executor's schema accepts it
+    per_step = run_config["execution"]["config"]["per_step_k8s_config"]
+    assert set(per_step) == set(GPU_STEPS)
+    for step in GPU_STEPS:
+        pod = step_pod(job.graph.node_named(step).definition.tags, per_step[step])
+        assert pod.containers[0].resources.limits == {"nvidia.com/gpu": "2"}
+        assert pod.node_selector == {
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+        }
+        assert len(pod.tolerations) == 1
+
+
+def test_gpu_node_labels_come_from_the_environment():
+    gke = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert gpu_node_selector({"MODELPUB_GPU_NODE_SELECTOR": json.dumps(gke)}) == gke
+    assert gpu_node_selector({}) == {"nvidia.com/gpu.present": "true"}
+    for bad in ("nvidia-l4", '["a"]', '{"a": 1}'):
+        with pytest.raises(ValueError, match="MODELPUB_GPU_NODE_SELECTOR"):
+            gpu_node_selector({"MODELPUB_GPU_NODE_SELECTOR": bad})
+
+
+def test_an_unknown_executor_is_refused(env):
+    with pytest.raises(ValueError, match="MODELPUB_EXECUTOR='celery': use 'multiprocess' or 'k8s'"):
+        build_definitions(dataclasses.replace(env.settings, executor="celery"))
