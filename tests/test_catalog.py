@@ -70,3 +70,39 @@ def test_definitions_refuse_a_malformed_catalog(env):
     env.write_catalog(GOOD.replace("prompts:", "dtype: float64\n    prompts:"))
     with pytest.raises(CatalogError, match="dtype"):
         build_definitions(env.settings)
+
+
+def test_format_parallelism_and_gpu_fields():
+    entry = parse_catalog(GOOD).models[0]
+    assert (entry.format, entry.tensor_parallel_size, entry.gpu_count) == ("auto", 1, 1)
+    sharded = GOOD + "    tensor_parallel_size: 4\n    gpu: {node_selector: {pool: h100}}\n"
+    entry = parse_catalog(sharded).models[0]
+    assert (entry.gpu_count, entry.gpu.node_selector) == (4, {"pool": "h100"})
+    assert parse_catalog(GOOD + "    gpu: {count: 2}\n").models[0].gpu_count == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("format: onnx", "models[0] (org/model-a).format: Input should be 'auto', 'hf' or 'vllm'"),
+        (
+            "format: hf\n    tensor_parallel_size: 2",
+            "models[0] (org/model-a): Value error, tensor_parallel_size 2 needs format 'vllm' "
+            "or 'auto': vLLM loads the HF-tensorized format on one rank only",
+        ),
+        (
+            "tensor_parallel_size: 4\n    gpu: {count: 2}",
+            "models[0] (org/model-a): Value error, gpu.count 2 is less than "
+            "tensor_parallel_size 4: every rank needs its own GPU",
+        ),
+        ("tensor_parallel_size: 0", "models[0] (org/model-a).tensor_parallel_size: Input should"),
+        (
+            "gpu: {node_selector: {'bad key!': x}}",
+            "models[0] (org/model-a).gpu.node_selector: Value error, 'bad key!' is not a "
+            "Kubernetes label key",
+        ),
+        ("gpu: {gpus: 2}", "models[0] (org/model-a).gpu.gpus: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_format_or_gpu_settings_are_named(extra, expected):
+    assert expected in refused(GOOD + f"    {extra}\n")
