@@ -111,7 +111,7 @@ def tensorized_model(
     try:
         fmt = resolve_format(entry.format, cuda_available(), entry.tensor_parallel_size)
     except FormatError as exc:
-        raise Failure(f"{entry.repo_id}: {exc}") from None
+        raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
     reg = registry.open()
     settings = {
         "dtype": entry.dtype,

@@ -1,8 +1,9 @@
 """Is a published version still what was published? Checked without the source model.
 
-Every file's sha256 must match the registry record, and `model.tensors` must decrypt
-with its key and pass tensorizer's per-tensor hash verification. This catches flipped
-bytes, truncation, a swapped config.json and a record that no longer matches its files.
+Every file's sha256 must match the registry record, and the tensors (`model.tensors`, or
+each rank's file) must decrypt with its key and pass tensorizer's per-tensor hash
+verification. This catches flipped bytes, truncation, a swapped config.json and a record
+that no longer matches its files.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from resources.keys import KeyStore
 from resources.registry import artifact_prefix
 from resources.roundtrip import describe_load_error
 from resources.store import ObjectStore
+from resources.vllm_format import tensors_files
 
 
 @dataclass
@@ -43,11 +45,13 @@ def verify_published(store: ObjectStore, keys: KeyStore, record: dict) -> Integr
     reference = f"{record['repo_id']}@{record['suffix']}"
     prefix = artifact_prefix(record["repo_id"], record["suffix"])
     report = IntegrityReport(reference, files=check_files(store, prefix, record["files"]))
-    uri = store.uri(f"{prefix}/{tensorize.TENSORS_FILE}")
+    names = tensors_files(record.get("tensor_parallel_size", 1))
+    uri = store.uri(f"{prefix}/{names[0]}")
     try:
         key = keys.get(record["key_id"]) if record.get("key_id") else None
-        tensors = tensorize.deserialize(uri, key, store.stream_kwargs())
-        report.tensors = len(tensors)
+        for name in names:
+            uri = store.uri(f"{prefix}/{name}")
+            report.tensors += len(tensorize.deserialize(uri, key, store.stream_kwargs()))
     except Exception as exc:  # noqa: BLE001 - every way of failing to read back is a finding
         report.error = describe_load_error(exc, uri, record.get("key_id"))
     return report
