@@ -20,7 +20,6 @@ from pathlib import Path
 from resources import tensorize, validation
 from resources.artifact import check_files
 from resources.store import ObjectStore
-from resources.tensorize import TENSORS_FILE
 from resources.vllm_format import tensors_files, tensors_name
 from resources.vllm_runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
 
@@ -121,25 +120,23 @@ class RoundTrip:
 
     def check_tensors(self, report: RoundTripReport) -> None:
         report.files = check_files(self.store, self.prefix, self.files)
-        published = {}
-        for name in tensors_files(self.tensor_parallel_size):
+        source = None
+        if self.fmt != "vllm":
+            source = tensorize.load_source_weights(self.snapshot, self.dtype)
+            report.source_tensors = len(source)
+        for name in tensors_files(self.tensor_parallel_size):  # one rank's file at a time
             uri = self.store.uri(f"{self.prefix}/{name}")
             try:
-                published[name] = tensorize.deserialize(uri, self.key, self.store.stream_kwargs())
+                published = tensorize.deserialize(uri, self.key, self.store.stream_kwargs())
             except Exception as exc:  # noqa: BLE001 - any failure to read back fails the check
                 report.tensors_error = describe_load_error(exc, uri, self.key_id)
                 return
-        if self.fmt == "vllm":
-            report.tensors = [
-                row
-                for name, tensors in published.items()
-                for row in tensorize.describe_weights(tensors, prefix=f"{name}:")
-            ]
+            if source is None:
+                report.tensors += tensorize.describe_weights(published, prefix=f"{name}:")
+            else:
+                report.tensors = tensorize.compare_weights(source, published)
+        if source is None:
             report.source_tensors = len(report.tensors)
-            return
-        source = tensorize.load_source_weights(self.snapshot, self.dtype)
-        report.source_tensors = len(source)
-        report.tensors = tensorize.compare_weights(source, published[TENSORS_FILE])
 
     def check_generations(
         self, report: RoundTripReport, generate: Callable[[GenerationSpec], dict]
