@@ -8,22 +8,25 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    Failure,
     MetadataValue,
+    OpExecutionContext,
     multi_asset_check,
 )
 
 from assets.metadata import md_table
 from assets.models import tensorized_model
 from assets.partitions import models_partitions
-from assets.state import latest_metadata
+from assets.state import VERIFY_TAG, latest_metadata, record_target
 from resources.dagster_resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
     ObjectStoreResource,
+    RegistryResource,
     VllmResource,
 )
-from resources.registry import artifact_prefix
+from resources.registry import RegistryError, artifact_prefix
 from resources.roundtrip import RoundTrip, RoundTripReport
 
 CHECKS = {
@@ -38,7 +41,19 @@ CHECKS = {
 }
 
 
-def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
+def check_target(op: OpExecutionContext, repo_id: str, registry: RegistryResource) -> dict:
+    """The version to check: a published one named by the run's VERIFY_TAG (a scheduled
+    re-verification), else the one this run's `tensorized_model` just wrote."""
+    suffix = op.run.tags.get(VERIFY_TAG)
+    if not suffix:
+        return latest_metadata(op, "tensorized_model")["target"]
+    try:
+        return record_target(registry.open().version(repo_id, suffix))
+    except RegistryError as exc:
+        raise Failure(f"cannot re-verify: {exc}") from None
+
+
+def _results(report: RoundTripReport, version: dict) -> Iterator[AssetCheckResult]:
     summary = report.summary()
     yield AssetCheckResult(
         check_name="tensors_match",
@@ -46,6 +61,7 @@ def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
         severity=AssetCheckSeverity.ERROR,
         description=report.tensors_error,
         metadata={
+            **version,
             "tensors_compared": len(report.tensors),
             "tensors_equal": sum(r["equal"] for r in report.tensors),
             "error": report.tensors_error or "",
@@ -65,6 +81,7 @@ def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
         severity=AssetCheckSeverity.ERROR,
         description=report.generations_error,
         metadata={
+            **version,
             "prompts": len(report.generations),
             "max_abs_logprob_diff": summary["generations"]["max_abs_logprob_diff"] or 0.0,
             "engine_start_s": MetadataValue.json(report.engine_start_s),
@@ -82,6 +99,7 @@ def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
         passed=report.expectations_passed,
         severity=AssetCheckSeverity.ERROR,
         metadata={
+            **version,
             "expectations": MetadataValue.md(
                 md_table(
                     report.expectations.get("results", []),
@@ -104,6 +122,7 @@ def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
         for name, text in CHECKS.items()
     ],
     name="roundtrip_checks",
+    pool="gpu",
 )
 def roundtrip_checks(
     context: AssetCheckExecutionContext,
@@ -111,12 +130,13 @@ def roundtrip_checks(
     hub: HubResource,
     object_store: ObjectStoreResource,
     key_store: KeyStoreResource,
+    registry: RegistryResource,
     vllm: VllmResource,
 ) -> Iterator[AssetCheckResult]:
     op = context.op_execution_context
     cat = catalog.load()
     entry = cat.entry(op.partition_key)
-    target = latest_metadata(op, "tensorized_model")["target"]
+    target = check_target(op, entry.repo_id, registry)
     snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, target["sha"], hub.cache)
     store = object_store.open()
     prefix = artifact_prefix(entry.repo_id, target["suffix"])
@@ -143,11 +163,18 @@ def roundtrip_checks(
             report = check(keyfile)
     else:
         report = check(None)
+    report_key = f"validation/{entry.repo_id}/{target['suffix']}/{op.run_id}.json"
     store.create(
-        f"validation/{entry.repo_id}/{target['suffix']}/{op.run_id}.json",
+        report_key,
         json.dumps(report.to_json(), indent=2, default=str).encode(),
     )
     context.log.info(
         f"round trip of {entry.repo_id}@{target['suffix']}: {json.dumps(report.summary())}"
     )
-    yield from _results(report)
+    version = {
+        "version": f"{entry.repo_id}@{target['suffix']}",
+        "sha": target["sha"],
+        "reverification": bool(op.run.tags.get(VERIFY_TAG)),
+        "report_uri": MetadataValue.url(store.uri(report_key)),
+    }
+    yield from _results(report, version)

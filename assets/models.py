@@ -17,7 +17,14 @@ from pydantic import Field
 
 from assets.metadata import human_size, md_table, rate
 from assets.partitions import models_partitions
-from assets.state import SHA_TAG, latest_metadata, run_sha
+from assets.state import (
+    ROTATED_FROM_TAG,
+    SHA_TAG,
+    latest_metadata,
+    record_target,
+    run_aliases,
+    run_sha,
+)
 from resources.artifact import write_artifact
 from resources.dagster_resources import (
     CatalogResource,
@@ -28,11 +35,16 @@ from resources.dagster_resources import (
     TensorizerResource,
 )
 from resources.hub import HubError
-from resources.registry import artifact_prefix, now
+from resources.registry import ALIAS, artifact_prefix, now
 from resources.serve import serve_command
 from resources.tensorize import TENSORS_FILE
 
 OWNERS = ["team:ml-platform"]
+
+
+def _tags(stage: str) -> dict[str, str]:
+    """Asset tags for selecting in the UI and CLI, e.g. `tag:modelpub/stage=publish`."""
+    return {"modelpub/artifact": "model", "modelpub/stage": stage}
 
 
 class PublishConfig(Config):
@@ -47,6 +59,7 @@ class PublishConfig(Config):
     partitions_def=models_partitions,
     kinds={"huggingface", "git"},
     owners=OWNERS,
+    tags=_tags("fetch"),
     group_name="models",
     description="The catalog entry's Hugging Face repo, resolved once to a commit sha and "
     "fetched into the local snapshot cache. Every later step uses that sha.",
@@ -84,6 +97,7 @@ def model_snapshot(
     deps=[model_snapshot],
     kinds={"tensorizer", "pytorch"},
     owners=OWNERS,
+    tags=_tags("serialize"),
     group_name="models",
     description="The snapshot's weights serialized with tensorizer (encrypted unless the "
     "catalog says otherwise) and uploaded with config and tokenizer files under a new "
@@ -110,14 +124,7 @@ def tensorized_model(
             f"{entry.repo_id}@{sha[:12]} is already published as "
             f"{existing['suffix']}; re-verifying it instead of publishing again"
         )
-        target = {
-            "suffix": existing["suffix"],
-            "key_id": existing["key_id"],
-            "files": existing["files"],
-            "reused": True,
-            "sha": sha,
-            **settings,
-        }
+        target = record_target(existing)
         return MaterializeResult(
             metadata={
                 "suffix": existing["suffix"],
@@ -180,6 +187,7 @@ def package_versions() -> dict[str, str]:
     deps=[tensorized_model],
     kinds={"vllm"},
     owners=OWNERS,
+    tags=_tags("publish"),
     group_name="models",
     description="The immutable registry record that makes a verified artifact visible to "
     "serving code, and the `latest` alias moved to it. Runs only when every blocking "
@@ -201,6 +209,10 @@ def published_version(
     )
     if not report["passed"]:
         raise Failure(f"round-trip validation of {entry.repo_id}@{suffix} failed; not publishing")
+    aliases = run_aliases(context)
+    bad = [a for a in aliases if not ALIAS.match(a)]
+    if bad:
+        raise Failure(f"run tag {bad!r}: not alias names like 'latest'; not publishing")
     if target["reused"]:
         record = reg.version(entry.repo_id, suffix)
     else:
@@ -225,10 +237,12 @@ def published_version(
             ),
             "dagster_run_id": context.run_id,
             "published_at": now(),
+            "rotated_from": context.run.tags.get(ROTATED_FROM_TAG),
         }
         reg.publish(record)
-        reg.move_alias(entry.repo_id, "latest", suffix)
-    aliases = reg.aliases(entry.repo_id)
+        for alias in aliases:
+            reg.move_alias(entry.repo_id, alias, suffix)
+    all_aliases = reg.aliases(entry.repo_id)
     return MaterializeResult(
         metadata={
             "reference": f"{entry.repo_id}@{suffix}",
@@ -237,7 +251,7 @@ def published_version(
             "newly_published": not target["reused"],
             "aliases": MetadataValue.md(
                 md_table(
-                    [{"alias": a, "suffix": s} for a, s in sorted(aliases.items())],
+                    [{"alias": a, "suffix": s} for a, s in sorted(all_aliases.items())],
                     ["alias", "suffix"],
                 )
             ),

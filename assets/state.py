@@ -12,6 +12,11 @@ from typing import Any
 from dagster import AssetExecutionContext, AssetKey, AssetRecordsFilter, Failure
 
 SHA_TAG = "modelpub/sha"
+# Run tags that steer a run (set by sensors, schedules, or by hand in the launchpad):
+VERIFY_TAG = "modelpub/verify"  # the suffix a checks-only run re-verifies
+ALIASES_TAG = "modelpub/aliases"  # comma-separated aliases to move on publish (default latest)
+ROTATED_FROM_TAG = "modelpub/rotated_from"  # the suffix a key rotation re-publishes
+PARTITION_TAG = "dagster/partition"  # how a checks-only run (no partitions_def) names its entry
 
 
 def latest_metadata(context: AssetExecutionContext, asset: str) -> dict[str, Any]:
@@ -34,3 +39,23 @@ def run_sha(context: AssetExecutionContext) -> str:
     if run is not None and SHA_TAG in run.tags:
         return run.tags[SHA_TAG]
     return latest_metadata(context, "model_snapshot")["sha"]
+
+
+def record_target(record: dict[str, Any]) -> dict[str, Any]:
+    """What the round-trip checks need to verify an already published version."""
+    return {
+        "suffix": record["suffix"],
+        "key_id": record["key_id"],
+        "files": record["files"],
+        "reused": True,
+        "sha": record["hf_sha"],
+        "dtype": record["dtype"],
+        "encrypted": record["encrypted"],
+        "format": record["format"],
+    }
+
+
+def run_aliases(context: AssetExecutionContext) -> list[str]:
+    """The aliases a publish run moves to its new version: `latest` unless tagged."""
+    tagged = context.run.tags.get(ALIASES_TAG, "latest")
+    return [a.strip() for a in tagged.split(",") if a.strip()]

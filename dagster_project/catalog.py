@@ -77,9 +77,64 @@ class ModelEntry(_Strict):
         return partition_key(self.repo_id)
 
 
+class WatchSpec(_Strict):
+    """The sensor that publishes new commits of every entry's tracked ref."""
+
+    running: bool = Field(False, description="on when the code loads (the UI toggle wins)")
+    interval_s: int = Field(60, ge=5, le=86400, description="seconds between ticks")
+    chunk: int = Field(50, ge=1, le=1000, description="entries polled per tick")
+    budget_s: float = Field(20.0, gt=0, le=45, description="time one tick may spend polling")
+
+
+class RepublishSpec(_Strict):
+    """A schedule over the published versions that some aliases point at."""
+
+    cron: str
+    aliases: list[str] = Field(default_factory=lambda: ["latest"], min_length=1)
+    timezone: str = "UTC"
+    running: bool = Field(False, description="on when the code loads (the UI toggle wins)")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from dagster._utils.schedules import is_valid_cron_string
+
+        if not is_valid_cron_string(value):
+            raise ValueError(f"{value!r} is not a cron string like '0 3 * * *'")
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        from resources.registry import ALIAS
+
+        for alias in value:
+            if not ALIAS.match(alias):
+                raise ValueError(f"{alias!r} is not an alias name like 'latest' or 'stable'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone like 'UTC'") from None
+        return value
+
+
+class Automation(_Strict):
+    watch: WatchSpec = WatchSpec()
+    reverify: RepublishSpec = RepublishSpec(cron="0 3 * * *")
+    rotate_keys: RepublishSpec = RepublishSpec(cron="0 4 1 * *")
+
+
 class Catalog(_Strict):
     hubs: dict[str, HubSpec]
     models: list[ModelEntry] = Field(default_factory=list)
+    automation: Automation = Automation()
 
     def entry(self, key: str) -> ModelEntry:
         for model in self.models:

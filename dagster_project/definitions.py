@@ -7,7 +7,9 @@ from dagster import Definitions
 from assets.checks import roundtrip_checks
 from assets.models import model_snapshot, published_version, tensorized_model
 from dagster_project.catalog import load_catalog
-from dagster_project.jobs import publish_model_job
+from dagster_project.jobs import publish_model_job, reverify_model_job
+from dagster_project.schedules import build_reverify_schedule, build_rotate_schedule
+from dagster_project.sensors import build_revision_sensor
 from dagster_project.settings import Settings
 from resources.dagster_resources import (
     CatalogResource,
@@ -21,12 +23,18 @@ from resources.dagster_resources import (
 
 
 def build_definitions(settings: Settings) -> Definitions:
-    load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
+    catalog = load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
+    automation = catalog.automation
     store = ObjectStoreResource(uri=settings.store)
     return Definitions(
         assets=[model_snapshot, tensorized_model, published_version],
         asset_checks=[roundtrip_checks],
-        jobs=[publish_model_job],
+        jobs=[publish_model_job, reverify_model_job],
+        sensors=[build_revision_sensor(automation.watch)],
+        schedules=[
+            build_reverify_schedule(automation.reverify),
+            build_rotate_schedule(automation.rotate_keys),
+        ],
         resources={
             "catalog": CatalogResource(path=settings.catalog),
             "hub": HubResource(cache_dir=settings.cache),

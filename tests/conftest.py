@@ -72,3 +72,17 @@ def env(tmp_path, mirror_template, monkeypatch) -> Env:
     e = Env(root=tmp_path, mirror=mirror, settings=settings)
     e.write_catalog(catalog_yaml(mirror, [{"repo_id": LLAMA}, {"repo_id": OPT}]))
     return e
+
+
+@pytest.fixture
+def instance(env):
+    """A real Dagster instance (SQLite) in the test's DAGSTER_HOME."""
+    import os
+
+    from dagster import DagsterInstance
+
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()
+    with DagsterInstance.get() as inst:
+        yield inst
