@@ -25,13 +25,11 @@ class Process:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def dagster_home() -> Path:
-    """The test's DAGSTER_HOME (set by the `env` fixture), with a dagster.yaml."""
+def dagster_home(config: str = "") -> Path:
+    """The test's DAGSTER_HOME (set by the `env` fixture), with `config` as dagster.yaml."""
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + config)
     return home
 
 

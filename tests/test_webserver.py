@@ -6,7 +6,7 @@ import json
 import urllib.request
 from pathlib import Path
 
-from dagster import materialize
+from dagster import DagsterRunStatus, materialize
 
 from assets.models import model_snapshot, tensorized_model
 from assets.state import PARTITION_TAG
@@ -51,12 +51,20 @@ LATEST = (
     + METADATA
 )
 
+LAUNCH = """mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on Error { message }
+  }
+}"""
+
 CHECKS = (
     """query Checks($key: AssetKeyInput!, $partition: String!) {
   assetCheckExecutions(
     assetKey: $key, checkName: "tensors_match", partition: $partition, limit: 5
   ) {
-    status partition
+    status partition runId
     evaluation { success partition description metadataEntries { ...Entries } }
   }
 }
@@ -91,7 +99,10 @@ def try_graph(port: int) -> list | None:
 def test_webserver_shows_asset_graph_latest_metadata_and_checks_per_partition(
     env, instance, tmp_path
 ):
-    dagster_home()
+    # Runs launched from the UI start at once (no daemon here to dequeue them).
+    dagster_home(
+        "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
+    )
     defs = build_definitions(env.settings)
     instance.add_dynamic_partitions("models", [KEY])
     written = materialize(
@@ -107,10 +118,6 @@ def test_webserver_shows_asset_graph_latest_metadata_and_checks_per_partition(
     data = bytearray(tensors.read_bytes())
     data[-64] ^= 0xFF
     tensors.write_bytes(bytes(data))
-    checked = defs.resolve_job_def("reverify_model").execute_in_process(
-        tags={PARTITION_TAG: KEY}, instance=instance, raise_on_error=False
-    )
-    assert not checked.success
 
     port = free_port()
     web = start(
@@ -120,10 +127,32 @@ def test_webserver_shows_asset_graph_latest_metadata_and_checks_per_partition(
     try:
         nodes = wait_for(lambda: try_graph(port), 180, "the asset graph over GraphQL", web)
         latest = graphql(port, LATEST, key={"path": ["model_snapshot"]}, partition=KEY)
+        # What an operator does from the launchpad: re-verify one entry.
+        launched = graphql(
+            port,
+            LAUNCH,
+            params={
+                "selector": {
+                    "repositoryLocationName": "dagster_project.definitions",
+                    "repositoryName": "__repository__",
+                    "jobName": "reverify_model",
+                },
+                "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": KEY}]},
+            },
+        )["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        run = wait_for(
+            lambda: (r := instance.get_run_by_id(run_id)) and r.is_finished and r,
+            180,
+            "the re-verify run to finish",
+            web,
+        )
         checks = graphql(port, CHECKS, key={"path": ["tensorized_model"]}, partition=KEY)
     finally:
         stop(web)
 
+    assert run.status == DagsterRunStatus.FAILURE  # a failed blocking check fails the run
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert set(by_key) >= {"model_snapshot", "tensorized_model", "published_version"}
     assert by_key["published_version"]["dependencyKeys"] == [{"path": ["tensorized_model"]}]
@@ -149,9 +178,10 @@ def test_webserver_shows_asset_graph_latest_metadata_and_checks_per_partition(
 
     [execution] = checks["assetCheckExecutions"]
     evaluation = execution["evaluation"]
+    assert execution["runId"] == run_id
     assert (execution["partition"], evaluation["partition"]) == (KEY, KEY)
     assert execution["status"] == "FAILED" and evaluation["success"] is False
     assert "modified after publishing" in evaluation["description"]
     check_meta = entries(evaluation)
     assert check_meta["version"]["text"] == f"{LLAMA}@v1"
-    assert "❌" in check_meta["files"]["mdStr"] or "❌" in check_meta["tensors"]["mdStr"]
+    assert "❌" in check_meta["files"]["mdStr"] + check_meta["tensors"]["mdStr"]
