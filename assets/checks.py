@@ -163,7 +163,7 @@ def roundtrip_checks(
             report = check(keyfile)
     else:
         report = check(None)
-    report_key = f"validation/{entry.repo_id}/{target['suffix']}/{op.run_id}.json"
+    report_key = f"validation/{entry.repo_id}/{target['suffix']}/{op.run.run_id}.json"
     store.create(
         report_key,
         json.dumps(report.to_json(), indent=2, default=str).encode(),

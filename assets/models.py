@@ -15,6 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.errors import TRANSIENT_RETRY, classified_errors
 from assets.metadata import human_size, md_table, rate
 from assets.partitions import models_partitions
 from assets.state import (
@@ -34,7 +35,6 @@ from resources.dagster_resources import (
     RegistryResource,
     TensorizerResource,
 )
-from resources.hub import HubError
 from resources.registry import ALIAS, artifact_prefix, now
 from resources.serve import serve_command
 from resources.tensorize import TENSORS_FILE
@@ -61,6 +61,7 @@ class PublishConfig(Config):
     owners=OWNERS,
     tags=_tags("fetch"),
     group_name="models",
+    retry_policy=TRANSIENT_RETRY,
     description="The catalog entry's Hugging Face repo, resolved once to a commit sha and "
     "fetched into the local snapshot cache. Every later step uses that sha.",
 )
@@ -69,14 +70,12 @@ def model_snapshot(
 ) -> MaterializeResult:
     entry = catalog.load().entry(context.partition_key)
     source = hub.hub(catalog.load().hubs[entry.hub])
-    run = context.instance.get_run_by_id(context.run_id)
-    try:
+    run = context.instance.get_run_by_id(context.run.run_id)
+    with classified_errors():
         sha = run.tags.get(SHA_TAG) if run else None
         sha = sha or source.resolve(entry.repo_id, entry.ref)
-        context.instance.add_run_tags(context.run_id, {SHA_TAG: sha})
+        context.instance.add_run_tags(context.run.run_id, {SHA_TAG: sha})
         path = source.snapshot(entry.repo_id, sha, hub.cache)
-    except HubError as exc:
-        raise Failure(str(exc), allow_retries=exc.transient) from None
     files = sorted(p for p in path.rglob("*") if p.is_file())
     rows = [{"file": str(p.relative_to(path)), "size": human_size(p.stat().st_size)} for p in files]
     return MaterializeResult(
@@ -99,10 +98,12 @@ def model_snapshot(
     owners=OWNERS,
     tags=_tags("serialize"),
     group_name="models",
+    retry_policy=TRANSIENT_RETRY,
     description="The snapshot's weights serialized with tensorizer (encrypted unless the "
     "catalog says otherwise) and uploaded with config and tokenizer files under a new "
     "versioned suffix. Not visible to serving code until `published_version` records it.",
 )
+@classified_errors()
 def tensorized_model(
     context: AssetExecutionContext,
     config: PublishConfig,
@@ -135,14 +136,14 @@ def tensorized_model(
         )
 
     snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache)
-    suffix = reg.reserve_suffix(entry.repo_id, context.run_id)
+    suffix = reg.reserve_suffix(entry.repo_id, context.run.run_id)
     key_id = f"{context.partition_key}/{suffix}" if entry.encrypt else None
     key = key_store.open().create(key_id) if key_id else None
     prefix = artifact_prefix(entry.repo_id, suffix)
     store = object_store.open()
     context.log.info(f"serializing {entry.repo_id}@{sha[:12]} to {store.uri(prefix)}")
     written = write_artifact(
-        store, prefix, snapshot, entry.dtype, key, tensorizer.staging(context.run_id)
+        store, prefix, snapshot, entry.dtype, key, tensorizer.staging(context.run.run_id)
     )
     target = {
         "suffix": suffix,
@@ -189,10 +190,12 @@ def package_versions() -> dict[str, str]:
     owners=OWNERS,
     tags=_tags("publish"),
     group_name="models",
+    retry_policy=TRANSIENT_RETRY,
     description="The immutable registry record that makes a verified artifact visible to "
     "serving code, and the `latest` alias moved to it. Runs only when every blocking "
     "round-trip check on `tensorized_model` passed.",
 )
+@classified_errors()
 def published_version(
     context: AssetExecutionContext,
     catalog: CatalogResource,
@@ -205,7 +208,7 @@ def published_version(
     store = object_store.open()
     suffix = target["suffix"]
     report = json.loads(
-        store.get_bytes(f"validation/{entry.repo_id}/{suffix}/{context.run_id}.json")
+        store.get_bytes(f"validation/{entry.repo_id}/{suffix}/{context.run.run_id}.json")
     )
     if not report["passed"]:
         raise Failure(f"round-trip validation of {entry.repo_id}@{suffix} failed; not publishing")
@@ -233,9 +236,9 @@ def published_version(
             "versions": package_versions(),
             "validation": report["summary"],
             "validation_report": store.uri(
-                f"validation/{entry.repo_id}/{suffix}/{context.run_id}.json"
+                f"validation/{entry.repo_id}/{suffix}/{context.run.run_id}.json"
             ),
-            "dagster_run_id": context.run_id,
+            "dagster_run_id": context.run.run_id,
             "published_at": now(),
             "rotated_from": context.run.tags.get(ROTATED_FROM_TAG),
         }

@@ -35,7 +35,7 @@ def latest_metadata(context: AssetExecutionContext, asset: str) -> dict[str, Any
 
 def run_sha(context: AssetExecutionContext) -> str:
     """The commit this run publishes: pinned in a run tag, else the latest snapshot's."""
-    run = context.instance.get_run_by_id(context.run_id)
+    run = context.instance.get_run_by_id(context.run.run_id)
     if run is not None and SHA_TAG in run.tags:
         return run.tags[SHA_TAG]
     return latest_metadata(context, "model_snapshot")["sha"]

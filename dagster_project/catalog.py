@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+MAX_CATALOG_BYTES = 1 << 20
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
 
@@ -149,7 +150,14 @@ class Catalog(_Strict):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses duplicate mapping keys instead of keeping the last."""
+    """A YAML loader that refuses duplicate mapping keys instead of keeping the last, and
+    aliases (`*ref`), which let a small file expand to an enormous one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise CatalogError(f"line {mark.line + 1}: YAML aliases are not allowed")
+        return super().compose_node(parent, index)
 
 
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -179,6 +187,8 @@ def _describe(error: dict, data: dict) -> str:
 
 def parse_catalog(text: str, source: str = "catalog", base_dir: Path | None = None) -> Catalog:
     """Parse catalog YAML; relative hub roots resolve against `base_dir`."""
+    if len(text) > MAX_CATALOG_BYTES:
+        raise CatalogError(f"{source}: larger than {MAX_CATALOG_BYTES} bytes; split it up")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -57,12 +58,19 @@ def publish(settings: Settings, key: str, force: bool = False) -> dict:
     published = result.asset_materializations_for_node("published_version")
     if not result.success or not published:
         errors = [
-            ev.event_specific_data.error.message.strip()
+            _root_cause(ev.event_specific_data.error)
             for ev in result.all_events
             if ev.is_step_failure
         ]
         raise PublishFailed(key, result.run_id, failed_checks, errors)
     return published[0].metadata["record"].value
+
+
+def _root_cause(error) -> str:
+    """The innermost error's message, without Dagster's wrapping."""
+    while error.cause is not None:
+        error = error.cause
+    return re.sub(r"^[\w.]+: ", "", error.message.strip())
 
 
 class PublishFailed(RuntimeError):
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("reference")
     p = sub.add_parser("serve-command", help="the vllm serve command for repo_id[@alias|@vN]")
     p.add_argument("reference")
+    p = sub.add_parser("verify", help="check a published version's files, key and tensors")
+    p.add_argument("reference", help="repo_id[@alias|@vN], default @latest")
     p = sub.add_parser("demo", help="make the demo model repo (or a new commit) and publish it")
     p.add_argument("--new-commit", action="store_true", help="commit new random weights first")
     args = parser.parse_args(argv)
@@ -151,6 +161,24 @@ def _cmd_serve_command(settings: Settings, args) -> int:
     return 0
 
 
+def _cmd_verify(settings: Settings, args) -> int:
+    from resources.integrity import verify_published
+    from resources.keys import open_key_store
+
+    registry = _registry(settings)
+    record = registry.resolve(args.reference)
+    report = verify_published(registry.store, open_key_store(settings.keys, settings.store), record)
+    if report.ok:
+        print(
+            f"{report.reference}: OK ({len(report.files)} files, {report.tensors} tensors verified)"
+        )
+        return 0
+    print(f"{report.reference}: TAMPERED OR DAMAGED", file=sys.stderr)
+    for problem in report.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2
+
+
 def _cmd_demo(settings: Settings, args) -> int:
     from dagster_project.demo import DEMO_REPO, commit_count, commit_tiny_model, demo_repo_path
 
@@ -172,6 +200,7 @@ COMMANDS = {
     "list": _cmd_list,
     "resolve": _cmd_resolve,
     "serve-command": _cmd_serve_command,
+    "verify": _cmd_verify,
     "demo": _cmd_demo,
 }
 

@@ -4,13 +4,11 @@ from dagster import AssetSelection, define_asset_job
 
 from assets.checks import roundtrip_checks
 from assets.models import model_snapshot, published_version, tensorized_model
-from assets.partitions import models_partitions
 from assets.state import PARTITION_TAG, VERIFY_TAG
 
 publish_model_job = define_asset_job(
     "publish_model",
     selection=AssetSelection.assets(model_snapshot, tensorized_model, published_version),
-    partitions_def=models_partitions,
     description="Pull a catalog entry at a pinned sha, tensorize and encrypt it, prove the "
     "round trip with vLLM, and publish it under a new suffix.",
 )

@@ -7,12 +7,17 @@ the file hashes and every tensor against the source checkpoint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from resources import tensorize
 from resources.store import NotFound, ObjectStore
+
+
+class StagingFull(OSError):
+    """The local staging disk filled up; retrying will not help until space is freed."""
 
 
 @dataclass
@@ -40,7 +45,19 @@ def write_artifact(
     """
     out = WrittenArtifact()
     tensors = staging / tensorize.TENSORS_FILE
-    stats = tensorize.serialize(tensorize.load_source_weights(snapshot, dtype), tensors, key)
+    weights = tensorize.load_source_weights(snapshot, dtype)
+    try:
+        stats = tensorize.serialize(weights, tensors, key)
+    except OSError as exc:
+        tensors.unlink(missing_ok=True)
+        if exc.errno != errno.ENOSPC:
+            raise
+        need = sum(t.numel() * t.element_size() for t in weights.values())
+        raise StagingFull(
+            f"no space left in the staging directory {staging} while serializing "
+            f"{need / 1e6:.1f} MB of tensors; free space there or point MODELPUB_CACHE at a "
+            "larger disk, then rerun"
+        ) from None
     out.serialize_s = stats.seconds
     uploads = [(tensorize.TENSORS_FILE, tensors)] + [
         (str(p.relative_to(snapshot)), p) for p in tensorize.config_files(snapshot)

@@ -102,6 +102,7 @@ class HuggingFaceHub(Hub):
         return HfApi(endpoint=self.endpoint, token=self.token)
 
     def resolve(self, repo_id: str, ref: str) -> str:
+        import httpx2
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
@@ -123,18 +124,22 @@ class HuggingFaceHub(Hub):
                 f"{repo_id}: repository not found on {where} (or private: set HF_TOKEN)"
             ) from None
         except HfHubHTTPError as exc:
-            raise HubError(f"{repo_id}: {where} answered {exc}", transient=True) from None
-        except OSError as exc:
+            status = exc.response.status_code if exc.response is not None else 500
+            raise HubError(
+                f"{repo_id}: {where} answered {exc}", transient=status >= 500 or status == 429
+            ) from None
+        except (OSError, httpx2.TransportError) as exc:
             raise HubError(f"{repo_id}: cannot reach {where}: {exc}", transient=True) from None
 
     def fetch(self, repo_id: str, sha: str, dest: Path) -> None:
+        import httpx2
         from huggingface_hub import snapshot_download
 
         try:
             snapshot_download(
                 repo_id, revision=sha, local_dir=dest, endpoint=self.endpoint, token=self.token
             )
-        except OSError as exc:
+        except (OSError, httpx2.TransportError) as exc:
             raise HubError(f"{repo_id}@{sha}: download failed: {exc}", transient=True) from None
         shutil.rmtree(dest / ".cache", ignore_errors=True)
 

@@ -106,7 +106,7 @@ class LocalStore(ObjectStore):
 
     def path(self, key: str) -> Path:
         path = (self.root / key).resolve()
-        if self.root not in path.parents:
+        if path != self.root and self.root not in path.parents:
             raise StoreError(f"key {key!r} escapes the store root {self.root}")
         return path
 

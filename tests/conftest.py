@@ -44,7 +44,13 @@ def catalog_yaml(mirror: Path, models: list[dict]) -> str:
         {
             "hubs": {"mirror": {"kind": "git_mirror", "root": str(mirror)}},
             "models": [
-                {"hub": "mirror", "prompts": PROMPTS, "max_tokens": 6, "dtype": "float32", **m}
+                {
+                    "hub": "mirror",
+                    "prompts": list(PROMPTS),
+                    "max_tokens": 6,
+                    "dtype": "float32",
+                    **m,
+                }
                 for m in models
             ],
         }
@@ -61,6 +67,7 @@ def env(tmp_path, mirror_template, monkeypatch) -> Env:
         keys=str(tmp_path / "keys"),
         cache=str(tmp_path / "cache"),
     )
+    (tmp_path / "dagster_home").mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     for name, value in (
         ("MODELPUB_CATALOG", settings.catalog),

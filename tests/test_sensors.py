@@ -1,8 +1,8 @@
 """The publish sensor, evaluated with `build_sensor_context` on a real instance.
 
-The hubs are real git mirrors, or the real `huggingface_hub` client against a test
-double of the Hub's HTTP API where the Hub's own behaviour (slow, failing, hanging) is
-what is being tested.
+The hubs are real git mirrors, or the real `huggingface_hub` client against the Hub's
+test double (tests/fake_hub.py) where the Hub's own behaviour (slow, failing, hanging)
+is what is being tested.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 
 import yaml
 from dagster import SensorResult, build_sensor_context
@@ -20,7 +21,7 @@ from dagster_project.demo import commit_tiny_model, git
 from resources.registry import Registry
 from resources.store import open_store
 from tests.conftest import LLAMA, OPT, catalog_yaml
-from tests.hub_api_double import HubApiDouble
+from tests.fake_hub import FakeHub
 
 LLAMA_KEY, OPT_KEY = LLAMA.replace("/", "__"), OPT.replace("/", "__")
 
@@ -120,11 +121,17 @@ def test_sha_already_in_the_registry_is_not_requested(env, instance):
     assert json.loads(result.cursor)["seen"][LLAMA_KEY] == sha
 
 
-def hub_catalog(env, double: HubApiDouble, repos: list[str], **watch) -> None:
+def hub_catalog(env, hub: FakeHub, repos: list[str], **watch) -> None:
+    """A catalog of `repos` on the Hub double, each a symlink to the tiny Llama's mirror."""
+    for repo in repos:
+        link = hub.root / repo
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(env.mirror / LLAMA)
     env.write_catalog(
         yaml.safe_dump(
             {
-                "hubs": {"hf": {"kind": "huggingface", "endpoint": double.endpoint}},
+                "hubs": {"hf": {"kind": "huggingface", "endpoint": hub.endpoint}},
                 "models": [{"repo_id": r, "hub": "hf", "prompts": ["Hi"]} for r in repos],
                 "automation": {"watch": watch},
             }
@@ -134,45 +141,45 @@ def hub_catalog(env, double: HubApiDouble, repos: list[str], **watch) -> None:
 
 def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(env, instance):
     repos = [f"big-org/model-{i:03d}" for i in range(200)]
-    # 0.25 s per answer: 50 s for the whole catalog one by one, near Dagster's 60 s limit.
-    with HubApiDouble(delay_s=0.25) as double:
-        double.shas = {r: f"{i:040x}" for i, r in enumerate(repos)}
-        hub_catalog(env, double, repos, chunk=50, budget_s=10)
+    sha = head(env, LLAMA)
+    with FakeHub(env.root / "hub") as hub:
+        # 0.25 s per answer: 50 s for the whole catalog one by one, near Dagster's 60 s limit.
+        hub.delays["*"] = 0.25
+        hub_catalog(env, hub, repos, chunk=50, budget_s=10)
         cursor, seen, durations = None, {}, []
         for _ in range(4):
             started = time.monotonic()
             result = tick(env, instance, cursor)
             durations.append(time.monotonic() - started)
             cursor = result.cursor
-            for key, sha in requested(result).items():
+            for key, requested_sha in requested(result).items():
                 assert key not in seen
-                seen[key] = sha
-        assert seen == {r.replace("/", "__"): double.shas[r] for r in repos}
-        assert set(double.requests.values()) == {1}
+                seen[key] = requested_sha
+        assert seen == {r.replace("/", "__"): sha for r in repos}
+        assert sorted(Counter(hub.requests).values()) == [1] * 200
 
-        # The next round polls the first chunk again; nothing moved, nothing requested.
-        double.shas[repos[3]] = "f" * 40
+        # The next round starts again at the first chunk: only the entry that moved runs.
+        moved = hub.root / repos[3]
+        moved.unlink()
+        moved.symlink_to(env.mirror / OPT)
         fifth = tick(env, instance, cursor)
-    assert requested(fifth) == {repos[3].replace("/", "__"): "f" * 40}
+    assert requested(fifth) == {repos[3].replace("/", "__"): head(env, OPT)}
     assert max(durations) < 8, durations
 
 
 def test_failing_and_hanging_hub_answers_do_not_hold_up_the_tick(env, instance):
     repos = ["org/ok", "org/fails", "org/hangs"]
-    with HubApiDouble(hang_s=8) as double:
-        double.shas = {r: f"{i + 1:040x}" for i, r in enumerate(repos)}
-        double.failing, double.hanging = {"org/fails"}, {"org/hangs"}
-        hub_catalog(env, double, repos, budget_s=2)
+    sha = head(env, LLAMA)
+    with FakeHub(env.root / "hub") as hub:
+        hub.failing, hub.delays = {"org/fails"}, {"org/hangs": 8}
+        hub_catalog(env, hub, repos, budget_s=2)
 
         started = time.monotonic()
         first = tick(env, instance)
         elapsed = time.monotonic() - started
-        assert requested(first) == {"org__ok": double.shas["org/ok"]}
+        assert requested(first) == {"org__ok": sha}
         assert elapsed < 5
 
-        double.failing, double.hanging = set(), set()
+        hub.failing, hub.delays = set(), {}
         second = tick(env, instance, first.cursor)
-    assert requested(second) == {
-        "org__fails": double.shas["org/fails"],
-        "org__hangs": double.shas["org/hangs"],
-    }
+    assert requested(second) == {"org__fails": sha, "org__hangs": sha}

@@ -1,0 +1,53 @@
+"""Is a published version still what was published? Checked without the source model.
+
+Every file's sha256 must match the registry record, and `model.tensors` must decrypt
+with its key and pass tensorizer's per-tensor hash verification. This catches flipped
+bytes, truncation, a swapped config.json and a record that no longer matches its files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from resources import tensorize
+from resources.artifact import check_files
+from resources.keys import KeyStore
+from resources.registry import artifact_prefix
+from resources.roundtrip import describe_load_error
+from resources.store import ObjectStore
+
+
+@dataclass
+class IntegrityReport:
+    reference: str
+    files: list[dict] = field(default_factory=list)
+    tensors: int = 0
+    error: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        found = [f"{r['file']}: missing" for r in self.files if not r["present"]]
+        found += [
+            f"{r['file']}: sha256 does not match the record"
+            for r in self.files
+            if r["present"] and not r["sha256_matches"]
+        ]
+        return found + ([self.error] if self.error else [])
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_published(store: ObjectStore, keys: KeyStore, record: dict) -> IntegrityReport:
+    reference = f"{record['repo_id']}@{record['suffix']}"
+    prefix = artifact_prefix(record["repo_id"], record["suffix"])
+    report = IntegrityReport(reference, files=check_files(store, prefix, record["files"]))
+    uri = store.uri(f"{prefix}/{tensorize.TENSORS_FILE}")
+    try:
+        key = keys.get(record["key_id"]) if record.get("key_id") else None
+        tensors = tensorize.deserialize(uri, key, store.stream_kwargs())
+        report.tensors = len(tensors)
+    except Exception as exc:  # noqa: BLE001 - every way of failing to read back is a finding
+        report.error = describe_load_error(exc, uri, record.get("key_id"))
+    return report

@@ -1,0 +1,72 @@
+"""Faults during a publish: each ends in a clear error, nothing visible, and a rerun works."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dagster_project.cli import PublishFailed, publish
+from resources.registry import Registry
+from resources.store import LocalStore
+from tests.conftest import LLAMA
+
+pytestmark = pytest.mark.vllm
+
+
+def versions(env) -> list[str]:
+    return [r["suffix"] for r in Registry(LocalStore(env.settings.store)).versions(LLAMA)]
+
+
+@pytest.fixture
+def tiny_staging_disk(env):
+    """A 256 KiB tmpfs as the staging directory: too small for the model's tensors."""
+    staging = Path(env.settings.cache) / "staging"
+    staging.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(staging)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    yield staging
+    subprocess.run(["umount", "-l", str(staging)], check=False)
+
+
+def test_full_staging_disk_fails_clearly_and_a_rerun_publishes(env, tiny_staging_disk):
+    with pytest.raises(PublishFailed, match="no space left in the staging directory"):
+        publish(env.settings, LLAMA)
+    assert versions(env) == []
+    assert not list(Path(env.settings.store).glob("vllm/**/model.tensors"))
+    subprocess.run(["umount", "-l", str(tiny_staging_disk)], check=True)
+    assert publish(env.settings, LLAMA)["suffix"] == "v2"  # v1 stays reserved by the failed run
+    assert versions(env) == ["v2"]
+
+
+def test_killed_publish_leaves_nothing_visible_and_a_rerun_publishes(env):
+    cli = [sys.executable, "-m", "dagster_project.cli", "publish", LLAMA]
+    worker = subprocess.Popen(
+        cli,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uploaded = Path(env.settings.store) / f"vllm/{LLAMA}/v1/model.tensors"
+    deadline = time.monotonic() + 240
+    while not uploaded.exists() and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker.poll() is None, "the publish finished before it could be killed"
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its vLLM child, mid-validation
+    worker.wait()
+    assert versions(env) == []
+    with pytest.raises(Exception, match="no alias 'latest'"):
+        Registry(LocalStore(env.settings.store)).resolve(LLAMA)
+    record = publish(env.settings, LLAMA)
+    assert record["suffix"] == "v2" and record["validation"]["passed"]
+    assert Registry(LocalStore(env.settings.store)).resolve(LLAMA)["suffix"] == "v2"

@@ -1,0 +1,178 @@
+"""The publish job end to end, with real Dagster runs, real git mirrors and real vLLM."""
+
+import base64
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from dagster import AssetSelection, DagsterInstance, materialize
+
+from assets.checks import roundtrip_checks
+from assets.models import model_snapshot, published_version, tensorized_model
+from dagster_project.cli import PublishFailed, main, publish
+from dagster_project.definitions import build_definitions
+from dagster_project.demo import commit_tiny_model
+from resources.registry import Registry
+from resources.store import LocalStore
+from tests.conftest import LLAMA, OPT
+
+pytestmark = pytest.mark.vllm
+
+KEY = LLAMA.replace("/", "__")
+
+
+def registry(env) -> Registry:
+    return Registry(LocalStore(env.settings.store))
+
+
+def assert_no_key_material(key: bytes, roots: list[Path], captured) -> None:
+    """The key, in any common encoding, appears in no file under `roots` (the store, the
+    Dagster event log and compute logs) and in nothing printed."""
+    forms = [key, key.hex().encode(), base64.b64encode(key), base64.urlsafe_b64encode(key)]
+    text = (captured.out + captured.err).encode()
+    for path in [p for root in roots for p in root.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        assert not any(form in data for form in forms), f"key material in {path}"
+    assert not any(form in text for form in forms), "key material in the output"
+
+
+def test_publish_verify_and_republish(env, capsys):
+    record = publish(env.settings, LLAMA)
+    assert record["suffix"] == "v1" and record["encrypted"]
+    assert record["validation"]["passed"]
+    assert record["validation"]["generations"]["max_abs_logprob_diff"] <= 0.01
+    sha = subprocess.run(
+        ["git", "-C", env.mirror / LLAMA, "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert record["hf_sha"] == sha
+    artifact = Path(record["artifact_uri"])
+    assert {"model.tensors", "config.json", "tokenizer.json"} <= {
+        p.name for p in artifact.iterdir()
+    }
+    key = (Path(env.settings.keys) / f"{KEY}/v1.key").read_bytes()
+    assert_no_key_material(
+        key, [Path(env.settings.store), env.root / "dagster_home"], capsys.readouterr()
+    )
+    report = json.loads(Path(record["validation_report"]).read_text())
+    assert all(row["tokens_equal"] for row in report["generations"])
+    v1_bytes = (Path(env.settings.store) / f"registry/{LLAMA}/versions/v1.json").read_bytes()
+
+    # The same sha again: re-verified and reused, never a second suffix.
+    again = publish(env.settings, LLAMA)
+    assert again["suffix"] == "v1"
+    assert [r["suffix"] for r in registry(env).versions(LLAMA)] == ["v1"]
+
+    # A new commit on the tracked branch: v2, and `latest` moves to it.
+    new_sha = commit_tiny_model(env.mirror / LLAMA, seed=1)
+    v2 = publish(env.settings, LLAMA)
+    assert (v2["suffix"], v2["hf_sha"]) == ("v2", new_sha)
+    assert registry(env).resolve(LLAMA)["suffix"] == "v2"
+    assert (
+        Path(env.settings.store) / f"registry/{LLAMA}/versions/v1.json"
+    ).read_bytes() == v1_bytes
+
+    assert main(["serve-command", f"{LLAMA}@v1"]) == 0
+    command = capsys.readouterr().out
+    assert "--load-format tensorizer" in command and f"{KEY}/v1.key" in command
+    assert main(["resolve", LLAMA]) == 0
+    assert json.loads(capsys.readouterr().out)["suffix"] == "v2"
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert f"{LLAMA}@v1" in listing and f"{LLAMA}@v2" in listing and "latest" in listing
+
+
+def test_publish_a_second_architecture_unencrypted(env):
+    env.write_catalog(
+        Path(env.settings.catalog)
+        .read_text()
+        .replace("repo_id: test-org/tiny-opt", "repo_id: test-org/tiny-opt\n  encrypt: false")
+    )
+    record = publish(env.settings, OPT)
+    assert record["suffix"] == "v1" and not record["encrypted"] and record["key_id"] is None
+    assert record["validation"]["tensors"]["count"] > 0
+
+
+def stage_artifact(env) -> tuple[dict, DagsterInstance]:
+    """Materialize the snapshot and the tensorized artifact, without the checks."""
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions("models", [KEY])
+    result = run(
+        env, instance, AssetSelection.assets(model_snapshot, tensorized_model).without_checks()
+    )
+    assert result.success
+    return result.asset_materializations_for_node("tensorized_model")[0].metadata, instance
+
+
+def run(env, instance, selection):
+    defs = build_definitions(env.settings)
+    return materialize(
+        [model_snapshot, tensorized_model, published_version, roundtrip_checks],
+        selection=selection,
+        instance=instance,
+        partition_key=KEY,
+        resources=defs.resources,
+        raise_on_error=False,
+    )
+
+
+def check_and_publish(env, instance):
+    selection = AssetSelection.checks_for_assets(tensorized_model) | AssetSelection.assets(
+        published_version
+    )
+    return run(env, instance, selection)
+
+
+def failed_checks(result) -> dict[str, str]:
+    return {
+        e.check_name: e.description for e in result.get_asset_check_evaluations() if not e.passed
+    }
+
+
+def test_flipped_byte_fails_the_checks_and_publishes_nothing(env):
+    metadata, instance = stage_artifact(env)
+    tensors = Path(metadata["uri"].value)
+    data = bytearray(tensors.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tensors.write_bytes(bytes(data))
+    result = check_and_publish(env, instance)
+    assert not result.success
+    failed = failed_checks(result)
+    assert set(failed) == {"tensors_match", "vllm_outputs_match", "great_expectations"}
+    assert (
+        "modified after publishing" in failed["tensors_match"]
+        or "corrupted" in failed["tensors_match"]
+    )
+    assert not result.asset_materializations_for_node("published_version")
+    assert registry(env).versions(LLAMA) == []
+
+
+def test_wrong_key_fails_with_a_clear_error_and_publishes_nothing(env):
+    from tensorizer import EncryptionParams
+
+    metadata, instance = stage_artifact(env)
+    (Path(env.settings.keys) / f"{metadata['key_id'].value}.key").write_bytes(
+        EncryptionParams.random().key
+    )
+    result = check_and_publish(env, instance)
+    assert not result.success
+    assert failed_checks(result)["tensors_match"].startswith(
+        f"key '{metadata['key_id'].value}' does not decrypt"
+    )
+    assert registry(env).versions(LLAMA) == []
+
+
+def test_missing_revision_fails_before_anything_is_written(env):
+    env.write_catalog(
+        Path(env.settings.catalog)
+        .read_text()
+        .replace(
+            "repo_id: test-org/tiny-llama", "repo_id: test-org/tiny-llama\n  ref: no-such-branch"
+        )
+    )
+    with pytest.raises(PublishFailed, match="revision 'no-such-branch' not found"):
+        publish(env.settings, LLAMA)
+    assert not Path(env.settings.store).exists() or registry(env).versions(LLAMA) == []

@@ -1,0 +1,101 @@
+"""The registry on a local store: records are immutable, aliases move by compare-and-swap."""
+
+import threading
+
+import pytest
+
+from resources.registry import Registry, RegistryError
+from resources.store import LocalStore
+
+
+def record(suffix: str, sha: str = "a" * 40, **extra) -> dict:
+    return {
+        "repo_id": "org/m",
+        "suffix": suffix,
+        "hf_sha": sha,
+        "dtype": "float16",
+        "format": "hf",
+        "encrypted": True,
+        **extra,
+    }
+
+
+@pytest.fixture
+def registry(tmp_path) -> Registry:
+    return Registry(LocalStore(tmp_path / "store"))
+
+
+def test_record_is_created_once_and_never_changed(registry, tmp_path):
+    registry.publish(record("v1"))
+    path = tmp_path / "store/registry/org/m/versions/v1.json"
+    before = path.read_bytes()
+    with pytest.raises(RegistryError, match="already published; versions are immutable"):
+        registry.publish(record("v1", sha="b" * 40))
+    assert path.read_bytes() == before
+    assert registry.version("org/m", "v1")["hf_sha"] == "a" * 40
+
+
+def test_suffixes_are_allocated_in_order_and_skip_reservations(registry):
+    assert registry.reserve_suffix("org/m", "run-1") == "v1"
+    assert registry.reserve_suffix("org/m", "run-2") == "v2"  # v1 reserved, never published
+    registry.publish(record("v2"))
+    assert registry.reserve_suffix("org/m", "run-3") == "v3"
+    assert registry.reservation("org/m", "v1")["run_id"] == "run-1"
+
+
+def test_concurrent_reservations_get_distinct_suffixes(registry):
+    got: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda i=i: got.append(registry.reserve_suffix("org/m", f"run-{i}"))
+        )
+        for i in range(16)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got, key=lambda s: int(s[1:])) == [f"v{i}" for i in range(1, 17)]
+
+
+def test_alias_moves_forward_and_resolves(registry):
+    for n in (1, 2, 3):
+        registry.publish(record(f"v{n}", sha=str(n) * 40))
+    registry.move_alias("org/m", "latest", "v2")
+    registry.move_alias("org/m", "latest", "v1")  # latest never moves backwards
+    assert registry.resolve("org/m")["suffix"] == "v2"
+    registry.move_alias("org/m", "stable", "v3")
+    registry.move_alias("org/m", "stable", "v1")  # other aliases move anywhere
+    assert registry.resolve("org/m@stable")["suffix"] == "v1"
+    assert registry.resolve("org/m@v3")["hf_sha"] == "3" * 40
+    assert registry.aliases("org/m") == {"latest": "v2", "stable": "v1"}
+
+
+def test_concurrent_alias_moves_lose_no_update(registry):
+    for n in range(1, 13):
+        registry.publish(record(f"v{n}"))
+    threads = [
+        threading.Thread(target=registry.move_alias, args=("org/m", "latest", f"v{n}"))
+        for n in range(1, 13)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert registry.resolve("org/m@latest")["suffix"] == "v12"
+
+
+def test_unknown_references_explain_themselves(registry):
+    registry.publish(record("v1"))
+    with pytest.raises(RegistryError, match="org/m@v9 is not published"):
+        registry.resolve("org/m@v9")
+    with pytest.raises(RegistryError, match=r"no alias 'stable' \(aliases: none\)"):
+        registry.resolve("org/m@stable")
+    with pytest.raises(RegistryError, match="only published versions|is not published"):
+        registry.move_alias("org/m", "latest", "v7")
+
+
+def test_find_by_sha_matches_settings(registry):
+    registry.publish(record("v1", sha="c" * 40))
+    assert registry.find_by_sha("org/m", "c" * 40, dtype="float16")["suffix"] == "v1"
+    assert registry.find_by_sha("org/m", "c" * 40, dtype="bfloat16") is None
