@@ -37,8 +37,8 @@ def config_files(snapshot: Path) -> list[Path]:
     )
 
 
-def load_source_weights(snapshot: Path, dtype: str) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors, floating point ones cast to the catalog dtype."""
+def load_source_weights(snapshot: Path, dtype: str | None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, floating point ones cast to `dtype` (None keeps theirs)."""
     from safetensors.torch import load_file
 
     files = sorted(snapshot.glob("*.safetensors"))
@@ -46,11 +46,11 @@ def load_source_weights(snapshot: Path, dtype: str) -> dict[str, torch.Tensor]:
         raise TensorizeError(
             f"{snapshot} has no *.safetensors weights; publish a revision with safetensors"
         )
-    target = DTYPES[dtype]
+    target = DTYPES[dtype] if dtype else None
     weights: dict[str, torch.Tensor] = {}
     for file in files:
         for name, tensor in load_file(file).items():
-            weights[name] = tensor.to(target) if tensor.is_floating_point() else tensor
+            weights[name] = tensor.to(target) if target and tensor.is_floating_point() else tensor
     return weights
 
 
