@@ -129,7 +129,7 @@ def write_tiny_adapter(
     model = get_peft_model(base, config)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name and std > 0:
                 param.normal_(0.0, std)
     dest.mkdir(parents=True, exist_ok=True)
     # save_embedding_layers=False: "auto" looks the base up on the Hub
@@ -137,13 +137,21 @@ def write_tiny_adapter(
 
 
 def commit_tiny_adapter(
-    repo: Path, base_dir: Path, base_repo_id: str, seed: int = 0, message: str = ""
+    repo: Path,
+    base_dir: Path,
+    base_repo_id: str,
+    seed: int = 0,
+    std: float = 0.3,
+    message: str = "",
 ) -> str:
-    """(Re)write a tiny LoRA adapter for `base_dir` in the git repo `repo`; returns the sha."""
+    """(Re)write a tiny LoRA adapter for `base_dir` in the git repo `repo`; returns the sha.
+
+    `std` 0 leaves `lora_B` at zero, as PEFT initializes it: an adapter with no effect.
+    """
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)
         git(repo, "init", "-q", "-b", "main")
-    write_tiny_adapter(repo, base_dir, base_repo_id, seed=seed)
+    write_tiny_adapter(repo, base_dir, base_repo_id, seed=seed, std=std)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "--allow-empty", "-m", message or f"tiny LoRA, seed {seed}")
     return git(repo, "rev-parse", "HEAD")
