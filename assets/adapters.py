@@ -21,13 +21,7 @@ from assets.publishing import (
 )
 from assets.state import BASE_TAG, SHA_TAG, latest_metadata, pin_tag, run_tag
 from dagster_project.catalog import AdapterTarget
-from resources.adapter import (
-    ADAPTER_TENSORS_FILE,
-    AdapterError,
-    AdapterInfo,
-    adapter_prefix,
-    check_compatible,
-)
+from resources.adapter import AdapterError, AdapterInfo, check_compatible
 from resources.dagster_resources import (
     CatalogResource,
     HubResource,
@@ -36,8 +30,9 @@ from resources.dagster_resources import (
     RegistryResource,
     TensorizerResource,
 )
-from resources.registry import Registry, RegistryError
+from resources.registry import Registry, RegistryError, adapter_prefix
 from resources.serve import adapter_serve_command
+from resources.tensorize import ADAPTER_TENSORS_FILE
 
 
 def latest_base(registry: Registry, base_repo_id: str) -> str:

@@ -224,8 +224,9 @@ def _cmd_verify(settings: Settings, args) -> int:
 
 
 def _cmd_fetch_adapter(settings: Settings, args) -> int:
-    from resources.adapter import AdapterError, record_prefix, restore_adapter
+    from resources.adapter import AdapterError, restore_adapter
     from resources.keys import open_key_store
+    from resources.registry import record_location
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -236,9 +237,8 @@ def _cmd_fetch_adapter(settings: Settings, args) -> int:
         )
     key_id = record["key_id"]
     key = open_key_store(settings.keys, settings.store).get(key_id) if key_id else None
-    dest = restore_adapter(
-        registry.store, record_prefix(record), record["files"], key_id, key, args.dir
-    )
+    prefix, _ = record_location(record)
+    dest = restore_adapter(registry.store, prefix, record["files"], key_id, key, args.dir)
     print(
         f"restored {record['repo_id']}@{record['suffix']} (for {record['base_repo_id']}@"
         f"{record['base_suffix']}) to {dest}",

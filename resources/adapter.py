@@ -19,8 +19,8 @@ from pathlib import Path
 from resources import tensorize
 from resources.roundtrip import describe_load_error
 from resources.store import ObjectStore
+from resources.tensorize import ADAPTER_TENSORS_FILE
 
-ADAPTER_TENSORS_FILE = "adapter_model.tensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -38,18 +38,6 @@ LORA_DIMS = {
 
 class AdapterError(RuntimeError):
     """An adapter that cannot be published or restored; the message says why and what to do."""
-
-
-def adapter_prefix(base_repo_id: str, base_suffix: str, repo_id: str, suffix: str) -> str:
-    """Where an adapter version's files live: under the base version it was checked with."""
-    return f"vllm/{base_repo_id}/{base_suffix}/adapters/{repo_id}/{suffix}"
-
-
-def record_prefix(record: dict) -> str:
-    """The prefix of the files an adapter version record describes."""
-    return adapter_prefix(
-        record["base_repo_id"], record["base_suffix"], record["repo_id"], record["suffix"]
-    )
 
 
 @dataclass(frozen=True)

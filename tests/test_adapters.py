@@ -17,17 +17,12 @@ from dagster_project.catalog import CatalogError, parse_catalog
 from dagster_project.cli import PublishFailed, main, publish, publish_adapter
 from dagster_project.demo import commit_tiny_adapter
 from resources import tensorize
-from resources.adapter import (
-    ADAPTER_TENSORS_FILE,
-    ADAPTER_WEIGHTS,
-    AdapterError,
-    check_compatible,
-    restore_adapter,
-)
+from resources.adapter import ADAPTER_WEIGHTS, AdapterError, check_compatible, restore_adapter
 from resources.artifact import write_artifact
 from resources.keys import open_key_store
 from resources.registry import Registry
 from resources.store import LocalStore
+from resources.tensorize import ADAPTER_TENSORS_FILE
 from tests.conftest import LLAMA, OPT, Env, activate, catalog_yaml, home_settings
 
 LORA = "test-org/tiny-llama-lora"  # fits the Llama and changes its outputs
@@ -246,6 +241,8 @@ def test_publish_restore_and_serve_an_adapter(published_base: Env, tmp_path, cap
     assert serve.endswith(
         f"--enable-lora --max-lora-rank 8 --lora-modules {LORA}={fetch.split()[-1]}"
     )
+    assert main(["verify", f"{LORA}@v1"]) == 0
+    assert f"{LORA}@v1: OK (3 files, 8 tensors verified)" in capsys.readouterr().out
     assert main(["fetch-adapter", f"{LLAMA}@v1", str(tmp_path / "x")]) == 1
     assert "is a model, not an adapter" in capsys.readouterr().err
 
