@@ -149,16 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cmd_publish(settings: Settings, args) -> int:
     catalog = load_catalog(settings.catalog)
-    if partition_key(args.key) in catalog.keys:
-        _print(publish(settings, args.key, force=args.force))
-        return 0
-    if not any(args.key in (t.key, t.adapter.repo_id) for t in catalog.adapters):
-        raise CatalogError(
-            f"no catalog model or adapter {args.key!r} (models: "
-            f"{', '.join(m.repo_id for m in catalog.models) or 'none'}; adapters: "
-            f"{', '.join(t.adapter.repo_id for t in catalog.adapters) or 'none'})"
-        )
-    _print(publish_adapter(settings, args.key, force=args.force))
+    adapter = partition_key(args.key) not in catalog.keys and any(
+        args.key in (t.key, t.adapter.repo_id) for t in catalog.adapters
+    )
+    _print((publish_adapter if adapter else publish)(settings, args.key, force=args.force))
     return 0
 
 
