@@ -1,7 +1,9 @@
-"""Blocking round-trip checks on `tensorized_model`: nothing is published unless all pass."""
+"""Blocking round-trip checks on `tensorized_model` and `tensorized_adapter`: nothing is
+published unless all pass."""
 
 import json
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -14,10 +16,13 @@ from dagster import (
     multi_asset_check,
 )
 
+from assets.adapters import tensorized_adapter
 from assets.metadata import md_table
 from assets.models import tensorized_model
-from assets.partitions import models_partitions
+from assets.partitions import adapters_partitions, models_partitions
+from assets.publishing import validation_key
 from assets.state import VERIFY_TAG, latest_metadata, record_target
+from resources.adapter_roundtrip import AdapterRoundTrip
 from resources.dagster_resources import (
     CatalogResource,
     HubResource,
@@ -28,6 +33,8 @@ from resources.dagster_resources import (
 )
 from resources.registry import RegistryError, artifact_prefix
 from resources.roundtrip import RoundTrip, RoundTripReport
+from resources.store import ObjectStore
+from resources.tensorize import TENSORS_FILE
 
 CHECKS = {
     "tensors_match": "Every tensor, deserialized from the store with its key and "
@@ -39,6 +46,19 @@ CHECKS = {
     "great_expectations": "A Great Expectations suite over the per-tensor and per-prompt "
     "comparison tables.",
 }
+ADAPTER_CHECKS = {
+    "tensors_match": "The adapter, restored from the store the way serving code restores it "
+    "(every file's sha256 checked, tensors decrypted with verify_hash=True, written as "
+    "PEFT safetensors), holds exactly the source adapter's tensors.",
+    "vllm_outputs_match": "One vLLM engine on the published base model (enable_lora=True) "
+    "generates the same greedy tokens with the restored adapter as with the original "
+    "(logprobs within the base's tolerance), and something different from the base model "
+    "alone on at least one prompt: proof that the adapter is applied.",
+    "great_expectations": "A Great Expectations suite over the per-tensor and per-prompt "
+    "comparison tables, including that some prompt differs from the base model.",
+}
+MODEL_COLUMNS = ["prompt", "tokens", "tokens_equal", "max_abs_logprob_diff", "published_text"]
+ADAPTER_COLUMNS = [*MODEL_COLUMNS, "differs_from_base", "base_text"]
 
 
 def check_target(op: OpExecutionContext, repo_id: str, registry: RegistryResource) -> dict:
@@ -53,7 +73,42 @@ def check_target(op: OpExecutionContext, repo_id: str, registry: RegistryResourc
         raise Failure(f"cannot re-verify: {exc}") from None
 
 
-def _results(report: RoundTripReport, version: dict) -> Iterator[AssetCheckResult]:
+def _specs(checks: dict[str, str], asset, partitions_def) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(
+            name, asset=asset, blocking=True, description=text, partitions_def=partitions_def
+        )
+        for name, text in checks.items()
+    ]
+
+
+def _finish(
+    context: AssetCheckExecutionContext,
+    store: ObjectStore,
+    repo_id: str,
+    suffix: str,
+    target_sha: str,
+    report: RoundTripReport,
+    columns: list[str],
+) -> Iterator[AssetCheckResult]:
+    """Keep the report beside the version (the publish step reads it), then the results,
+    each naming the version it checked and linking the report."""
+    op = context.op_execution_context
+    report_key = validation_key(repo_id, suffix, op.run.run_id)
+    store.create(report_key, json.dumps(report.to_json(), indent=2, default=str).encode())
+    context.log.info(f"round trip of {repo_id}@{suffix}: {json.dumps(report.summary())}")
+    version = {
+        "version": f"{repo_id}@{suffix}",
+        "sha": target_sha,
+        "reverification": bool(op.run.tags.get(VERIFY_TAG)),
+        "report_uri": MetadataValue.url(store.uri(report_key)),
+    }
+    yield from _results(report, columns, version)
+
+
+def _results(
+    report: RoundTripReport, columns: list[str], version: dict
+) -> Iterator[AssetCheckResult]:
     summary = report.summary()
     yield AssetCheckResult(
         check_name="tensors_match",
@@ -86,12 +141,7 @@ def _results(report: RoundTripReport, version: dict) -> Iterator[AssetCheckResul
             "max_abs_logprob_diff": summary["generations"]["max_abs_logprob_diff"] or 0.0,
             "engine_start_s": MetadataValue.json(report.engine_start_s),
             "error": report.generations_error or "",
-            "generations": MetadataValue.md(
-                md_table(
-                    report.generations,
-                    ["prompt", "tokens", "tokens_equal", "max_abs_logprob_diff", "published_text"],
-                )
-            ),
+            "generations": MetadataValue.md(md_table(report.generations, columns)),
         },
     )
     yield AssetCheckResult(
@@ -111,16 +161,7 @@ def _results(report: RoundTripReport, version: dict) -> Iterator[AssetCheckResul
 
 
 @multi_asset_check(
-    specs=[
-        AssetCheckSpec(
-            name,
-            asset=tensorized_model,
-            blocking=True,
-            description=text,
-            partitions_def=models_partitions,
-        )
-        for name, text in CHECKS.items()
-    ],
+    specs=_specs(CHECKS, tensorized_model, models_partitions),
     name="roundtrip_checks",
     pool="gpu",
 )
@@ -139,42 +180,79 @@ def roundtrip_checks(
     target = check_target(op, entry.repo_id, registry)
     snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, target["sha"], hub.cache)
     store = object_store.open()
-    prefix = artifact_prefix(entry.repo_id, target["suffix"])
     keys = key_store.open()
-
-    def check(keyfile) -> RoundTripReport:
-        roundtrip = RoundTrip(
+    with ExitStack() as stack:
+        keyfile = stack.enter_context(keys.keyfile(target["key_id"])) if target["key_id"] else None
+        report = RoundTrip(
             store=store,
-            prefix=prefix,
+            prefix=artifact_prefix(entry.repo_id, target["suffix"]),
             files=target["files"],
             snapshot=snapshot,
-            dtype=target["dtype"],
+            dtype=target["settings"]["dtype"],
             key_id=target["key_id"],
             key=keyfile.read_bytes() if keyfile else None,
             keyfile=keyfile,
             prompts=entry.prompts,
             max_tokens=entry.max_tokens,
             tolerance=entry.logprob_tolerance,
-        )
-        return roundtrip.run(vllm.generate)
+        ).run(vllm.generate)
+    yield from _finish(
+        context, store, entry.repo_id, target["suffix"], target["sha"], report, MODEL_COLUMNS
+    )
 
-    if target["key_id"]:
-        with keys.keyfile(target["key_id"]) as keyfile:
-            report = check(keyfile)
-    else:
-        report = check(None)
-    report_key = f"validation/{entry.repo_id}/{target['suffix']}/{op.run.run_id}.json"
-    store.create(
-        report_key,
-        json.dumps(report.to_json(), indent=2, default=str).encode(),
+
+@multi_asset_check(
+    specs=_specs(ADAPTER_CHECKS, tensorized_adapter, adapters_partitions),
+    name="adapter_roundtrip_checks",
+    pool="gpu",
+)
+def adapter_roundtrip_checks(
+    context: AssetCheckExecutionContext,
+    catalog: CatalogResource,
+    hub: HubResource,
+    object_store: ObjectStoreResource,
+    key_store: KeyStoreResource,
+    registry: RegistryResource,
+    vllm: VllmResource,
+) -> Iterator[AssetCheckResult]:
+    """The published base runs from its own artifact (tensorizer, its key), as it is served."""
+    op = context.op_execution_context
+    cat = catalog.load()
+    adapter = cat.adapter(op.partition_key)
+    target = latest_metadata(op, "tensorized_adapter")["target"]
+    settings = target["settings"]
+    snapshot = hub.hub(cat.hubs[adapter.hub]).snapshot(
+        adapter.adapter.repo_id, target["sha"], hub.cache
     )
-    context.log.info(
-        f"round trip of {entry.repo_id}@{target['suffix']}: {json.dumps(report.summary())}"
+    base = registry.open().version(settings["base_repo_id"], settings["base_suffix"])
+    base_prefix = artifact_prefix(base["repo_id"], base["suffix"])
+    store = object_store.open()
+    keys = key_store.open()
+    loader = store.vllm_loader_options(f"{base_prefix}/{TENSORS_FILE}", with_secrets=True)
+    with ExitStack() as stack:
+        if base["key_id"]:
+            loader["encryption_keyfile"] = str(stack.enter_context(keys.keyfile(base["key_id"])))
+        report = AdapterRoundTrip(
+            store=store,
+            prefix=target["prefix"],
+            files=target["files"],
+            snapshot=snapshot,
+            key_id=target["key_id"],
+            key=keys.get(target["key_id"]) if target["key_id"] else None,
+            rank=settings["rank"],
+            base_model=stack.enter_context(store.config_dir(base_prefix, base["files"])),
+            base_loader=loader,
+            dtype=base["dtype"],
+            prompts=adapter.prompts,
+            max_tokens=adapter.max_tokens,
+            tolerance=adapter.base.logprob_tolerance,
+        ).run(vllm.generate)
+    yield from _finish(
+        context,
+        store,
+        adapter.adapter.repo_id,
+        target["suffix"],
+        target["sha"],
+        report,
+        ADAPTER_COLUMNS,
     )
-    version = {
-        "version": f"{entry.repo_id}@{target['suffix']}",
-        "sha": target["sha"],
-        "reverification": bool(op.run.tags.get(VERIFY_TAG)),
-        "report_uri": MetadataValue.url(store.uri(report_key)),
-    }
-    yield from _results(report, version)

@@ -46,6 +46,33 @@ def _check_ref(value: str) -> str:
     return value
 
 
+def _check_repo_id(value: str) -> str:
+    if not REPO_ID.match(value) or ".." in value:
+        raise ValueError(f"{value!r} is not a Hugging Face repo id like 'org/name'")
+    return value
+
+
+def _check_prompts(value: list[str] | None) -> list[str] | None:
+    for prompt in value or []:
+        if not prompt.strip() or len(prompt) > 4000:
+            raise ValueError("each prompt must be non-empty and at most 4000 characters")
+    return value
+
+
+class AdapterEntry(_Strict):
+    """A PEFT LoRA adapter published beside its base model; unset fields follow the base."""
+
+    repo_id: str
+    hub: str | None = Field(None, description="default: the base model's hub")
+    ref: str = "main"
+    prompts: list[str] | None = Field(None, min_length=1, max_length=64)
+    max_tokens: int | None = Field(None, ge=1, le=512)
+
+    _repo_id = field_validator("repo_id")(_check_repo_id)
+    _ref = field_validator("ref")(_check_ref)
+    _prompts = field_validator("prompts")(_check_prompts)
+
+
 class ModelEntry(_Strict):
     repo_id: str
     hub: str
@@ -55,27 +82,39 @@ class ModelEntry(_Strict):
     prompts: list[str] = Field(min_length=1, max_length=64)
     max_tokens: int = Field(16, ge=1, le=512)
     logprob_tolerance: float = Field(0.01, gt=0, le=1.0)
+    adapters: list[AdapterEntry] = Field(default_factory=list)
 
-    @field_validator("repo_id")
-    @classmethod
-    def _repo_id(cls, value: str) -> str:
-        if not REPO_ID.match(value) or ".." in value:
-            raise ValueError(f"{value!r} is not a Hugging Face repo id like 'org/name'")
-        return value
-
+    _repo_id = field_validator("repo_id")(_check_repo_id)
     _ref = field_validator("ref")(_check_ref)
-
-    @field_validator("prompts")
-    @classmethod
-    def _prompts(cls, value: list[str]) -> list[str]:
-        for prompt in value:
-            if not prompt.strip() or len(prompt) > 4000:
-                raise ValueError("each prompt must be non-empty and at most 4000 characters")
-        return value
+    _prompts = field_validator("prompts")(_check_prompts)
 
     @property
     def key(self) -> str:
         return partition_key(self.repo_id)
+
+    def adapter_key(self, adapter: AdapterEntry) -> str:
+        """`<base key>--<adapter key>`: one adapters partition per (base, adapter) pair."""
+        return f"{self.key}--{partition_key(adapter.repo_id)}"
+
+
+class AdapterTarget(_Strict):
+    """An adapter with its base entry, and the base's settings filled in where unset."""
+
+    key: str
+    base: ModelEntry
+    adapter: AdapterEntry
+
+    @property
+    def hub(self) -> str:
+        return self.adapter.hub or self.base.hub
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.adapter.prompts or self.base.prompts
+
+    @property
+    def max_tokens(self) -> int:
+        return self.adapter.max_tokens or self.base.max_tokens
 
 
 class WatchSpec(_Strict):
@@ -148,6 +187,22 @@ class Catalog(_Strict):
     def keys(self) -> list[str]:
         return [m.key for m in self.models]
 
+    @property
+    def adapters(self) -> list[AdapterTarget]:
+        return [
+            AdapterTarget(key=m.adapter_key(a), base=m, adapter=a)
+            for m in self.models
+            for a in m.adapters
+        ]
+
+    def adapter(self, name: str) -> AdapterTarget:
+        """The adapter with partition key, adapter repo id or adapter key `name`."""
+        for target in self.adapters:
+            if name in (target.key, target.adapter.repo_id, partition_key(target.adapter.repo_id)):
+                return target
+        known = ", ".join(t.key for t in self.adapters) or "none"
+        raise CatalogError(f"no catalog adapter {name!r} (known: {known})")
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A YAML loader that refuses duplicate mapping keys instead of keeping the last, and
@@ -174,15 +229,42 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def _describe(error: dict, data: dict) -> str:
-    loc = error["loc"]
-    where = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
-    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+    """`models[0] (org/base).adapters[1] (org/lora).ref: ...`: entries named by repo id."""
+    loc, parts, node, i = error["loc"], [], data, 0
+    while i + 1 < len(loc) and loc[i] in ("models", "adapters") and isinstance(loc[i + 1], int):
         try:
-            repo = data["models"][loc[1]].get("repo_id")
-            where = f"models[{loc[1]}] ({repo})" + where[len(f"models[{loc[1]}]") :]
-        except (AttributeError, IndexError, KeyError, TypeError):
-            pass
+            node = node[loc[i]][loc[i + 1]]
+            label = f" ({node['repo_id']})"
+        except (IndexError, KeyError, TypeError):
+            node, label = None, ""
+        parts.append(f"{loc[i]}[{loc[i + 1]}]{label}")
+        i += 2
+    rest = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc[i:])
+    where = ".".join(parts + [rest] if rest else parts).replace(".[", "[")
     return f"{where}: {error['msg']}"
+
+
+def _adapter_problems(catalog: Catalog) -> list[str]:
+    """An adapter is registered under its own repo id, so each may appear only once."""
+    problems = []
+    models = {m.repo_id for m in catalog.models}
+    seen: set[str] = set()
+    for i, model in enumerate(catalog.models):
+        for j, adapter in enumerate(model.adapters):
+            where = f"models[{i}] ({model.repo_id}).adapters[{j}] ({adapter.repo_id})"
+            if adapter.hub is not None and adapter.hub not in catalog.hubs:
+                problems.append(
+                    f"{where}.hub: unknown hub {adapter.hub!r}"
+                    f" (defined: {', '.join(catalog.hubs) or 'none'})"
+                )
+            if adapter.repo_id in models:
+                problems.append(f"{where}: is listed as a model too; an adapter is not a model")
+            if partition_key(adapter.repo_id) in seen:
+                problems.append(
+                    f"{where}: listed twice; an adapter is published for one base model"
+                )
+            seen.add(partition_key(adapter.repo_id))
+    return problems
 
 
 def parse_catalog(text: str, source: str = "catalog", base_dir: Path | None = None) -> Catalog:
@@ -213,6 +295,7 @@ def parse_catalog(text: str, source: str = "catalog", base_dir: Path | None = No
         if model.key in seen:
             problems.append(f"models[{i}] ({model.repo_id}): listed twice")
         seen.add(model.key)
+    problems += _adapter_problems(catalog)
     for name, hub in catalog.hubs.items():
         if hub.kind == "git_mirror" and not hub.root:
             problems.append(f"hubs.{name}.root: required for a git_mirror hub")

@@ -1,7 +1,8 @@
-"""Jobs over the model assets."""
+"""Jobs over the model and adapter assets."""
 
 from dagster import AssetSelection, define_asset_job
 
+from assets.adapters import adapter_snapshot, published_adapter, tensorized_adapter
 from assets.checks import roundtrip_checks
 from assets.models import model_snapshot, published_version, tensorized_model
 from assets.state import PARTITION_TAG, VERIFY_TAG
@@ -21,4 +22,12 @@ reverify_model_job = define_asset_job(
     "load it from the store, compare it with its source commit, and record the results as "
     "asset check evaluations. Publishes nothing and moves no alias. Dagster 1.13 gives a "
     f"checks-only job no partitions, so a run names its entry with the `{PARTITION_TAG}` tag.",
+)
+
+publish_adapter_job = define_asset_job(
+    "publish_adapter",
+    selection=AssetSelection.assets(adapter_snapshot, tensorized_adapter, published_adapter),
+    description="Pull a catalog adapter at a pinned sha, check it fits its base model's "
+    "latest published version, tensorize and encrypt it, prove with vLLM that the restored "
+    "adapter reproduces the original (and changes the base's outputs), and publish it.",
 )

@@ -25,10 +25,11 @@ class WrittenArtifact:
     files: dict[str, dict] = field(default_factory=dict)  # name -> {size, sha256}
     serialize_s: float = 0.0
     upload_s: float = 0.0
+    tensors_file: str = tensorize.TENSORS_FILE
 
     @property
     def tensors_bytes(self) -> int:
-        return self.files[tensorize.TENSORS_FILE]["size"]
+        return self.files[self.tensors_file]["size"]
 
     @property
     def total_bytes(self) -> int:
@@ -36,15 +37,22 @@ class WrittenArtifact:
 
 
 def write_artifact(
-    store: ObjectStore, prefix: str, snapshot: Path, dtype: str, key: bytes | None, staging: Path
+    store: ObjectStore,
+    prefix: str,
+    snapshot: Path,
+    dtype: str | None,
+    key: bytes | None,
+    staging: Path,
+    tensors_file: str = tensorize.TENSORS_FILE,
 ) -> WrittenArtifact:
-    """Serialize the snapshot's weights and upload them with its config files.
+    """Serialize the snapshot's weights to `tensors_file` and upload them with its other files.
 
-    On failure, whatever was uploaded under `prefix` is removed again (best effort;
-    nothing there is visible to serving code until a registry record points at it).
+    `dtype` None keeps the weights' own dtypes. On failure, whatever was uploaded under
+    `prefix` is removed again (best effort; nothing there is visible to serving code
+    until a registry record points at it).
     """
-    out = WrittenArtifact()
-    tensors = staging / tensorize.TENSORS_FILE
+    out = WrittenArtifact(tensors_file=tensors_file)
+    tensors = staging / tensors_file
     weights = tensorize.load_source_weights(snapshot, dtype)
     try:
         stats = tensorize.serialize(weights, tensors, key)
@@ -59,7 +67,7 @@ def write_artifact(
             "larger disk, then rerun"
         ) from None
     out.serialize_s = stats.seconds
-    uploads = [(tensorize.TENSORS_FILE, tensors)] + [
+    uploads = [(tensors_file, tensors)] + [
         (str(p.relative_to(snapshot)), p) for p in tensorize.config_files(snapshot)
     ]
     start = time.perf_counter()

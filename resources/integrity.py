@@ -1,6 +1,6 @@
 """Is a published version still what was published? Checked without the source model.
 
-Every file's sha256 must match the registry record, and `model.tensors` must decrypt
+Every file's sha256 must match the registry record, and the tensors file must decrypt
 with its key and pass tensorizer's per-tensor hash verification. This catches flipped
 bytes, truncation, a swapped config.json and a record that no longer matches its files.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from resources import tensorize
 from resources.artifact import check_files
 from resources.keys import KeyStore
-from resources.registry import artifact_prefix
+from resources.registry import record_location
 from resources.roundtrip import describe_load_error
 from resources.store import ObjectStore
 
@@ -41,9 +41,9 @@ class IntegrityReport:
 
 def verify_published(store: ObjectStore, keys: KeyStore, record: dict) -> IntegrityReport:
     reference = f"{record['repo_id']}@{record['suffix']}"
-    prefix = artifact_prefix(record["repo_id"], record["suffix"])
+    prefix, tensors_file = record_location(record)
     report = IntegrityReport(reference, files=check_files(store, prefix, record["files"]))
-    uri = store.uri(f"{prefix}/{tensorize.TENSORS_FILE}")
+    uri = store.uri(f"{prefix}/{tensors_file}")
     try:
         key = keys.get(record["key_id"]) if record.get("key_id") else None
         tensors = tensorize.deserialize(uri, key, store.stream_kwargs())
