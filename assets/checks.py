@@ -1,31 +1,41 @@
-"""Blocking round-trip checks on `tensorized_model`: nothing is published unless all pass."""
+"""Blocking round-trip checks on `tensorized_model` and `tensorized_adapter`: nothing is
+published unless all pass."""
 
 import json
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    Failure,
     MetadataValue,
+    OpExecutionContext,
     multi_asset_check,
 )
 
+from assets.adapters import tensorized_adapter
 from assets.gpu import GPU_OP_TAGS
 from assets.metadata import md_table
 from assets.models import tensorized_model
-from assets.partitions import models_partitions
-from assets.state import latest_metadata
+from assets.partitions import adapters_partitions, models_partitions
+from assets.publishing import validation_key
+from assets.state import VERIFY_TAG, latest_metadata, record_target
+from resources.adapter_roundtrip import AdapterRoundTrip
 from resources.dagster_resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
     ObjectStoreResource,
+    RegistryResource,
     VllmResource,
 )
-from resources.registry import artifact_prefix
+from resources.registry import RegistryError, artifact_prefix
 from resources.roundtrip import RoundTrip, RoundTripReport
+from resources.store import ObjectStore
+from resources.vllm_format import tensors_name
 
 CHECKS = {
     "tensors_match": "Every tensor, deserialized from the store with its key and "
@@ -37,9 +47,69 @@ CHECKS = {
     "great_expectations": "A Great Expectations suite over the per-tensor and per-prompt "
     "comparison tables.",
 }
+ADAPTER_CHECKS = {
+    "tensors_match": "The adapter, restored from the store the way serving code restores it "
+    "(every file's sha256 checked, tensors decrypted with verify_hash=True, written as "
+    "PEFT safetensors), holds exactly the source adapter's tensors.",
+    "vllm_outputs_match": "One vLLM engine on the published base model (enable_lora=True) "
+    "generates the same greedy tokens with the restored adapter as with the original "
+    "(logprobs within the base's tolerance), and something different from the base model "
+    "alone on at least one prompt: proof that the adapter is applied.",
+    "great_expectations": "A Great Expectations suite over the per-tensor and per-prompt "
+    "comparison tables, including that some prompt differs from the base model.",
+}
+MODEL_COLUMNS = ["prompt", "tokens", "tokens_equal", "max_abs_logprob_diff", "published_text"]
+ADAPTER_COLUMNS = [*MODEL_COLUMNS, "differs_from_base", "base_text"]
 
 
-def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
+def check_target(op: OpExecutionContext, repo_id: str, registry: RegistryResource) -> dict:
+    """The version to check: a published one named by the run's VERIFY_TAG (a scheduled
+    re-verification), else the one this run's `tensorized_model` just wrote."""
+    suffix = op.run.tags.get(VERIFY_TAG)
+    if not suffix:
+        return latest_metadata(op, "tensorized_model")["target"]
+    try:
+        return record_target(registry.open().version(repo_id, suffix))
+    except RegistryError as exc:
+        raise Failure(f"cannot re-verify: {exc}") from None
+
+
+def _specs(checks: dict[str, str], asset, partitions_def) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(
+            name, asset=asset, blocking=True, description=text, partitions_def=partitions_def
+        )
+        for name, text in checks.items()
+    ]
+
+
+def _finish(
+    context: AssetCheckExecutionContext,
+    store: ObjectStore,
+    repo_id: str,
+    suffix: str,
+    target_sha: str,
+    report: RoundTripReport,
+    columns: list[str],
+) -> Iterator[AssetCheckResult]:
+    """Keep the report beside the version (the publish step reads it), then the results,
+    each naming the version it checked and linking the report."""
+    op = context.op_execution_context
+    report_key = validation_key(repo_id, suffix, op.run.run_id)
+    store.create(report_key, json.dumps(report.to_json(), indent=2, default=str).encode())
+    context.log.info(f"round trip of {repo_id}@{suffix}: {json.dumps(report.summary())}")
+    version = {
+        "version": f"{repo_id}@{suffix}",
+        "sha": target_sha,
+        "reverification": bool(op.run.tags.get(VERIFY_TAG)),
+        "report_uri": MetadataValue.url(store.uri(report_key)),
+    }
+    yield from _results(report, columns, version)
+
+
+def _results(
+    report: RoundTripReport, columns: list[str], version: dict
+) -> Iterator[AssetCheckResult]:
     summary = report.summary()
     yield AssetCheckResult(
         check_name="tensors_match",
@@ -47,6 +117,7 @@ def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
         severity=AssetCheckSeverity.ERROR,
         description=report.tensors_error,
         metadata={
+            **version,
             "tensors_compared": len(report.tensors),
             "tensors_equal": sum(r["equal"] for r in report.tensors),
             "error": report.tensors_error or "",
@@ -66,16 +137,12 @@ def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
         severity=AssetCheckSeverity.ERROR,
         description=report.generations_error,
         metadata={
+            **version,
             "prompts": len(report.generations),
             "max_abs_logprob_diff": summary["generations"]["max_abs_logprob_diff"] or 0.0,
             "engine_start_s": MetadataValue.json(report.engine_start_s),
             "error": report.generations_error or "",
-            "generations": MetadataValue.md(
-                md_table(
-                    report.generations,
-                    ["prompt", "tokens", "tokens_equal", "max_abs_logprob_diff", "published_text"],
-                )
-            ),
+            "generations": MetadataValue.md(md_table(report.generations, columns)),
         },
     )
     yield AssetCheckResult(
@@ -83,6 +150,7 @@ def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
         passed=report.expectations_passed,
         severity=AssetCheckSeverity.ERROR,
         metadata={
+            **version,
             "expectations": MetadataValue.md(
                 md_table(
                     report.expectations.get("results", []),
@@ -94,17 +162,9 @@ def _results(report: RoundTripReport) -> Iterator[AssetCheckResult]:
 
 
 @multi_asset_check(
-    specs=[
-        AssetCheckSpec(
-            name,
-            asset=tensorized_model,
-            blocking=True,
-            description=text,
-            partitions_def=models_partitions,
-        )
-        for name, text in CHECKS.items()
-    ],
+    specs=_specs(CHECKS, tensorized_model, models_partitions),
     name="roundtrip_checks",
+    pool="gpu",
     op_tags=GPU_OP_TAGS,
 )
 def roundtrip_checks(
@@ -113,45 +173,95 @@ def roundtrip_checks(
     hub: HubResource,
     object_store: ObjectStoreResource,
     key_store: KeyStoreResource,
+    registry: RegistryResource,
     vllm: VllmResource,
 ) -> Iterator[AssetCheckResult]:
     op = context.op_execution_context
     cat = catalog.load()
     entry = cat.entry(op.partition_key)
-    target = latest_metadata(op, "tensorized_model")["target"]
+    target = check_target(op, entry.repo_id, registry)
     snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, target["sha"], hub.cache)
     store = object_store.open()
-    prefix = artifact_prefix(entry.repo_id, target["suffix"])
     keys = key_store.open()
-
-    def check(keyfile) -> RoundTripReport:
-        roundtrip = RoundTrip(
+    with ExitStack() as stack:
+        keyfile = stack.enter_context(keys.keyfile(target["key_id"])) if target["key_id"] else None
+        report = RoundTrip(
             store=store,
-            prefix=prefix,
+            prefix=artifact_prefix(entry.repo_id, target["suffix"]),
             files=target["files"],
             snapshot=snapshot,
-            dtype=target["dtype"],
+            dtype=target["settings"]["dtype"],
             key_id=target["key_id"],
             key=keyfile.read_bytes() if keyfile else None,
             keyfile=keyfile,
             prompts=entry.prompts,
             max_tokens=entry.max_tokens,
             tolerance=entry.logprob_tolerance,
-            fmt=target["format"],
-            tensor_parallel_size=target["tensor_parallel_size"],
-        )
-        return roundtrip.run(vllm.generate)
+            fmt=target["settings"]["format"],
+            tensor_parallel_size=target["settings"]["tensor_parallel_size"],
+        ).run(vllm.generate)
+    yield from _finish(
+        context, store, entry.repo_id, target["suffix"], target["sha"], report, MODEL_COLUMNS
+    )
 
-    if target["key_id"]:
-        with keys.keyfile(target["key_id"]) as keyfile:
-            report = check(keyfile)
-    else:
-        report = check(None)
-    store.create(
-        f"validation/{entry.repo_id}/{target['suffix']}/{op.run.run_id}.json",
-        json.dumps(report.to_json(), indent=2, default=str).encode(),
+
+@multi_asset_check(
+    specs=_specs(ADAPTER_CHECKS, tensorized_adapter, adapters_partitions),
+    name="adapter_roundtrip_checks",
+    pool="gpu",
+    op_tags=GPU_OP_TAGS,
+)
+def adapter_roundtrip_checks(
+    context: AssetCheckExecutionContext,
+    catalog: CatalogResource,
+    hub: HubResource,
+    object_store: ObjectStoreResource,
+    key_store: KeyStoreResource,
+    registry: RegistryResource,
+    vllm: VllmResource,
+) -> Iterator[AssetCheckResult]:
+    """The published base runs from its own artifact (tensorizer, its key), as it is served."""
+    op = context.op_execution_context
+    cat = catalog.load()
+    adapter = cat.adapter(op.partition_key)
+    target = latest_metadata(op, "tensorized_adapter")["target"]
+    settings = target["settings"]
+    snapshot = hub.hub(cat.hubs[adapter.hub]).snapshot(
+        adapter.adapter.repo_id, target["sha"], hub.cache
     )
-    context.log.info(
-        f"round trip of {entry.repo_id}@{target['suffix']}: {json.dumps(report.summary())}"
+    base = registry.open().version(settings["base_repo_id"], settings["base_suffix"])
+    base_prefix = artifact_prefix(base["repo_id"], base["suffix"])
+    store = object_store.open()
+    keys = key_store.open()
+    base_parallel = base.get("tensor_parallel_size", 1)
+    loader = store.vllm_loader_options(
+        f"{base_prefix}/{tensors_name(base_parallel)}", with_secrets=True
     )
-    yield from _results(report)
+    with ExitStack() as stack:
+        if base["key_id"]:
+            loader["encryption_keyfile"] = str(stack.enter_context(keys.keyfile(base["key_id"])))
+        report = AdapterRoundTrip(
+            store=store,
+            prefix=target["prefix"],
+            files=target["files"],
+            snapshot=snapshot,
+            key_id=target["key_id"],
+            key=keys.get(target["key_id"]) if target["key_id"] else None,
+            rank=settings["rank"],
+            base_model=stack.enter_context(store.config_dir(base_prefix, base["files"])),
+            base_loader=loader,
+            dtype=base["dtype"],
+            prompts=adapter.prompts,
+            max_tokens=adapter.max_tokens,
+            tolerance=adapter.base.logprob_tolerance,
+            tensor_parallel_size=base_parallel,
+        ).run(vllm.generate)
+    yield from _finish(
+        context,
+        store,
+        adapter.adapter.repo_id,
+        target["suffix"],
+        target["sha"],
+        report,
+        ADAPTER_COLUMNS,
+    )

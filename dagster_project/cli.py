@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from dagster_project.catalog import CatalogError, load_catalog, partition_key
+from dagster_project.catalog import CatalogError, ModelEntry, load_catalog, partition_key
 from dagster_project.settings import Settings
 
 
@@ -36,22 +36,44 @@ def _registry(settings: Settings):
 
 def publish(settings: Settings, key: str, force: bool = False) -> dict:
     """Run the publish job in-process for one catalog entry; returns the version record."""
+    key = partition_key(key)
+    entry = load_catalog(settings.catalog).entry(key)
+    return _run_publish(settings, "models", key, force, entry)
+
+
+def publish_adapter(settings: Settings, name: str, force: bool = False) -> dict:
+    """Publish a catalog adapter (repo id or partition key) against its base's `latest`."""
+    adapter = load_catalog(settings.catalog).adapter(name)
+    return _run_publish(settings, "adapters", adapter.key, force, adapter.base)
+
+
+# partitions -> (job, the step that takes `force`, the step that writes the record)
+PUBLISH_JOBS = {
+    "models": ("publish_model", "tensorized_model", "published_version"),
+    "adapters": ("publish_adapter", "tensorized_adapter", "published_adapter"),
+}
+
+
+def _run_publish(
+    settings: Settings, partitions: str, key: str, force: bool, model: ModelEntry
+) -> dict:
+    """Run a publish job in-process for one partition; returns the published record.
+    `model` (the adapter's base, for adapters) says what its GPU steps need."""
     from assets.gpu import gpu_run_config
     from dagster_project.definitions import build_definitions
 
-    key = partition_key(key)
-    entry = load_catalog(settings.catalog).entry(key)
+    job, tensorize_op, publish_op = PUBLISH_JOBS[partitions]
     defs = build_definitions(settings)
     instance = _instance()
-    if not instance.has_dynamic_partition("models", key):
-        instance.add_dynamic_partitions("models", [key])
-    result = defs.resolve_job_def("publish_model").execute_in_process(
+    if not instance.has_dynamic_partition(partitions, key):
+        instance.add_dynamic_partitions(partitions, [key])
+    result = defs.resolve_job_def(job).execute_in_process(
         instance=instance,
         partition_key=key,
         run_config={
-            "ops": {"tensorized_model": {"config": {"force": force}}},
+            "ops": {tensorize_op: {"config": {"force": force}}},
             # pods for GPU steps where the executor makes them; kept on re-execution
-            **gpu_run_config(entry, settings.executor),
+            **gpu_run_config(model, settings.executor),
         },
         raise_on_error=False,
     )
@@ -60,7 +82,7 @@ def publish(settings: Settings, key: str, force: bool = False) -> dict:
         for e in result.get_asset_check_evaluations()
         if not e.passed
     ]
-    published = result.asset_materializations_for_node("published_version")
+    published = result.asset_materializations_for_node(publish_op)
     if not result.success or not published:
         errors = [
             _root_cause(ev.event_specific_data.error)
@@ -93,7 +115,7 @@ def _print(obj) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelpub", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("publish", help="publish a catalog entry (key or repo id) now")
+    p = sub.add_parser("publish", help="publish a catalog entry or adapter (key or repo id) now")
     p.add_argument("key")
     p.add_argument(
         "--force",
@@ -108,23 +130,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("reference")
     p = sub.add_parser("verify", help="check a published version's files, key and tensors")
     p.add_argument("reference", help="repo_id[@alias|@vN], default @latest")
-    p = sub.add_parser("demo", help="make the demo model repo (or a new commit) and publish it")
+    p = sub.add_parser(
+        "fetch-adapter",
+        help="restore adapter_repo[@alias|@vN] (decrypted, PEFT safetensors) into a directory",
+    )
+    p.add_argument("reference")
+    p.add_argument("dir", type=Path, help="a new or empty directory")
+    p = sub.add_parser(
+        "demo", help="make the demo model and adapter repos (or a new commit) and publish them"
+    )
     p.add_argument("--new-commit", action="store_true", help="commit new random weights first")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    from resources.adapter import AdapterError
     from resources.keys import KeyStoreError
     from resources.registry import RegistryError
     from resources.store import StoreError
 
+    errors = (CatalogError, PublishFailed, RegistryError, StoreError, KeyStoreError, AdapterError)
     try:
         return COMMANDS[args.command](settings, args)
-    except (CatalogError, PublishFailed, RegistryError, StoreError, KeyStoreError) as exc:
+    except errors as exc:
         print(f"modelpub: {exc}", file=sys.stderr)
         return 1
 
 
 def _cmd_publish(settings: Settings, args) -> int:
-    _print(publish(settings, args.key, force=args.force))
+    catalog = load_catalog(settings.catalog)
+    adapter = partition_key(args.key) not in catalog.keys and any(
+        args.key in (t.key, t.adapter.repo_id) for t in catalog.adapters
+    )
+    _print((publish_adapter if adapter else publish)(settings, args.key, force=args.force))
     return 0
 
 
@@ -158,10 +194,15 @@ def _keyfile(settings: Settings, record: dict) -> str | None:
 
 
 def _cmd_serve_command(settings: Settings, args) -> int:
-    from resources.serve import serve_command
+    from resources.serve import adapter_serve_command, serve_command
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
+    if record.get("kind") == "adapter":
+        base = registry.version(record["base_repo_id"], record["base_suffix"])
+        keyfile = _keyfile(settings, base)
+        print(adapter_serve_command(record, base, registry.store, base_keyfile=keyfile))
+        return 0
     print(serve_command(record, registry.store, keyfile=_keyfile(settings, record)))
     return 0
 
@@ -184,6 +225,31 @@ def _cmd_verify(settings: Settings, args) -> int:
     return 2
 
 
+def _cmd_fetch_adapter(settings: Settings, args) -> int:
+    from resources.adapter import AdapterError, restore_adapter
+    from resources.keys import open_key_store
+    from resources.registry import record_location
+
+    registry = _registry(settings)
+    record = registry.resolve(args.reference)
+    if record.get("kind") != "adapter":
+        raise AdapterError(
+            f"{args.reference} is a model, not an adapter; serve it with "
+            f"`modelpub serve-command {args.reference}`"
+        )
+    key_id = record["key_id"]
+    key = open_key_store(settings.keys, settings.store).get(key_id) if key_id else None
+    prefix, _ = record_location(record)
+    dest = restore_adapter(registry.store, prefix, record["files"], key_id, key, args.dir)
+    print(
+        f"restored {record['repo_id']}@{record['suffix']} (for {record['base_repo_id']}@"
+        f"{record['base_suffix']}) to {dest}",
+        file=sys.stderr,
+    )
+    print(dest)
+    return 0
+
+
 def _cmd_demo(settings: Settings, args) -> int:
     from dagster_project.demo import DEMO_REPO, commit_count, commit_tiny_model, demo_repo_path
 
@@ -197,6 +263,30 @@ def _cmd_demo(settings: Settings, args) -> int:
     _print(record)
     print("\nserve it with:", file=sys.stderr)
     args.reference = f"{DEMO_REPO}@{record['suffix']}"
+    _cmd_serve_command(settings, args)
+    return _demo_adapter(settings, args, catalog, repo)
+
+
+def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
+    """Publish the demo adapter (made once from the demo model) and say how to serve it."""
+    from dagster_project.demo import (
+        DEMO_ADAPTER,
+        DEMO_REPO,
+        commit_tiny_adapter,
+        demo_adapter_path,
+    )
+
+    repo = demo_adapter_path(catalog)
+    if not repo.exists():
+        print(f"\ncommitting a tiny LoRA adapter to {repo}", file=sys.stderr)
+        commit_tiny_adapter(repo, base_repo, DEMO_REPO)
+    record = publish_adapter(settings, DEMO_ADAPTER)
+    print(
+        f"\npublished adapter {DEMO_ADAPTER}@{record['suffix']} for "
+        f"{record['base_repo_id']}@{record['base_suffix']}; serve it with:",
+        file=sys.stderr,
+    )
+    args.reference = f"{DEMO_ADAPTER}@{record['suffix']}"
     return _cmd_serve_command(settings, args)
 
 
@@ -207,6 +297,7 @@ COMMANDS = {
     "serve-command": _cmd_serve_command,
     "verify": _cmd_verify,
     "demo": _cmd_demo,
+    "fetch-adapter": _cmd_fetch_adapter,
 }
 
 if __name__ == "__main__":

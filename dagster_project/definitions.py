@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dagster import Definitions, ExecutorDefinition, multiprocess_executor
 
-from assets.checks import roundtrip_checks
+from assets.adapters import adapter_snapshot, published_adapter, tensorized_adapter
+from assets.checks import adapter_roundtrip_checks, roundtrip_checks
 from assets.models import model_snapshot, published_version, tensorized_model
 from dagster_project.catalog import load_catalog
-from dagster_project.jobs import publish_model_job
+from dagster_project.jobs import publish_adapter_job, publish_model_job, reverify_model_job
+from dagster_project.schedules import build_reverify_schedule, build_rotate_schedule
+from dagster_project.sensors import build_revision_sensor
 from dagster_project.settings import Settings
 from resources.dagster_resources import (
     CatalogResource,
@@ -32,12 +35,25 @@ def executor_def(name: str) -> ExecutorDefinition:
 
 
 def build_definitions(settings: Settings) -> Definitions:
-    load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
+    catalog = load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
+    automation = catalog.automation
     store = ObjectStoreResource(uri=settings.store)
     return Definitions(
-        assets=[model_snapshot, tensorized_model, published_version],
-        asset_checks=[roundtrip_checks],
-        jobs=[publish_model_job],
+        assets=[
+            model_snapshot,
+            tensorized_model,
+            published_version,
+            adapter_snapshot,
+            tensorized_adapter,
+            published_adapter,
+        ],
+        asset_checks=[roundtrip_checks, adapter_roundtrip_checks],
+        jobs=[publish_model_job, publish_adapter_job, reverify_model_job],
+        sensors=[build_revision_sensor(automation.watch)],
+        schedules=[
+            build_reverify_schedule(automation.reverify),
+            build_rotate_schedule(automation.rotate_keys),
+        ],
         executor=executor_def(settings.executor),
         resources={
             "catalog": CatalogResource(path=settings.catalog),

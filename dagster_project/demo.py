@@ -104,10 +104,69 @@ def commit_tiny_model(repo: Path, arch: str = "llama", seed: int = 0, message: s
     return git(repo, "rev-parse", "HEAD")
 
 
+def write_tiny_adapter(
+    dest: Path, base_dir: Path, base_repo_id: str, seed: int = 0, rank: int = 8, std: float = 0.3
+) -> None:
+    """A PEFT LoRA adapter (q_proj/v_proj) for the model in `base_dir`, saved as PEFT does.
+
+    PEFT starts `lora_B` at zero, which would leave outputs unchanged; it is randomized
+    here so the adapter visibly changes generations (the validation relies on that).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base.name_or_path = base_repo_id  # PEFT records this, not the config's field
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_repo_id,
+    )
+    model = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name and std > 0:
+                param.normal_(0.0, std)
+    dest.mkdir(parents=True, exist_ok=True)
+    # save_embedding_layers=False: "auto" looks the base up on the Hub
+    model.save_pretrained(dest, safe_serialization=True, save_embedding_layers=False)
+
+
+def commit_tiny_adapter(
+    repo: Path,
+    base_dir: Path,
+    base_repo_id: str,
+    seed: int = 0,
+    std: float = 0.3,
+    message: str = "",
+) -> str:
+    """(Re)write a tiny LoRA adapter for `base_dir` in the git repo `repo`; returns the sha.
+
+    `std` 0 leaves `lora_B` at zero, as PEFT initializes it: an adapter with no effect.
+    """
+    if not (repo / ".git").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        git(repo, "init", "-q", "-b", "main")
+    write_tiny_adapter(repo, base_dir, base_repo_id, seed=seed, std=std)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", message or f"tiny LoRA, seed {seed}")
+    return git(repo, "rev-parse", "HEAD")
+
+
 DEMO_REPO = "modelpub-demo/tiny-llama"
+DEMO_ADAPTER = "modelpub-demo/tiny-llama-lora"
 
 
 def demo_repo_path(catalog) -> Path:
     """The git mirror that the catalog's demo entry reads from."""
     entry = catalog.entry(DEMO_REPO.replace("/", "__"))
     return Path(catalog.hubs[entry.hub].root) / DEMO_REPO
+
+
+def demo_adapter_path(catalog) -> Path:
+    """The git mirror that the catalog's demo adapter reads from."""
+    return Path(catalog.hubs[catalog.adapter(DEMO_ADAPTER).hub].root) / DEMO_ADAPTER

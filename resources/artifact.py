@@ -26,10 +26,11 @@ class WrittenArtifact:
     files: dict[str, dict] = field(default_factory=dict)  # name -> {size, sha256}
     serialize_s: float = 0.0
     upload_s: float = 0.0
+    tensors_files: list[str] = field(default_factory=lambda: [tensorize.TENSORS_FILE])
 
     @property
     def tensors_bytes(self) -> int:
-        return sum(f["size"] for name, f in self.files.items() if name.endswith(".tensors"))
+        return sum(self.files[name]["size"] for name in self.tensors_files)
 
     @property
     def total_bytes(self) -> int:
@@ -37,19 +38,9 @@ class WrittenArtifact:
 
 
 def _serialize(
-    snapshot: Path,
-    dtype: str,
-    key: bytes | None,
-    staging: Path,
-    fmt: str,
-    tensor_parallel_size: int,
+    snapshot: Path, dtype: str | None, key: bytes | None, tensors: Path
 ) -> tuple[list[Path], float]:
-    """The tensor files written into `staging`, and the seconds spent serializing."""
-    if fmt == "vllm":
-        start = time.perf_counter()
-        paths = vllm_format.write_vllm_tensors(snapshot, staging, dtype, key, tensor_parallel_size)
-        return paths, time.perf_counter() - start  # includes vLLM loading the model
-    tensors = staging / tensorize.TENSORS_FILE
+    """HF-format weights to the file `tensors`; returns it and the seconds serializing took."""
     weights = tensorize.load_source_weights(snapshot, dtype)
     try:
         stats = tensorize.serialize(weights, tensors, key)
@@ -59,7 +50,7 @@ def _serialize(
             raise
         need = sum(t.numel() * t.element_size() for t in weights.values())
         raise StagingFull(
-            f"no space left in the staging directory {staging} while serializing "
+            f"no space left in the staging directory {tensors.parent} while serializing "
             f"{need / 1e6:.1f} MB of tensors; free space there or point MODELPUB_CACHE at a "
             "larger disk, then rerun"
         ) from None
@@ -70,20 +61,30 @@ def write_artifact(
     store: ObjectStore,
     prefix: str,
     snapshot: Path,
-    dtype: str,
+    dtype: str | None,
     key: bytes | None,
     staging: Path,
+    tensors_file: str = tensorize.TENSORS_FILE,
     fmt: str = "hf",
     tensor_parallel_size: int = 1,
 ) -> WrittenArtifact:
-    """Serialize the snapshot's weights in `fmt` (`hf` or `vllm`, see resources/vllm_format.py)
-    and upload them with its config files.
+    """Serialize the snapshot's weights to `tensors_file` and upload them with its other files.
 
-    On failure, whatever was uploaded under `prefix` is removed again (best effort;
-    nothing there is visible to serving code until a registry record points at it).
+    `dtype` None keeps the weights' own dtypes. `fmt` `vllm` has vLLM serialize its model
+    instead (resources/vllm_format.py), one file per rank, `tensors_file` then being the
+    per-rank template. On failure, whatever was uploaded under `prefix` is removed again
+    (best effort; nothing there is visible to serving code until a registry record points
+    at it).
     """
-    out = WrittenArtifact()
-    tensors, out.serialize_s = _serialize(snapshot, dtype, key, staging, fmt, tensor_parallel_size)
+    if fmt == "vllm":
+        start = time.perf_counter()
+        tensors = vllm_format.write_vllm_tensors(
+            snapshot, staging, dtype, key, tensor_parallel_size
+        )
+        serialize_s = time.perf_counter() - start  # includes vLLM loading the model
+    else:
+        tensors, serialize_s = _serialize(snapshot, dtype, key, staging / tensors_file)
+    out = WrittenArtifact(serialize_s=serialize_s, tensors_files=[p.name for p in tensors])
     uploads = [(p.name, p) for p in tensors] + [
         (str(p.relative_to(snapshot)), p) for p in tensorize.config_files(snapshot)
     ]

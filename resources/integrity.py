@@ -1,9 +1,9 @@
 """Is a published version still what was published? Checked without the source model.
 
-Every file's sha256 must match the registry record, and the tensors (`model.tensors`, or
-each rank's file) must decrypt with its key and pass tensorizer's per-tensor hash
-verification. This catches flipped bytes, truncation, a swapped config.json and a record
-that no longer matches its files.
+Every file's sha256 must match the registry record, and the tensors file (each rank's,
+for a sharded vLLM-tensorized version) must decrypt with its key and pass tensorizer's
+per-tensor hash verification. This catches flipped bytes, truncation, a swapped
+config.json and a record that no longer matches its files.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from resources import tensorize
 from resources.artifact import check_files
 from resources.keys import KeyStore
-from resources.registry import artifact_prefix
+from resources.registry import record_location
 from resources.roundtrip import describe_load_error
 from resources.store import ObjectStore
-from resources.vllm_format import tensors_files
+from resources.vllm_format import rank_files
 
 
 @dataclass
@@ -43,9 +43,9 @@ class IntegrityReport:
 
 def verify_published(store: ObjectStore, keys: KeyStore, record: dict) -> IntegrityReport:
     reference = f"{record['repo_id']}@{record['suffix']}"
-    prefix = artifact_prefix(record["repo_id"], record["suffix"])
+    prefix, tensors_file = record_location(record)
     report = IntegrityReport(reference, files=check_files(store, prefix, record["files"]))
-    names = tensors_files(record.get("tensor_parallel_size", 1))
+    names = rank_files(tensors_file, record.get("tensor_parallel_size", 1))
     uri = store.uri(f"{prefix}/{names[0]}")
     try:
         key = keys.get(record["key_id"]) if record.get("key_id") else None

@@ -16,6 +16,8 @@ import re
 from datetime import UTC, datetime
 
 from resources.store import NotFound, ObjectStore
+from resources.tensorize import ADAPTER_TENSORS_FILE
+from resources.vllm_format import tensors_name
 
 SUFFIX = re.compile(r"^v(\d+)$")
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -37,6 +39,23 @@ def suffix_number(suffix: str) -> int:
 def artifact_prefix(repo_id: str, suffix: str) -> str:
     """Where a version's files live, as vLLM's tensorize script lays them out."""
     return f"vllm/{repo_id}/{suffix}"
+
+
+def adapter_prefix(base_repo_id: str, base_suffix: str, repo_id: str, suffix: str) -> str:
+    """Where an adapter version's files live: under the base version it was checked with."""
+    return f"{artifact_prefix(base_repo_id, base_suffix)}/adapters/{repo_id}/{suffix}"
+
+
+def record_location(record: dict) -> tuple[str, str]:
+    """(prefix, tensors file) of the files a version record describes, model or adapter."""
+    if record.get("kind") == "adapter":
+        prefix = adapter_prefix(
+            record["base_repo_id"], record["base_suffix"], record["repo_id"], record["suffix"]
+        )
+        return prefix, ADAPTER_TENSORS_FILE
+    return artifact_prefix(record["repo_id"], record["suffix"]), tensors_name(
+        record.get("tensor_parallel_size", 1)
+    )
 
 
 class Registry:

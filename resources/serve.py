@@ -7,6 +7,7 @@ import shlex
 
 from resources.store import LocalStore, ObjectStore
 from resources.vllm_format import tensors_name
+from resources.vllm_runner import lora_rank_limit
 
 
 def serve_command(record: dict, store: ObjectStore, keyfile: str | None = None) -> str:
@@ -38,3 +39,21 @@ def serve_command(record: dict, store: ObjectStore, keyfile: str | None = None) 
         f" --model-loader-extra-config {shlex.quote(json.dumps(extra))}"
     )
     return "\n".join(lines)
+
+
+def adapter_serve_command(
+    record: dict, base_record: dict, store: ObjectStore, base_keyfile: str | None = None
+) -> str:
+    """The shell lines that serve an adapter version on the base version it was checked with.
+
+    vLLM 0.32+ reads adapters only as local PEFT directories, so the first line restores
+    it there (decrypting it); the adapter is then requested by its repo id as the model.
+    """
+    adapter_dir = f"./{record['repo_id'].replace('/', '__')}-{record['suffix']}"
+    lora = f"{record['repo_id']}={adapter_dir}"
+    return (
+        f"modelpub fetch-adapter {record['repo_id']}@{record['suffix']} {adapter_dir}\n"
+        f"{serve_command(base_record, store, keyfile=base_keyfile)}"
+        f" --enable-lora --max-lora-rank {lora_rank_limit(record['rank'])}"
+        f" --lora-modules {shlex.quote(lora)}"
+    )

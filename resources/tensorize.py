@@ -16,6 +16,7 @@ import torch
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 TENSORS_FILE = "model.tensors"
+ADAPTER_TENSORS_FILE = "adapter_model.tensors"  # the name vLLM's own LoRA tensorizing used
 
 
 class TensorizeError(RuntimeError):
@@ -37,8 +38,8 @@ def config_files(snapshot: Path) -> list[Path]:
     )
 
 
-def load_source_weights(snapshot: Path, dtype: str) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors, floating point ones cast to the catalog dtype."""
+def load_source_weights(snapshot: Path, dtype: str | None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, floating point ones cast to `dtype` (None keeps theirs)."""
     from safetensors.torch import load_file
 
     files = sorted(snapshot.glob("*.safetensors"))
@@ -46,11 +47,11 @@ def load_source_weights(snapshot: Path, dtype: str) -> dict[str, torch.Tensor]:
         raise TensorizeError(
             f"{snapshot} has no *.safetensors weights; publish a revision with safetensors"
         )
-    target = DTYPES[dtype]
+    target = DTYPES[dtype] if dtype else None
     weights: dict[str, torch.Tensor] = {}
     for file in files:
         for name, tensor in load_file(file).items():
-            weights[name] = tensor.to(target) if tensor.is_floating_point() else tensor
+            weights[name] = tensor.to(target) if target and tensor.is_floating_point() else tensor
     return weights
 
 

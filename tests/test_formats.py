@@ -192,7 +192,7 @@ def test_vllm_serializer_runs_offline_and_writes_vllms_format(mirror_template, t
     store, staging = LocalStore(tmp_path / "store"), tmp_path / "staging"
     staging.mkdir()
     snapshot = mirror_template / LLAMA
-    written = write_artifact(store, "vllm/a/v1", snapshot, "float32", None, staging, "vllm", 1)
+    written = write_artifact(store, "vllm/a/v1", snapshot, "float32", None, staging, fmt="vllm")
     assert {"model.tensors", "config.json", "tokenizer.json"} <= set(written.files)
     assert written.tensors_bytes == written.files["model.tensors"]["size"] > 0
     assert list(staging.iterdir()) == []

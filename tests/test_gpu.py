@@ -21,10 +21,6 @@ from dagster_project.definitions import build_definitions
 from tests.conftest import LLAMA, OPT
 
 
-def publish_job(settings):
-    return build_definitions(settings).resolve_job_def("publish_model")
-
-
 def step_pod(step_tags: dict, per_step: dict | None = None):
     """The pod spec dagster-k8s's step handler builds for a step: its op tags, then the
     executor's per-step config on top (as K8sStepHandler merges them)."""
@@ -42,19 +38,24 @@ def step_pod(step_tags: dict, per_step: dict | None = None):
 
 
 def test_gpu_steps_and_only_they_ask_for_a_gpu(env):
-    job = publish_job(env.settings)
-    tags = {name: node.definition.tags for name, node in job.graph.node_dict.items()}
-    assert {name for name, t in tags.items() if K8S_CONFIG_TAG in t} == set(GPU_STEPS)
-    assert set(tags) == {*GPU_STEPS, "model_snapshot", "published_version"}
+    defs = build_definitions(env.settings)
+    nodes = {
+        node.name: node.definition
+        for job in ("publish_model", "publish_adapter")
+        for node in defs.resolve_job_def(job).graph.nodes
+    }
+    assert {name for name, op in nodes.items() if K8S_CONFIG_TAG in op.tags} == set(GPU_STEPS)
+    assert {name for name, op in nodes.items() if op.pool == "gpu"} == set(GPU_STEPS)
+    assert {"model_snapshot", "published_version", "tensorized_adapter"} < set(nodes)
     for step in GPU_STEPS:
-        pod = step_pod(tags[step])
+        pod = step_pod(nodes[step].tags)
         assert pod.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
         assert pod.containers[0].resources.requests == {"nvidia.com/gpu": "1"}
         assert pod.node_selector == {"nvidia.com/gpu.present": "true"}
         assert [(t.key, t.operator, t.effect) for t in pod.tolerations] == [
             ("nvidia.com/gpu", "Exists", "NoSchedule")
         ]
-    pod = step_pod(tags["model_snapshot"])
+    pod = step_pod(nodes["model_snapshot"].tags)
     assert pod.containers[0].resources.limits is None and not pod.node_selector
 
 
@@ -72,13 +73,13 @@ def test_an_entrys_gpu_count_and_nodes_reach_its_gpu_step_pods(env):
     assert gpu_run_config(llama, "multiprocess") == {} and gpu_run_config(opt, "k8s") == {}
 
     settings = dataclasses.replace(env.settings, executor="k8s")
-    job = publish_job(settings)
+    job = build_definitions(settings).resolve_job_def("publish_model")
     assert job.executor_def.name == "k8s"
     run_config = gpu_run_config(llama, "k8s")
     assert validate_run_config(job, run_config)  # the k8s executor's schema accepts it
     per_step = run_config["execution"]["config"]["per_step_k8s_config"]
     assert set(per_step) == set(GPU_STEPS)
-    for step in GPU_STEPS:
+    for step in ("tensorized_model", "roundtrip_checks"):
         pod = step_pod(job.graph.node_named(step).definition.tags, per_step[step])
         assert pod.containers[0].resources.limits == {"nvidia.com/gpu": "2"}
         assert pod.node_selector == {

@@ -1,0 +1,208 @@
+"""The adapter publish path: adapter snapshot -> tensorized adapter -> (checks) -> record.
+
+An adapter is published against one published version of its base model: the base's
+`latest` alias, resolved once when the run starts and pinned in a run tag, so every
+step (and the vLLM check) uses the same base. Its files live under that base version,
+its record under its own repo id in the registry, naming the base version.
+"""
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
+
+from assets.errors import TRANSIENT_RETRY, classified_errors
+from assets.partitions import adapters_partitions
+from assets.publishing import (
+    OWNERS,
+    PublishConfig,
+    publish_step,
+    snapshot_metadata,
+    stage_tags,
+    tensorize_step,
+)
+from assets.state import BASE_TAG, SHA_TAG, latest_metadata, pin_tag, run_tag
+from dagster_project.catalog import AdapterTarget
+from resources.adapter import AdapterError, AdapterInfo, check_compatible
+from resources.dagster_resources import (
+    CatalogResource,
+    HubResource,
+    KeyStoreResource,
+    ObjectStoreResource,
+    RegistryResource,
+    TensorizerResource,
+)
+from resources.registry import Registry, RegistryError, adapter_prefix
+from resources.serve import adapter_serve_command
+from resources.tensorize import ADAPTER_TENSORS_FILE
+
+
+def latest_base(registry: Registry, base_repo_id: str) -> str:
+    """The suffix of the base's `latest` version; a clear failure if there is none yet."""
+    try:
+        return registry.resolve(f"{base_repo_id}@latest")["suffix"]
+    except RegistryError:
+        raise Failure(
+            f"the base model {base_repo_id} has no published version yet: publish it first "
+            f"(modelpub publish {base_repo_id}), then its adapters",
+            allow_retries=False,
+        ) from None
+
+
+def fetch_checked(
+    target: AdapterTarget, catalog: CatalogResource, hub: HubResource, base: dict, sha: str
+) -> tuple[Path, AdapterInfo]:
+    """The adapter's snapshot at `sha`, refused unless it fits the base version `base`.
+
+    The base's shapes come from its snapshot at the published sha (already in the cache
+    where that base was published here).
+    """
+    hubs = catalog.load().hubs
+    with classified_errors():
+        path = hub.hub(hubs[target.hub]).snapshot(target.adapter.repo_id, sha, hub.cache)
+        base_dir = hub.hub(hubs[target.base.hub]).snapshot(
+            target.base.repo_id, base["hf_sha"], hub.cache
+        )
+    try:
+        return path, check_compatible(path, target.base.repo_id, base_dir)
+    except AdapterError as exc:
+        raise Failure(
+            f"{target.adapter.repo_id}: {exc}; nothing was uploaded", allow_retries=False
+        ) from None
+
+
+@asset(
+    partitions_def=adapters_partitions,
+    kinds={"huggingface", "git"},
+    owners=OWNERS,
+    group_name="adapters",
+    tags=stage_tags("adapter", "fetch"),
+    retry_policy=TRANSIENT_RETRY,
+    description="The adapter's repo at a pinned commit sha, and the base version it is "
+    "published against (the base's `latest`, pinned for the run). Fails unless the "
+    "adapter names that base and every LoRA tensor fits the base's weights.",
+)
+@classified_errors()
+def adapter_snapshot(
+    context: AssetExecutionContext,
+    catalog: CatalogResource,
+    hub: HubResource,
+    registry: RegistryResource,
+) -> MaterializeResult:
+    target = catalog.load().adapter(context.partition_key)
+    reg = registry.open()
+    base_suffix = pin_tag(context, BASE_TAG, lambda: latest_base(reg, target.base.repo_id))
+    base = reg.version(target.base.repo_id, base_suffix)
+    source = hub.hub(catalog.load().hubs[target.hub])
+    with classified_errors():
+        sha = pin_tag(
+            context, SHA_TAG, lambda: source.resolve(target.adapter.repo_id, target.adapter.ref)
+        )
+    path, info = fetch_checked(target, catalog, hub, base, sha)
+    return MaterializeResult(
+        data_version=DataVersion(f"{sha}+{target.base.repo_id}@{base_suffix}"),
+        metadata={
+            **snapshot_metadata(target.adapter.repo_id, target.adapter.ref, sha, path),
+            "base": f"{target.base.repo_id}@{base_suffix}",
+            "base_suffix": base_suffix,
+            "base_sha": base["hf_sha"],
+            "rank": info.rank,
+            "dtype": info.dtype,
+            "target_modules": ", ".join(info.target_modules),
+        },
+    )
+
+
+@asset(
+    partitions_def=adapters_partitions,
+    deps=[adapter_snapshot],
+    kinds={"tensorizer", "pytorch"},
+    owners=OWNERS,
+    group_name="adapters",
+    tags=stage_tags("adapter", "serialize"),
+    retry_policy=TRANSIENT_RETRY,
+    description="The adapter's weights serialized with tensorizer (encrypted when its base "
+    "is) in their own dtype, uploaded with adapter_config.json under the base version: "
+    "vllm/<base>/<base suffix>/adapters/<adapter>/<suffix>/. Not visible to serving code "
+    "until `published_adapter` records it.",
+)
+@classified_errors()
+def tensorized_adapter(
+    context: AssetExecutionContext,
+    config: PublishConfig,
+    catalog: CatalogResource,
+    hub: HubResource,
+    object_store: ObjectStoreResource,
+    key_store: KeyStoreResource,
+    registry: RegistryResource,
+    tensorizer: TensorizerResource,
+) -> MaterializeResult:
+    target = catalog.load().adapter(context.partition_key)
+    sha = run_tag(context, SHA_TAG, "adapter_snapshot", "sha")
+    base_suffix = run_tag(context, BASE_TAG, "adapter_snapshot", "base_suffix")
+    base = registry.open().version(target.base.repo_id, base_suffix)
+    path, info = fetch_checked(target, catalog, hub, base, sha)
+    return tensorize_step(
+        context,
+        repo_id=target.adapter.repo_id,
+        sha=sha,
+        settings={
+            "kind": "adapter",
+            "format": "peft-lora",
+            "dtype": info.dtype,
+            "rank": info.rank,
+            "encrypted": target.base.encrypt,
+            "base_repo_id": target.base.repo_id,
+            "base_suffix": base_suffix,
+            "base_hf_sha": base["hf_sha"],
+        },
+        force=config.force,
+        snapshot=lambda: path,
+        prefix=lambda suffix: adapter_prefix(
+            target.base.repo_id, base_suffix, target.adapter.repo_id, suffix
+        ),
+        cast=None,
+        tensors_file=ADAPTER_TENSORS_FILE,
+        registry=registry,
+        object_store=object_store,
+        key_store=key_store,
+        tensorizer=tensorizer,
+    )
+
+
+@asset(
+    partitions_def=adapters_partitions,
+    deps=[tensorized_adapter],
+    kinds={"vllm"},
+    owners=OWNERS,
+    group_name="adapters",
+    tags=stage_tags("adapter", "publish"),
+    retry_policy=TRANSIENT_RETRY,
+    description="The immutable registry record (registry/<adapter repo>/versions/<suffix>) "
+    "that makes a verified adapter visible to serving code, naming its base version, and "
+    "the adapter's `latest` alias moved to it. Runs only when every blocking check on "
+    "`tensorized_adapter` passed.",
+)
+@classified_errors()
+def published_adapter(
+    context: AssetExecutionContext,
+    catalog: CatalogResource,
+    object_store: ObjectStoreResource,
+    registry: RegistryResource,
+) -> MaterializeResult:
+    target = catalog.load().adapter(context.partition_key)
+    reg = registry.open()
+
+    def serve(record: dict, store) -> str:
+        base = reg.version(record["base_repo_id"], record["base_suffix"])
+        return adapter_serve_command(record, base, store)
+
+    return publish_step(
+        context,
+        repo_id=target.adapter.repo_id,
+        ref=target.adapter.ref,
+        target=latest_metadata(context, "tensorized_adapter")["target"],
+        tensors_file=ADAPTER_TENSORS_FILE,
+        registry=registry,
+        object_store=object_store,
+        serve=serve,
+    )

@@ -1,0 +1,185 @@
+"""The publish sensor, evaluated with `build_sensor_context` on a real instance.
+
+The hubs are real git mirrors, or the real `huggingface_hub` client against the Hub's
+test double (tests/fake_hub.py) where the Hub's own behaviour (slow, failing, hanging)
+is what is being tested.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+
+import yaml
+from dagster import SensorResult, build_sensor_context
+
+from assets.state import SHA_TAG
+from dagster_project.definitions import build_definitions
+from dagster_project.demo import commit_tiny_model, git
+from resources.registry import Registry
+from resources.store import open_store
+from tests.conftest import LLAMA, OPT, catalog_yaml
+from tests.fake_hub import FakeHub
+
+LLAMA_KEY, OPT_KEY = LLAMA.replace("/", "__"), OPT.replace("/", "__")
+
+
+def tick(env, instance, cursor: str | None = None) -> SensorResult:
+    """One sensor evaluation, then what the daemon does with its partition requests."""
+    defs = build_definitions(env.settings)
+    sensor = defs.resolve_sensor_def("hub_revisions")
+    with build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as ctx:
+        result = sensor(ctx)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    return result
+
+
+def requested(result: SensorResult) -> dict[str, str]:
+    """partition key -> requested sha, checking each request is well formed."""
+    out = {}
+    for request in result.run_requests:
+        sha = request.tags[SHA_TAG]
+        assert request.job_name == "publish_model"
+        assert request.run_key == f"{request.partition_key}@{sha}"
+        assert request.partition_key not in out
+        out[request.partition_key] = sha
+    return out
+
+
+def head(env, repo_id: str) -> str:
+    return git(env.mirror / repo_id, "rev-parse", "HEAD")
+
+
+def test_first_tick_adds_partitions_and_requests_each_current_sha(env, instance):
+    result = tick(env, instance)
+
+    assert requested(result) == {LLAMA_KEY: head(env, LLAMA), OPT_KEY: head(env, OPT)}
+    assert [r.partition_keys for r in result.dynamic_partitions_requests] == [[LLAMA_KEY, OPT_KEY]]
+    assert set(instance.get_dynamic_partitions("models")) == {LLAMA_KEY, OPT_KEY}
+
+
+def test_unchanged_ref_requests_nothing_and_a_new_commit_one_run(env, instance):
+    first = tick(env, instance)
+    again = tick(env, instance, first.cursor)
+
+    assert again.run_requests == []
+    assert again.dynamic_partitions_requests == []
+    assert "no new commits" in again.skip_reason.skip_message
+
+    new_sha = commit_tiny_model(env.mirror / LLAMA, seed=1)
+    after_commit = tick(env, instance, again.cursor)
+    assert requested(after_commit) == {LLAMA_KEY: new_sha}
+    assert json.loads(after_commit.cursor)["seen"] == {LLAMA_KEY: new_sha, OPT_KEY: head(env, OPT)}
+
+
+def test_lost_cursor_requests_the_same_run_keys_so_nothing_runs_twice(env, instance):
+    first = tick(env, instance)
+    from_scratch = tick(env, instance, cursor=None)
+
+    # Dagster launches at most one run per sensor run key: a reset cursor repeats keys.
+    assert {r.run_key for r in from_scratch.run_requests} == {r.run_key for r in first.run_requests}
+
+
+def test_new_catalog_entry_gets_a_partition_and_a_run(env, instance):
+    env.write_catalog(catalog_yaml(env.mirror, [{"repo_id": LLAMA}]))
+    first = tick(env, instance)
+    assert set(requested(first)) == {LLAMA_KEY}
+
+    env.write_catalog(catalog_yaml(env.mirror, [{"repo_id": LLAMA}, {"repo_id": OPT}]))
+    second = tick(env, instance, first.cursor)
+
+    assert requested(second) == {OPT_KEY: head(env, OPT)}
+    assert [r.partition_keys for r in second.dynamic_partitions_requests] == [[OPT_KEY]]
+
+
+def test_hub_error_skips_only_that_entry_until_it_resolves(env, instance):
+    missing = "test-org/not-mirrored-yet"
+    missing_key = missing.replace("/", "__")
+    env.write_catalog(catalog_yaml(env.mirror, [{"repo_id": missing}, {"repo_id": LLAMA}]))
+
+    first = tick(env, instance)
+    assert set(requested(first)) == {LLAMA_KEY}
+    assert missing_key in instance.get_dynamic_partitions("models")
+
+    shutil.copytree(env.mirror / OPT, env.mirror / missing)
+    second = tick(env, instance, first.cursor)
+    assert requested(second) == {missing_key: head(env, missing)}
+
+
+def test_sha_already_in_the_registry_is_not_requested(env, instance):
+    sha = head(env, LLAMA)
+    Registry(open_store(env.settings.store)).publish(
+        {"repo_id": LLAMA, "suffix": "v1", "hf_sha": sha}
+    )
+
+    result = tick(env, instance)
+
+    assert set(requested(result)) == {OPT_KEY}
+    assert json.loads(result.cursor)["seen"][LLAMA_KEY] == sha
+
+
+def hub_catalog(env, hub: FakeHub, repos: list[str], **watch) -> None:
+    """A catalog of `repos` on the Hub double, each a symlink to the tiny Llama's mirror."""
+    for repo in repos:
+        link = hub.root / repo
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(env.mirror / LLAMA)
+    env.write_catalog(
+        yaml.safe_dump(
+            {
+                "hubs": {"hf": {"kind": "huggingface", "endpoint": hub.endpoint}},
+                "models": [{"repo_id": r, "hub": "hf", "prompts": ["Hi"]} for r in repos],
+                "automation": {"watch": watch},
+            }
+        )
+    )
+
+
+def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(env, instance):
+    repos = [f"big-org/model-{i:03d}" for i in range(200)]
+    sha = head(env, LLAMA)
+    with FakeHub(env.root / "hub") as hub:
+        # 0.25 s per answer: 50 s for the whole catalog one by one, near Dagster's 60 s limit.
+        hub.delays["*"] = 0.25
+        hub_catalog(env, hub, repos, chunk=50, budget_s=10)
+        cursor, seen, durations = None, {}, []
+        for _ in range(4):
+            started = time.monotonic()
+            result = tick(env, instance, cursor)
+            durations.append(time.monotonic() - started)
+            cursor = result.cursor
+            for key, requested_sha in requested(result).items():
+                assert key not in seen
+                seen[key] = requested_sha
+        assert seen == {r.replace("/", "__"): sha for r in repos}
+        assert sorted(Counter(hub.requests).values()) == [1] * 200
+
+        # The next round starts again at the first chunk: only the entry that moved runs.
+        moved = hub.root / repos[3]
+        moved.unlink()
+        moved.symlink_to(env.mirror / OPT)
+        fifth = tick(env, instance, cursor)
+    assert requested(fifth) == {repos[3].replace("/", "__"): head(env, OPT)}
+    assert max(durations) < 8, durations
+
+
+def test_failing_and_hanging_hub_answers_do_not_hold_up_the_tick(env, instance):
+    repos = ["org/ok", "org/fails", "org/hangs"]
+    sha = head(env, LLAMA)
+    with FakeHub(env.root / "hub") as hub:
+        hub.failing, hub.delays = {"org/fails"}, {"org/hangs": 8}
+        hub_catalog(env, hub, repos, budget_s=2)
+
+        started = time.monotonic()
+        first = tick(env, instance)
+        elapsed = time.monotonic() - started
+        assert requested(first) == {"org__ok": sha}
+        assert elapsed < 5
+
+        hub.failing, hub.delays = set(), {}
+        second = tick(env, instance, first.cursor)
+    assert requested(second) == {"org__fails": sha, "org__hangs": sha}
