@@ -131,6 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check a published version's files, key and tensors")
     p.add_argument("reference", help="repo_id[@alias|@vN], default @latest")
     p = sub.add_parser(
+        "fetch-config", help="download a version's config/tokenizer files for `vllm serve`"
+    )
+    p.add_argument("reference")
+    p.add_argument("dest")
+    p = sub.add_parser("gc", help="report (or --delete) files of publishes that never finished")
+    p.add_argument("--delete", action="store_true", help="remove them instead of reporting")
+    p.add_argument(
+        "--older-than",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="also treat suffixes reserved this long ago by runs still marked running, or "
+        "unknown to this Dagster instance, as abandoned (default: 24)",
+    )
+    p = sub.add_parser(
         "fetch-adapter",
         help="restore adapter_repo[@alias|@vN] (decrypted, PEFT safetensors) into a directory",
     )
@@ -290,6 +305,47 @@ def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
     return _cmd_serve_command(settings, args)
 
 
+def _cmd_fetch_config(settings: Settings, args) -> int:
+    from resources.artifact import fetch_config
+    from resources.registry import artifact_prefix
+
+    registry = _registry(settings)
+    record = registry.resolve(args.reference)
+    prefix = artifact_prefix(record["repo_id"], record["suffix"])
+    written = fetch_config(registry.store, prefix, record["files"], Path(args.dest))
+    print(f"wrote {len(written)} files for {record['repo_id']}@{record['suffix']} to {args.dest}")
+    return 0
+
+
+def _run_state(run_id: str):
+    run = _instance().get_run_by_id(run_id)
+    return None if run is None else ("finished" if run.is_finished else "running")
+
+
+def _cmd_gc(settings: Settings, args) -> int:
+    from datetime import timedelta
+
+    from resources import gc
+
+    registry = _registry(settings)
+    orphans = gc.find_orphans(registry, _run_state, timedelta(hours=args.older_than))
+    for orphan in orphans:
+        status = "orphaned"
+        if args.delete:
+            status = "removed" if gc.remove(registry, orphan) else "kept (published meanwhile)"
+        print(
+            f"{status}: {orphan.reference} ({orphan.why}): "
+            f"{len(orphan.keys)} files, {len(orphan.unfinished)} unfinished uploads"
+        )
+        for key in orphan.keys + orphan.unfinished:
+            print(f"  {registry.store.uri(key)}")
+    if not orphans:
+        print("nothing to clean up")
+    elif not args.delete:
+        print("run `modelpub gc --delete` to remove them")
+    return 0
+
+
 COMMANDS = {
     "publish": _cmd_publish,
     "list": _cmd_list,
@@ -298,6 +354,8 @@ COMMANDS = {
     "verify": _cmd_verify,
     "demo": _cmd_demo,
     "fetch-adapter": _cmd_fetch_adapter,
+    "fetch-config": _cmd_fetch_config,
+    "gc": _cmd_gc,
 }
 
 if __name__ == "__main__":

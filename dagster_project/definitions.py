@@ -21,6 +21,7 @@ from resources.dagster_resources import (
     TensorizerResource,
     VllmResource,
 )
+from resources.s3_store import ARTIFACT_ENV, KEYS_ENV, dagster_s3_config
 
 
 def executor_def(name: str) -> ExecutorDefinition:
@@ -37,7 +38,9 @@ def executor_def(name: str) -> ExecutorDefinition:
 def build_definitions(settings: Settings) -> Definitions:
     catalog = load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
     automation = catalog.automation
-    store = ObjectStoreResource(uri=settings.store)
+    store = ObjectStoreResource(
+        uri=settings.store, s3=dagster_s3_config(settings.store, ARTIFACT_ENV)
+    )
     return Definitions(
         assets=[
             model_snapshot,
@@ -59,7 +62,11 @@ def build_definitions(settings: Settings) -> Definitions:
             "catalog": CatalogResource(path=settings.catalog),
             "hub": HubResource(cache_dir=settings.cache),
             "object_store": store,
-            "key_store": KeyStoreResource(uri=settings.keys, artifact_store_uri=settings.store),
+            "key_store": KeyStoreResource(
+                uri=settings.keys,
+                artifact_store_uri=settings.store,
+                s3=dagster_s3_config(settings.keys, KEYS_ENV, fallback_prefix=ARTIFACT_ENV),
+            ),
             "registry": RegistryResource(store=store),
             "tensorizer": TensorizerResource(staging_dir=f"{settings.cache}/staging"),
             "vllm": VllmResource(),

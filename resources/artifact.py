@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resources import tensorize, vllm_format
-from resources.store import NotFound, ObjectStore
+from resources.store import NotFound, ObjectStore, StoreError
 
 
 class StagingFull(OSError):
@@ -117,3 +117,24 @@ def check_files(store: ObjectStore, prefix: str, files: dict[str, dict]) -> list
             row["present"] = False
         rows.append(row)
     return rows
+
+
+def fetch_config(store: ObjectStore, prefix: str, files: dict[str, dict], dest: Path) -> list[Path]:
+    """Download an artifact's files except the tensors into `dest`: the local `model`
+    directory vLLM needs while the tensors stream from the store. Each file must match
+    the sha256 in the version record."""
+    written = []
+    for name, expected in sorted(files.items()):
+        if name == tensorize.TENSORS_FILE:
+            continue
+        path = dest / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store.get_file(f"{prefix}/{name}", path)
+        if tensorize.sha256_file(path) != expected["sha256"]:
+            path.unlink()
+            raise StoreError(
+                f"{store.uri(f'{prefix}/{name}')} does not match the sha256 in its version "
+                "record: it was changed after publishing; do not serve this version"
+            )
+        written.append(path)
+    return written

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dagster import ConfigurableResource
+from dagster_aws.s3 import S3Resource
 
 from dagster_project.catalog import Catalog, HubSpec, load_catalog
 from resources import vllm_runner
@@ -44,9 +45,10 @@ class ObjectStoreResource(ConfigurableResource):
     """Artifacts and the registry: a local directory or `s3://bucket/prefix`."""
 
     uri: str
+    s3: S3Resource | None = None  # endpoint and credentials for an s3:// uri
 
     def open(self) -> ObjectStore:
-        return open_store(self.uri)
+        return open_store(self.uri, s3=self.s3)
 
 
 class KeyStoreResource(ConfigurableResource):
@@ -54,9 +56,10 @@ class KeyStoreResource(ConfigurableResource):
 
     uri: str
     artifact_store_uri: str
+    s3: S3Resource | None = None  # the key store's own endpoint and credentials
 
     def open(self) -> KeyStore:
-        return open_key_store(self.uri, self.artifact_store_uri)
+        return open_key_store(self.uri, self.artifact_store_uri, s3=self.s3)
 
 
 class RegistryResource(ConfigurableResource):

@@ -11,8 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from resources.store import LocalStore, NotFound, ObjectStore, open_store
+from resources.store import LocalStore, NotFound, ObjectStore
+
+if TYPE_CHECKING:
+    from dagster_aws.s3 import S3Resource
 
 
 class KeyStoreError(RuntimeError):
@@ -57,19 +61,34 @@ class KeyStore:
             raise
 
 
-def open_key_store(uri: str, artifact_store_uri: str) -> KeyStore:
-    """The key store at `uri`, refused if it sits inside the artifact store."""
-    a, k = artifact_store_uri.rstrip("/") + "/", uri.rstrip("/") + "/"
-    if not uri.startswith("s3://"):
-        a = str(Path(artifact_store_uri).resolve()) + "/" if "://" not in a else a
-        k = str(Path(uri).resolve()) + "/"
-    if k.startswith(a) or a.startswith(k):
+def _overlaps(uri: str, artifact_store_uri: str) -> bool:
+    """Does one store contain the other? s3:// URIs compare bucket and prefix (on `/`
+    boundaries), local paths compare resolved directories."""
+
+    def normal(u: str) -> str:
+        return u.rstrip("/") + "/" if "://" in u else str(Path(u).resolve()) + "/"
+
+    k, a = normal(uri), normal(artifact_store_uri)
+    return k.startswith(a) or a.startswith(k)
+
+
+def open_key_store(uri: str, artifact_store_uri: str, s3: S3Resource | None = None) -> KeyStore:
+    """The key store at `uri`, refused if it sits inside the artifact store.
+
+    An s3:// key store takes its own credentials (`s3`, else `MODELPUB_KEYS_S3_*`, else
+    boto3's default chain), never the `MODELPUB_S3_*` ones: whoever holds only the
+    artifact credentials cannot read the keys.
+    """
+    if _overlaps(uri, artifact_store_uri):
         raise KeyStoreError(
             f"the key store {uri} overlaps the artifact store {artifact_store_uri}: keys must "
             "never sit beside the artifacts they open; set MODELPUB_KEYS elsewhere"
         )
     if uri.startswith("s3://"):
-        return KeyStore(open_store(uri))
+        from resources.s3_store import ARTIFACT_ENV, KEYS_ENV, S3Store, s3_resource_from_env
+
+        resource = s3 or s3_resource_from_env(KEYS_ENV, fallback_prefix=ARTIFACT_ENV)
+        return KeyStore(S3Store.from_uri(uri, resource=resource, env_prefix=KEYS_ENV))
     root = Path(uri)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)

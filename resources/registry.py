@@ -98,6 +98,19 @@ class Registry:
         except NotFound:
             return None
 
+    def reservations(self) -> list[tuple[str, str]]:
+        """Every (repo_id, suffix) that some run has reserved, published or not."""
+        found = []
+        for key in self.store.list("registry"):
+            repo_id, sep, name = key.removeprefix("registry/").partition("/reservations/")
+            suffix = name.removesuffix(".json")
+            if sep and SUFFIX.match(suffix):
+                found.append((repo_id, suffix))
+        return found
+
+    def is_published(self, repo_id: str, suffix: str) -> bool:
+        return self.store.exists(self._version_key(repo_id, suffix))
+
     def publish(self, record: dict) -> None:
         """Create the version record; a record is written once and never replaced."""
         key = self._version_key(record["repo_id"], record["suffix"])

@@ -15,6 +15,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster_aws.s3 import S3Resource
 
 
 class StoreError(RuntimeError):
@@ -64,6 +68,14 @@ class ObjectStore(ABC):
     def replace(self, key: str, data: bytes, tag: str) -> bool:
         """Write `data` only if the object still has version `tag`; False if it changed."""
 
+    @abstractmethod
+    def unfinished_uploads(self, prefix: str) -> list[str]:
+        """Keys under `prefix` whose upload began and never finished (a writer that died):
+        invisible to `list`, but they take space until `abort_unfinished_uploads`."""
+
+    @abstractmethod
+    def abort_unfinished_uploads(self, prefix: str) -> None: ...
+
     @contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         """A local file with the object's bytes, for readers that need a path."""
@@ -89,7 +101,7 @@ class ObjectStore(ABC):
 
     def vllm_loader_options(self, key: str, with_secrets: bool) -> dict:
         """`model_loader_extra_config` entries for vLLM to read `key` with tensorizer;
-        without secrets, for printing (vLLM then reads credentials from S3_* variables)."""
+        without secrets, for printing."""
         return {"tensorizer_uri": self.uri(key)}
 
 
@@ -207,6 +219,21 @@ class LocalStore(ObjectStore):
             os.replace(self._write_staged(key, data), self.path(key))
             return True
 
+    def unfinished_uploads(self, prefix: str) -> list[str]:
+        """Staging files (`.<name>.<random>`) left behind by a writer that died."""
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        return sorted(
+            str(p.relative_to(self.root))
+            for p in base.rglob(".*")
+            if p.is_file() and not p.name.endswith(".lock")
+        )
+
+    def abort_unfinished_uploads(self, prefix: str) -> None:
+        for key in self.unfinished_uploads(prefix):
+            self.path(key).unlink(missing_ok=True)
+
     @contextmanager
     def config_dir(self, prefix: str, files: dict[str, dict]) -> Iterator[Path]:
         yield self.path(prefix)
@@ -218,10 +245,11 @@ class LocalStore(ObjectStore):
         yield self.path(key)
 
 
-def open_store(uri: str) -> ObjectStore:
-    """`s3://bucket/prefix` for S3, anything else is a local directory."""
+def open_store(uri: str, s3: S3Resource | None = None) -> ObjectStore:
+    """`s3://bucket/prefix` for S3 (configured by `s3`, else from the environment),
+    anything else is a local directory."""
     if uri.startswith("s3://"):
         from resources.s3_store import S3Store
 
-        return S3Store.from_uri(uri)
+        return S3Store.from_uri(uri, resource=s3)
     return LocalStore(uri)

@@ -10,6 +10,7 @@ import pytest
 
 from dagster_project.demo import commit_tiny_model
 from dagster_project.settings import Settings
+from tests.s3_server import ARTIFACTS_BUCKET, IDENTITIES, KEYS_BUCKET, SeaweedS3
 
 LLAMA = "test-org/tiny-llama"
 OPT = "test-org/tiny-opt"
@@ -102,3 +103,55 @@ def instance(env):
     (home / "dagster.yaml").touch()
     with DagsterInstance.get() as inst:
         yield inst
+
+
+# --- S3: a real SeaweedFS server, and a modelpub home that publishes to it ---------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One SeaweedFS for the session; tests keep apart by prefix. Tests that kill a
+    server start their own `SeaweedS3`."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def use_s3(monkeypatch, env: Env, server: SeaweedS3) -> Env:
+    """Point `env` at `server`: artifacts and keys in separate buckets, each with its own
+    credentials, and nothing read from the developer's own AWS configuration."""
+    import dataclasses
+    import uuid
+
+    prefix = uuid.uuid4().hex[:12]
+    env.settings = dataclasses.replace(
+        env.settings,
+        store=f"s3://{ARTIFACTS_BUCKET}/{prefix}",
+        keys=f"s3://{KEYS_BUCKET}/{prefix}",
+    )
+    for name in ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "SESSION_TOKEN", "PROFILE"):
+        monkeypatch.delenv(f"AWS_{name}", raising=False)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    publisher, keykeeper = IDENTITIES["publisher"], IDENTITIES["keykeeper"]
+    for name, value in (
+        ("AWS_CONFIG_FILE", str(env.root / "no-aws-config")),
+        ("AWS_SHARED_CREDENTIALS_FILE", str(env.root / "no-aws-credentials")),
+        ("MODELPUB_STORE", env.settings.store),
+        ("MODELPUB_KEYS", env.settings.keys),
+        ("MODELPUB_S3_ENDPOINT_URL", server.endpoint),
+        ("MODELPUB_S3_REGION", "us-east-1"),
+        ("MODELPUB_S3_ACCESS_KEY_ID", publisher.access_key),
+        ("MODELPUB_S3_SECRET_ACCESS_KEY", publisher.secret_key),
+        ("MODELPUB_KEYS_S3_ACCESS_KEY_ID", keykeeper.access_key),
+        ("MODELPUB_KEYS_S3_SECRET_ACCESS_KEY", keykeeper.secret_key),
+    ):
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def s3_env(env, s3_server, monkeypatch) -> Env:
+    """`env`, publishing to the session's SeaweedFS under a prefix of its own."""
+    return use_s3(monkeypatch, env, s3_server)
