@@ -51,14 +51,8 @@ SHARED_FIELDS = {"endpoint_url", "region_name"}  # what a key store may borrow f
 TRANSFER = TransferConfig(
     multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4
 )
-DENIED = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidToken",
-    "ExpiredToken",
-    "403",
-}
+BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+DENIED = {"AccessDenied", "AllAccessDisabled", "403"}
 ABSENT = {"NoSuchKey", "404", "NotFound"}
 
 
@@ -171,15 +165,19 @@ class S3Store(ObjectStore):
                 f"bucket {self.bucket!r} does not exist at {where} (tried to {action} {uri}); "
                 "create it, or point the store URI at an existing bucket"
             )
-        if code in DENIED:
+        if code in BAD_CREDENTIALS | DENIED:
             try:
                 key_id = self._credentials().access_key
             except StoreError:
                 key_id = "(none)"
+            problem = (
+                "the credentials are wrong or expired"
+                if code in BAD_CREDENTIALS
+                else f"they lack permission on bucket {self.bucket!r}, or it does not exist"
+            )
             return StoreError(
-                f"{where} refused to {action} {uri} for access key {key_id!r} ({code}): the "
-                f"credentials are wrong, or lack permission on bucket {self.bucket!r} (or it "
-                f"does not exist); set {p}_ACCESS_KEY_ID and {p}_SECRET_ACCESS_KEY (or "
+                f"{where} refused to {action} {uri} for access key {key_id!r} ({code}): "
+                f"{problem}; set {p}_ACCESS_KEY_ID and {p}_SECRET_ACCESS_KEY (or "
                 f"{p}_PROFILE, or the AWS_* variables)"
             )
         return StoreError(f"{action} {uri} at {where} failed: {code}: {exc}")

@@ -1,0 +1,169 @@
+"""End to end on S3: the publish job against SeaweedFS, through a server crash mid-upload.
+
+The first publish runs in a child process (`modelpub publish`, as a user would run it)
+and the S3 server is SIGKILLed while the tensors are being uploaded. After a restart on
+the same data, the registry must show nothing of that run, and a second publish must
+go through: vLLM validates the artifact read straight from s3://, the version record
+and alias appear, and `modelpub gc` finds what the dead upload left behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dagster_project import cli
+from dagster_project.demo import commit_tiny_model, git
+from resources import gc
+from resources.keys import open_key_store
+from resources.registry import Registry
+from resources.s3_store import parse_s3_uri
+from resources.store import open_store
+from tests.conftest import LLAMA, catalog_yaml, use_s3
+from tests.s3_server import ARTIFACTS_BUCKET, IDENTITIES, SeaweedS3
+
+WIDE = "test-org/wide-llama"
+
+
+def commit_wide_llama(repo: Path) -> None:
+    """The tiny test Llama with wide layers: ~200 MB of float32 weights, so that its
+    upload lasts long enough to be cut, while vLLM still loads it in seconds."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    commit_tiny_model(repo, arch="llama", seed=0)  # the git repo and the tokenizer
+    config = LlamaConfig.from_pretrained(repo)
+    config.update(
+        dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=3,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            head_dim=64,
+        )
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "wide llama")
+
+
+def kill_during_upload(server: SeaweedS3, store_uri: str, publisher: subprocess.Popen) -> None:
+    """SIGKILL the server as soon as a multipart upload of the artifact is in flight."""
+    bucket, prefix = parse_s3_uri(store_uri)
+    client = server.client()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/vllm/")
+        if uploads.get("Uploads"):
+            server.kill()
+            return
+        if publisher.poll() is not None:
+            pytest.fail(f"publish ended before its upload could be cut:\n{publisher.stdout.read()}")
+        time.sleep(0.02)
+    pytest.fail("no upload started within 300 s")
+
+
+def artifact_bucket_objects(server: SeaweedS3) -> dict[str, bytes]:
+    client = server.client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=ARTIFACTS_BUCKET)
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    return {k: client.get_object(Bucket=ARTIFACTS_BUCKET, Key=k)["Body"].read() for k in keys}
+
+
+@pytest.mark.s3
+@pytest.mark.vllm
+def test_publish_to_s3_survives_a_server_killed_mid_upload(
+    env, monkeypatch, tmp_path_factory, capsys
+):
+    server = SeaweedS3(tmp_path_factory.mktemp("killable-seaweedfs"))
+    server.start()
+    try:
+        use_s3(monkeypatch, env, server)
+        commit_wide_llama(env.mirror / WIDE)
+        env.write_catalog(catalog_yaml(env.mirror, [{"repo_id": WIDE}]))
+        store_uri = env.settings.store
+
+        first = subprocess.Popen(
+            [sys.executable, "-m", "dagster_project.cli", "publish", WIDE],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        kill_during_upload(server, store_uri, first)
+        output = first.communicate(timeout=300)[0]
+        assert first.returncode == 1, output
+        summary = output[output.index("modelpub: publishing") :]  # after Dagster's logs
+        assert "nothing was published" in summary
+        assert f"cannot reach the S3 endpoint {server.endpoint} to upload" in summary
+
+        server.start()  # same data directory, same ports
+        registry = Registry(open_store(store_uri))
+        assert registry.versions(WIDE) == []
+        assert registry.aliases(WIDE) == {}
+        assert registry.reservation(WIDE, "v1") is not None  # the dead run's suffix stays taken
+
+        record = cli.publish(env.settings, WIDE)
+        assert record["suffix"] == "v2"
+        assert record["tensors_uri"] == f"{store_uri}/vllm/{WIDE}/v2/model.tensors"
+        assert record["validation"]["passed"]
+        assert record["validation"]["generations"]["passed"]
+        assert registry.resolve(WIDE) == record
+        assert registry.aliases(WIDE) == {"latest": "v2"}
+
+        orphans = gc.find_orphans(registry, cli._run_state)
+        assert [(o.reference, o.unfinished) for o in orphans] == [
+            (f"{WIDE}@v1", [f"vllm/{WIDE}/v1/model.tensors"])
+        ]
+        assert "ended without publishing" in orphans[0].why
+        assert gc.remove(registry, orphans[0])
+        assert gc.find_orphans(registry, cli._run_state) == []
+
+        key = open_key_store(env.settings.keys, store_uri).get(record["key_id"])
+        for name, body in artifact_bucket_objects(server).items():
+            assert not name.endswith(".key"), name
+            for form in (key, key.hex().encode(), base64.b64encode(key)):
+                assert form not in body, f"key material in s3://{ARTIFACTS_BUCKET}/{name}"
+
+        model_dir = env.root / "serve"
+        assert cli.main(["fetch-config", f"{WIDE}@v2", str(model_dir)]) == 0
+        assert json.loads((model_dir / "config.json").read_text())["hidden_size"] == 1024
+        assert not (model_dir / "model.tensors").exists()
+        capsys.readouterr()
+        assert cli.main(["serve-command", f"{WIDE}@latest"]) == 0
+        command = capsys.readouterr().out
+        assert f"modelpub fetch-config {WIDE}@v2" in command
+        assert server.endpoint in command and record["tensors_uri"] in command
+        for identity in IDENTITIES.values():
+            assert identity.secret_key not in command
+    finally:
+        server.stop()
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(
+    "variable", ["MODELPUB_S3_SECRET_ACCESS_KEY", "MODELPUB_KEYS_S3_SECRET_ACCESS_KEY"]
+)
+def test_publish_with_a_wrong_secret_fails_before_any_upload(s3_env, monkeypatch, variable):
+    import os
+
+    right = os.environ[variable]
+    monkeypatch.setenv(variable, "not-the-secret")
+    start = time.perf_counter()
+    with pytest.raises(cli.PublishFailed) as caught:
+        cli.publish(s3_env.settings, LLAMA)
+    assert time.perf_counter() - start < 60  # no serialization, no vLLM, no retry loop
+    assert "SignatureDoesNotMatch" in str(caught.value)
+    assert variable.removesuffix("SECRET_ACCESS_KEY") in str(caught.value)
+
+    monkeypatch.setenv(variable, right)
+    store = open_store(s3_env.settings.store)
+    assert store.list("vllm") == []
+    assert Registry(store).versions(LLAMA) == []
