@@ -233,21 +233,19 @@ class S3Store(ObjectStore):
         """
         for attempt in range(5):
             try:
-                with self._errors("write", key):
-                    self.client.put_object(
-                        Bucket=self.bucket, Key=self._full(key), Body=data, **condition
-                    )
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._full(key), Body=data, **condition
+                )
                 return True
-            except NotFound:  # If-Match on an object that is gone
-                return False
-            except StoreError as exc:
-                cause = exc.__cause__
-                code = cause.response["Error"]["Code"] if isinstance(cause, ClientError) else ""
-                if code == "PreconditionFailed":
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == "PreconditionFailed" or code in ABSENT:  # ABSENT: If-Match, gone
                     return False
                 if code != "ConditionalRequestConflict":
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+                    raise self._describe_failure("write", key, exc) from exc
+            except BotoCoreError as exc:
+                raise self._describe_failure("write", key, exc) from exc
+            time.sleep(0.05 * (attempt + 1))
         return False
 
     def create(self, key: str, data: bytes) -> bool:
