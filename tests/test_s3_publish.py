@@ -132,6 +132,8 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
             for form in (key, key.hex().encode(), base64.b64encode(key)):
                 assert form not in body, f"key material in s3://{ARTIFACTS_BUCKET}/{name}"
 
+        assert cli.main(["verify", f"{WIDE}@latest"]) == 0  # re-reads every tensor from S3
+
         model_dir = env.root / "serve"
         assert cli.main(["fetch-config", f"{WIDE}@v2", str(model_dir)]) == 0
         assert json.loads((model_dir / "config.json").read_text())["hidden_size"] == 1024
