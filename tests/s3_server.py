@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +153,25 @@ class SeaweedS3:
                 if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
                     raise
 
+    def _volumes_on_disk(self) -> set[int]:
+        """Ids of the volume files in the data directory (`3.idx`, `artifacts_1.idx`)."""
+        return {int(p.stem.rsplit("_", 1)[-1]) for p in self.data.glob("*.idx")}
+
+    def _volumes_served(self) -> set[int]:
+        url = f"http://127.0.0.1:{self.ports['master.port']}/vol/status"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            topology = json.load(response)["Volumes"].get("DataCenters", {})
+        return {
+            volume["Id"]
+            for racks in topology.values()
+            for nodes in racks.values()
+            for volumes in nodes.values()
+            for volume in volumes
+        }
+
     def _wait_ready(self, timeout_s: float) -> None:
+        """S3 answers, and (after a restart) the master knows every volume on disk again:
+        until the volume server has reported them, reads of existing objects fail."""
         deadline = time.monotonic() + timeout_s
         client = self.client()
         while True:
@@ -162,11 +181,14 @@ class SeaweedS3:
                 )
             try:
                 client.list_buckets()
-                return
-            except (BotoCoreError, ClientError) as exc:
+                if self._volumes_on_disk() <= self._volumes_served():
+                    return
+            except (BotoCoreError, ClientError, OSError, KeyError) as exc:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"SeaweedFS did not become ready: {exc}") from exc
-                time.sleep(0.2)
+            if time.monotonic() > deadline:
+                raise RuntimeError("SeaweedFS did not report its volumes after a restart")
+            time.sleep(0.2)
 
     def kill(self) -> None:
         """SIGKILL: the server dies mid-request, as in a crash or an OOM kill."""
