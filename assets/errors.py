@@ -15,6 +15,7 @@ from resources.artifact import StagingFull
 from resources.hub import HubError
 from resources.keys import KeyStoreError
 from resources.registry import RegistryError
+from resources.store import StoreError
 from resources.tensorize import TensorizeError
 
 TRANSIENT_RETRY = RetryPolicy(
@@ -27,7 +28,7 @@ PERMANENT = (CatalogError, KeyStoreError, RegistryError, TensorizeError, Staging
 def classified_errors() -> Iterator[None]:
     try:
         yield
-    except HubError as exc:
+    except (HubError, StoreError) as exc:
         raise Failure(str(exc), allow_retries=exc.transient) from None
     except PERMANENT as exc:
         raise Failure(str(exc), allow_retries=False) from None

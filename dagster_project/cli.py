@@ -94,9 +94,8 @@ def _run_publish(
 
 
 def _root_cause(error) -> str:
-    """What the asset raised, without Dagster's "Error occurred while executing op"
-    wrapping (but not the cause the asset's own error chains to, e.g. a boto error)."""
-    while error.cls_name.startswith("Dagster") and error.cause is not None:
+    """The innermost error's message, without Dagster's wrapping."""
+    while error.cause is not None:
         error = error.cause
     return re.sub(r"^[\w.]+: ", "", error.message.strip())
 

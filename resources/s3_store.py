@@ -153,11 +153,13 @@ class S3Store(ObjectStore):
         if isinstance(exc, BotoConnectionError | HTTPClientError):
             return StoreError(
                 f"cannot reach the S3 endpoint {where} to {action} {uri} ({exc}); check "
-                f"{p}_ENDPOINT_URL (or AWS_ENDPOINT_URL) and that the server is up"
+                f"{p}_ENDPOINT_URL (or AWS_ENDPOINT_URL) and that the server is up",
+                transient=True,
             )
         if not isinstance(exc, ClientError):
             return StoreError(f"{action} {uri} at {where} failed: {exc}")
         code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in ABSENT:
             return NotFound(f"{uri} does not exist")
         if code == "NoSuchBucket":
@@ -180,7 +182,10 @@ class S3Store(ObjectStore):
                 f"{problem}; set {p}_ACCESS_KEY_ID and {p}_SECRET_ACCESS_KEY (or "
                 f"{p}_PROFILE, or the AWS_* variables)"
             )
-        return StoreError(f"{action} {uri} at {where} failed: {code}: {exc}")
+        return StoreError(
+            f"{action} {uri} at {where} failed: {code}: {exc}",
+            transient=status >= 500 or code in ("SlowDown", "RequestTimeout"),
+        )
 
     @contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:

@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 
 class StoreError(RuntimeError):
-    """The store refused or could not be reached; the message says what to check."""
+    """The store refused or could not be reached; the message says what to check.
+    `transient`: the server was unreachable or overloaded, so a retry may succeed."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class NotFound(StoreError):

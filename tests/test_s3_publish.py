@@ -102,7 +102,8 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
         assert first.returncode == 1, output
         summary = output[output.index("modelpub: publishing") :]  # after Dagster's logs
         assert "nothing was published" in summary
-        assert f"cannot reach the S3 endpoint {server.endpoint} to upload" in summary
+        # the upload failed, then each retry of the step found the server still gone
+        assert f"cannot reach the S3 endpoint {server.endpoint}" in summary
 
         server.start()  # same data directory, same ports
         registry = Registry(open_store(store_uri))

@@ -92,6 +92,7 @@ def test_wrong_credentials_fail_fast_and_say_what_to_set(s3_env, monkeypatch):
     assert "SignatureDoesNotMatch" in message
     assert IDENTITIES["publisher"].access_key in message
     assert "MODELPUB_S3_SECRET_ACCESS_KEY" in message
+    assert not caught.value.transient  # a retry cannot fix it: the run fails at once
 
 
 def test_missing_bucket_is_named(s3_env, monkeypatch):
@@ -112,6 +113,7 @@ def test_unreachable_endpoint_is_named(s3_env, monkeypatch):
     assert time.perf_counter() - start < 15
     assert endpoint in str(caught.value)
     assert "MODELPUB_S3_ENDPOINT_URL" in str(caught.value)
+    assert caught.value.transient  # the publish step retries with backoff
 
 
 def test_key_store_has_its_own_credentials_and_hands_vllm_a_private_file(s3_env, monkeypatch):
