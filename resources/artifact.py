@@ -125,7 +125,7 @@ def fetch_config(store: ObjectStore, prefix: str, files: dict[str, dict], dest: 
     the sha256 in the version record."""
     written = []
     for name, expected in sorted(files.items()):
-        if name == tensorize.TENSORS_FILE:
+        if name.endswith(".tensors"):  # model.tensors, or one file per rank
             continue
         path = dest / name
         path.parent.mkdir(parents=True, exist_ok=True)
