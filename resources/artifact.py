@@ -39,22 +39,22 @@ class WrittenArtifact:
 
 def _serialize(
     snapshot: Path, dtype: str | None, key: bytes | None, tensors: Path
-) -> tuple[list[Path], float]:
-    """HF-format weights to the file `tensors`; returns it and the seconds serializing took."""
-    weights = tensorize.load_source_weights(snapshot, dtype)
+) -> tensorize.SerializeStats:
+    """HF-format weights to the file `tensors`, streamed in batches and given up to the
+    serializer (a few hundred MB in memory at a time, not the model)."""
     try:
-        stats = tensorize.serialize(weights, tensors, key)
+        weights = tensorize.iter_source_weights(snapshot, dtype)
+        return tensorize.serialize(weights, tensors, key, consume=True)
     except OSError as exc:
         tensors.unlink(missing_ok=True)
         if exc.errno != errno.ENOSPC:
             raise
-        need = sum(t.numel() * t.element_size() for t in weights.values())
+        need = sum(p.stat().st_size for p in snapshot.glob("*.safetensors"))
         raise StagingFull(
             f"no space left in the staging directory {tensors.parent} while serializing "
             f"{need / 1e6:.1f} MB of tensors; free space there or point MODELPUB_CACHE at a "
             "larger disk, then rerun"
         ) from None
-    return [tensors], stats.seconds
 
 
 def write_artifact(
@@ -72,10 +72,12 @@ def write_artifact(
 
     `dtype` None keeps the weights' own dtypes. `fmt` `vllm` has vLLM serialize its model
     instead (resources/vllm_format.py), one file per rank, `tensors_file` then being the
-    per-rank template. On failure, whatever was uploaded under `prefix` is removed again
-    (best effort; nothing there is visible to serving code until a registry record points
-    at it).
+    per-rank template. Staged tensors files are moved, not copied, into a store that can
+    (a local store on the same filesystem). On failure, whatever was uploaded under
+    `prefix` is removed again (best effort; nothing there is visible to serving code
+    until a registry record points at it).
     """
+    hashes: dict[str, str] = {}  # staged file name -> sha256 taken as it was written
     if fmt == "vllm":
         start = time.perf_counter()
         tensors = vllm_format.write_vllm_tensors(
@@ -83,7 +85,9 @@ def write_artifact(
         )
         serialize_s = time.perf_counter() - start  # includes vLLM loading the model
     else:
-        tensors, serialize_s = _serialize(snapshot, dtype, key, staging / tensors_file)
+        stats = _serialize(snapshot, dtype, key, staging / tensors_file)
+        tensors, serialize_s = [staging / tensors_file], stats.seconds
+        hashes[tensors_file] = stats.sha256
     out = WrittenArtifact(serialize_s=serialize_s, tensors_files=[p.name for p in tensors])
     uploads = [(p.name, p) for p in tensors] + [
         (str(p.relative_to(snapshot)), p) for p in tensorize.config_files(snapshot)
@@ -91,8 +95,13 @@ def write_artifact(
     start = time.perf_counter()
     try:
         for name, path in uploads:
-            out.files[name] = {"size": path.stat().st_size, "sha256": tensorize.sha256_file(path)}
-            store.put_file(f"{prefix}/{name}", path)
+            staged = path in tensors
+            digest = hashes.get(name) if staged else None
+            out.files[name] = {
+                "size": path.stat().st_size,
+                "sha256": digest or tensorize.sha256_file(path),
+            }
+            (store.put_staged if staged else store.put_file)(f"{prefix}/{name}", path)
     except BaseException:
         for name in out.files:
             with contextlib.suppress(Exception):  # the original error matters more

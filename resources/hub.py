@@ -79,14 +79,22 @@ class GitMirrorHub(Hub):
         return done.stdout.decode().strip()
 
     def fetch(self, repo_id: str, sha: str, dest: Path) -> None:
-        done = self._git(repo_id, "archive", "--format=tar", sha)
-        if done.returncode != 0:
-            raise HubError(f"{repo_id}: cannot read commit {sha}: {done.stderr.decode().strip()}")
-        with tempfile.TemporaryFile() as buf:
-            buf.write(done.stdout)
-            buf.seek(0)
-            with tarfile.open(fileobj=buf) as tar:
-                tar.extractall(dest, filter="data")
+        """`git archive` streamed into `dest`: a pipe's worth of memory, not the commit's."""
+        cmd = ["git", "-C", str(self._repo(repo_id)), "archive", "--format=tar", sha]
+        with (
+            tempfile.TemporaryFile() as err,
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err) as proc,
+        ):
+            try:
+                with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                    tar.extractall(dest, filter="data")
+            except tarfile.ReadError:
+                if proc.wait() == 0:
+                    raise
+            if proc.wait() != 0:
+                err.seek(0)
+                message = err.read().decode().strip()
+                raise HubError(f"{repo_id}: cannot read commit {sha}: {message}")
 
 
 class HuggingFaceHub(Hub):

@@ -122,19 +122,21 @@ class RoundTrip:
         report.files = check_files(self.store, self.prefix, self.files)
         source = None
         if self.fmt != "vllm":
-            source = tensorize.load_source_weights(self.snapshot, self.dtype)
-            report.source_tensors = len(source)
+            # one tensor of each side in memory at a time, not two copies of the model
+            source = tensorize.SourceCheckpoint(self.snapshot, self.dtype)
+            report.source_tensors = len(source.names())
         for name in tensors_files(self.tensor_parallel_size):  # one rank's file at a time
             uri = self.store.uri(f"{self.prefix}/{name}")
             try:
-                published = tensorize.deserialize(uri, self.key, self.store.stream_kwargs())
+                published = tensorize.iter_deserialized(uri, self.key, self.store.stream_kwargs())
+                if source is None:
+                    rows = tensorize.describe_weights(dict(published), prefix=f"{name}:")
+                else:
+                    rows = tensorize.compare_published(source, published)
             except Exception as exc:  # noqa: BLE001 - any failure to read back fails the check
                 report.tensors_error = describe_load_error(exc, uri, self.key_id)
                 return
-            if source is None:
-                report.tensors += tensorize.describe_weights(published, prefix=f"{name}:")
-            else:
-                report.tensors = tensorize.compare_weights(source, published)
+            report.tensors += rows
         if source is None:
             report.source_tensors = len(report.tensors)
 

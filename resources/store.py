@@ -6,6 +6,7 @@ create-exactly-once (`create`) and compare-and-swap (`replace`).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -44,6 +45,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def put_file(self, key: str, path: Path) -> None:
         """Upload `path` so that the object appears whole or not at all."""
+
+    def put_staged(self, key: str, path: Path) -> None:
+        """Like `put_file`, for a staged file the caller has no further use for: a store
+        may move it into place instead of copying it. `path` may be gone afterwards."""
+        self.put_file(key, path)
 
     @abstractmethod
     def get_file(self, key: str, dest: Path) -> None: ...
@@ -110,6 +116,15 @@ class ObjectStore(ABC):
         return {"tensorizer_uri": self.uri(key)}
 
 
+def _fsync(path: Path) -> None:
+    """Make a file's data, or a directory's entries, durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _sha256_tag(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -158,10 +173,27 @@ class LocalStore(ObjectStore):
         try:
             shutil.copyfile(path, tmp)
             os.chmod(tmp, self.file_mode)
+            _fsync(tmp)
             os.replace(tmp, self.path(key))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {self.uri(key)}: {exc.strerror or exc}") from None
+        _fsync(self.path(key).parent)
+
+    def put_staged(self, key: str, path: Path) -> None:
+        """A rename when `path` is on the store's filesystem: no second copy of a
+        multi-gigabyte file. `path` should already be durable (fsynced)."""
+        target = self.path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, self.file_mode)
+            os.replace(path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise StoreError(f"cannot write {self.uri(key)}: {exc.strerror or exc}") from None
+            self.put_file(key, path)  # staging is on another filesystem
+            return
+        _fsync(target.parent)
 
     def get_file(self, key: str, dest: Path) -> None:
         try:

@@ -6,8 +6,14 @@ under HF names) loads on every vLLM platform with `load_format="tensorizer"`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+import threading
 import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +23,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".c
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 TENSORS_FILE = "model.tensors"
 ADAPTER_TENSORS_FILE = "adapter_model.tensors"  # the name vLLM's own LoRA tensorizing used
+BATCH_BYTES = 256 << 20  # source tensors held in memory at once while publishing
 
 
 class TensorizeError(RuntimeError):
@@ -38,28 +45,74 @@ def config_files(snapshot: Path) -> list[Path]:
     )
 
 
-def load_source_weights(snapshot: Path, dtype: str | None) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors, floating point ones cast to `dtype` (None keeps theirs)."""
-    from safetensors.torch import load_file
-
+def _safetensors_files(snapshot: Path) -> list[Path]:
     files = sorted(snapshot.glob("*.safetensors"))
     if not files:
         raise TensorizeError(
             f"{snapshot} has no *.safetensors weights; publish a revision with safetensors"
         )
-    target = DTYPES[dtype] if dtype else None
+    return files
+
+
+class SourceCheckpoint:
+    """The snapshot's safetensors files, read one tensor at a time, floating point
+    tensors cast to `dtype` (None keeps theirs). Each tensor owns its memory: read with
+    pread, not a view of a file mapping whose pages would stay resident until closed."""
+
+    def __init__(self, snapshot: Path, dtype: str | None):
+        from safetensors import safe_open
+
+        self.target = DTYPES[dtype] if dtype else None
+        self._files = {}
+        for file in _safetensors_files(snapshot):
+            handle = safe_open(file, framework="pt", backend="pread")
+            self._files.update(dict.fromkeys(handle.keys(), handle))
+
+    def names(self) -> list[str]:
+        return list(self._files)
+
+    def get(self, name: str) -> torch.Tensor | None:
+        handle = self._files.get(name)
+        if handle is None:
+            return None
+        tensor = handle.get_tensor(name)
+        return tensor.to(self.target) if self.target and tensor.is_floating_point() else tensor
+
+    def batches(self, batch_bytes: int = BATCH_BYTES) -> Iterator[dict[str, torch.Tensor]]:
+        """All tensors in batches of about `batch_bytes`, in file order."""
+        batch: dict[str, torch.Tensor] = {}
+        size = 0
+        for name in self.names():
+            batch[name] = self.get(name)
+            size += batch[name].nbytes
+            if size >= batch_bytes:
+                yield batch
+                batch, size = {}, 0
+        if batch:
+            yield batch
+
+
+def iter_source_weights(
+    snapshot: Path, dtype: str | None, batch_bytes: int = BATCH_BYTES
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The checkpoint's tensors in batches, so a publish holds a batch, not the model."""
+    return SourceCheckpoint(snapshot, dtype).batches(batch_bytes)
+
+
+def load_source_weights(snapshot: Path, dtype: str | None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, floating point ones cast to `dtype` (None keeps theirs)."""
     weights: dict[str, torch.Tensor] = {}
-    for file in files:
-        for name, tensor in load_file(file).items():
-            weights[name] = tensor.to(target) if target and tensor.is_floating_point() else tensor
+    for batch in iter_source_weights(snapshot, dtype):
+        weights.update(batch)
     return weights
 
 
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    buf = memoryview(bytearray(chunk))
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(buf[:n])
     return digest.hexdigest()
 
 
@@ -67,30 +120,139 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
 class SerializeStats:
     bytes_written: int
     seconds: float
+    sha256: str  # of the whole file
 
     @property
     def mb_per_s(self) -> float:
         return self.bytes_written / 1e6 / max(self.seconds, 1e-9)
 
 
-def serialize(weights: dict[str, torch.Tensor], dest: Path, key: bytes | None) -> SerializeStats:
-    """Write `weights` to the local file `dest`, encrypted with `key` when given."""
-    from tensorizer import EncryptionParams, TensorSerializer
+class _Flusher:
+    """Writes a file's dirty pages to disk in the background while it is being written,
+    so the disk works alongside serialization instead of only at the final fsync (the
+    kernel would otherwise hold gigabytes back as dirty page cache)."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY)
+        self.error: OSError | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="modelpub-flusher", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.done.wait(0.05):
+                os.fdatasync(self.fd)
+            os.fsync(self.fd)
+        except OSError as exc:  # a full or failing disk: reported by finish()
+            self.error = exc
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        os.close(self.fd)
+
+    def finish(self, path: Path) -> str:
+        """The file's sha256, read from the page cache while its last pages go to disk;
+        returns once the whole file is durable."""
+        self.done.set()
+        try:
+            digest = sha256_file(path)
+        finally:
+            self.stop()
+        if self.error is not None:
+            raise self.error
+        return digest
+
+
+def _prefetched(batches: Iterable[Mapping]) -> Iterator[Mapping]:
+    """`batches`, each read while the one before is being written."""
+    with ThreadPoolExecutor(1, thread_name_prefix="modelpub-prefetch") as pool:
+        it = iter(batches)
+        pending = pool.submit(next, it, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, it, None)
+            yield batch
+            del batch  # hold at most two batches
+
+
+@functools.cache
+def _serializer_class():
+    """tensorizer's serializer, able to skip restoring tensors it encrypted in place.
+
+    tensorizer encrypts each tensor in place, writes it, then decrypts it again to give
+    the caller its tensors back: a second full cipher pass. When `owned` is set, the
+    caller gives its tensors up, and tensorizer treats them as its own temporaries
+    (the private `_temporary_buffer` flag of the pinned tensorizer), skipping the
+    restore. A tensorizer without that flag always restores.
+    """
+    import inspect
+
+    from tensorizer import TensorSerializer
+
+    flag = "_temporary_buffer" in inspect.signature(TensorSerializer._write_tensor).parameters
+
+    class Serializer(TensorSerializer):
+        owned = False
+
+        def _write_tensor(self, *args, **kwargs):
+            if self.owned and flag:
+                kwargs["_temporary_buffer"] = True
+            return super()._write_tensor(*args, **kwargs)
+
+    return Serializer
+
+
+def _distinct_memory(batch: Mapping[str, torch.Tensor]) -> bool:
+    """No two tensors share storage, so in-place encryption of one cannot garble another."""
+    storages = [t.untyped_storage().data_ptr() for t in batch.values()]
+    return len(set(storages)) == len(storages)
+
+
+def serialize(
+    weights: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
+    dest: Path,
+    key: bytes | None,
+    consume: bool = False,
+) -> SerializeStats:
+    """Write `weights` (one mapping, or batches of them, each read while the one before
+    is written) to the local file `dest`, encrypted with `key` when given; returns once
+    the file is durable, with its sha256.
+
+    With `consume`, the caller gives the tensors up: each batch is emptied once
+    written and its tensors may be left encrypted, which saves a cipher pass.
+    """
+    from tensorizer import EncryptionParams
 
     encryption = EncryptionParams(key) if key is not None else None
+    batches = [weights] if isinstance(weights, Mapping) else _prefetched(weights)
     start = time.perf_counter()
-    serializer = TensorSerializer(str(dest), encryption=encryption)
+    serializer = _serializer_class()(str(dest), encryption=encryption)
+    flusher = _Flusher(dest)
     try:
-        serializer.write_state_dict(weights)
-    finally:
-        serializer.close()
-    return SerializeStats(dest.stat().st_size, time.perf_counter() - start)
+        try:
+            for given in batches:
+                batch, serializer.owned = given, consume
+                if encryption is not None and not _distinct_memory(given):
+                    # tensorizer's in-place encryption garbles tensors that share memory
+                    # (views of one buffer; CryptographyError on load): copy them apart
+                    batch, serializer.owned = {n: t.clone() for n, t in given.items()}, True
+                serializer.write_state_dict(batch)
+                if consume:
+                    given.clear()
+        finally:
+            serializer.close()
+    except BaseException:
+        flusher.stop()
+        raise
+    sha256 = flusher.finish(dest)
+    return SerializeStats(dest.stat().st_size, time.perf_counter() - start, sha256)
 
 
-def deserialize(
-    source: str, key: bytes | None, stream_kwargs: dict | None = None
-) -> dict[str, torch.Tensor]:
-    """Read every tensor back with hash verification; raises on tampering or a wrong key."""
+@contextmanager
+def _deserializer(source: str, key: bytes | None, stream_kwargs: dict | None, streaming: bool):
+    """Streaming: tensors read on demand by one reader thread (decryption still runs on
+    every core); more readers read ahead without bound, holding most of the model."""
     from tensorizer import DecryptionParams, TensorDeserializer
     from tensorizer.stream_io import open_stream
 
@@ -98,10 +260,39 @@ def deserialize(
     with (
         open_stream(source, "rb", **(stream_kwargs or {})) as stream,
         TensorDeserializer(
-            stream, device="cpu", verify_hash=True, encryption=decryption
+            stream,
+            device="cpu",
+            lazy_load=streaming,
+            num_readers=1 if streaming else None,
+            verify_hash=True,
+            encryption=decryption,
         ) as tensors,
     ):
-        return {name: tensor.clone() for name, tensor in tensors.items()}
+        yield tensors
+
+
+def deserialize(
+    source: str, key: bytes | None, stream_kwargs: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """Read every tensor back with hash verification; raises on tampering or a wrong key."""
+    with _deserializer(source, key, stream_kwargs, streaming=False) as tensors:
+        # not lazy: every tensor is read, decrypted and verified into memory of its own
+        # before the constructor returns, so it outlives the deserializer uncopied
+        return dict(tensors.items())
+
+
+def iter_deserialized(
+    source: str, key: bytes | None, stream_kwargs: dict | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """`deserialize`, one (name, tensor) at a time: memory for a tensor, not the model."""
+    with _deserializer(source, key, stream_kwargs, streaming=True) as tensors:
+        # tensorizer keeps every tensor it has read in a private cache (`_cache` in the
+        # pinned version), which would hold the whole model by the end: emptied as we go
+        cache = getattr(tensors, "_cache", {})
+        for _, _, name, tensor in tensors.read_tensors():
+            yield name, tensor
+            del tensor
+            cache.clear()
 
 
 def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -125,26 +316,42 @@ def describe_weights(tensors: dict[str, torch.Tensor], prefix: str = "") -> list
     ]
 
 
+def compare_tensor(name: str, a: torch.Tensor | None, b: torch.Tensor | None) -> dict:
+    """Does the published tensor `b` equal the source tensor `a`? (None: missing)"""
+    row = {
+        "name": name,
+        "source_dtype": str(a.dtype).removeprefix("torch.") if a is not None else None,
+        "published_dtype": str(b.dtype).removeprefix("torch.") if b is not None else None,
+        "shape": list(a.shape if a is not None else b.shape),
+        "numel": (a if a is not None else b).numel(),
+    }
+    row["equal"] = bool(
+        a is not None
+        and b is not None
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(_raw_bytes(a), _raw_bytes(b))
+    )
+    return row
+
+
 def compare_weights(
     source: dict[str, torch.Tensor], published: dict[str, torch.Tensor]
 ) -> list[dict]:
     """One row per tensor name in either side: does the published tensor equal the source?"""
-    rows = []
-    for name in sorted(set(source) | set(published)):
-        a, b = source.get(name), published.get(name)
-        row = {
-            "name": name,
-            "source_dtype": str(a.dtype).removeprefix("torch.") if a is not None else None,
-            "published_dtype": str(b.dtype).removeprefix("torch.") if b is not None else None,
-            "shape": list(a.shape if a is not None else b.shape),
-            "numel": (a if a is not None else b).numel(),
-        }
-        row["equal"] = bool(
-            a is not None
-            and b is not None
-            and a.dtype == b.dtype
-            and a.shape == b.shape
-            and torch.equal(_raw_bytes(a), _raw_bytes(b))
-        )
-        rows.append(row)
-    return rows
+    return [
+        compare_tensor(name, source.get(name), published.get(name))
+        for name in sorted(set(source) | set(published))
+    ]
+
+
+def compare_published(
+    source: SourceCheckpoint, published: Iterable[tuple[str, torch.Tensor]]
+) -> list[dict]:
+    """`compare_weights`, holding one tensor of each side at a time, not two models."""
+    rows, seen = [], set()
+    for name, tensor in published:
+        rows.append(compare_tensor(name, source.get(name), tensor))
+        seen.add(name)
+    rows += [compare_tensor(n, source.get(n), None) for n in source.names() if n not in seen]
+    return sorted(rows, key=lambda r: r["name"])

@@ -142,11 +142,13 @@ def _run_engine(spec: GenerationSpec) -> dict:
     llm = LLM(**kwargs)
     started = time.perf_counter() - start
     params = SamplingParams(temperature=0.0, max_tokens=spec.max_tokens, logprobs=0, seed=0)
+    start = time.perf_counter()
     runs = [
         _generations(llm, spec.prompts, params, _lora_request(adapter, number))
         for number, adapter in enumerate(spec.adapters, start=1)
     ]
-    return {"engine_start_s": started, "results": runs[0], "runs": runs}
+    generated = time.perf_counter() - start
+    return {"engine_start_s": started, "generate_s": generated, "results": runs[0], "runs": runs}
 
 
 def _lora_request(adapter: dict | None, number: int):

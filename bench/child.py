@@ -1,0 +1,208 @@
+"""Work the bench measures in a fresh process: peak resident memory is per process,
+and a publish run must not reuse the bench's warm imports.
+
+`python -m bench.child KIND SPEC_JSON` prints one JSON line:
+- `publish_step`: the publish step alone (write_artifact), with its peak RSS (figure 4);
+- `plain_run`: the publish job's work done by calling the domain code directly, each
+  step timed (the baseline of figure 5), with the round trip's two vLLM engine
+  timings (figure 3);
+- `dagster_run`: the same catalog entry published by the real Dagster job (figure 5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_rss() -> int:
+    """This process's high-water RSS. Not getrusage's ru_maxrss: Linux carries that
+    across exec from the parent, so a child reports at least its parent's size."""
+    return _status_kb("VmHWM")
+
+
+def current_rss() -> int:
+    return _status_kb("VmRSS")
+
+
+def publish_step(spec: dict) -> dict:
+    from tensorizer import EncryptionParams
+
+    from resources.artifact import write_artifact
+    from resources.store import LocalStore
+
+    idle = current_rss()
+    root = Path(spec["root"])
+    (root / "staging").mkdir(parents=True, exist_ok=True)
+    key = EncryptionParams.random().key
+    start = time.perf_counter()
+    write_artifact(
+        LocalStore(root / "store"),
+        "bench/v1",
+        Path(spec["snapshot"]),
+        "float16",
+        key,
+        root / "staging",
+    )
+    return {"seconds": time.perf_counter() - start, "idle_rss": idle, "peak_rss": peak_rss()}
+
+
+def plain_run(spec: dict) -> dict:
+    """What `publish_model` does, step by step, without Dagster."""
+    from dagster_project.catalog import load_catalog, partition_key
+    from dagster_project.settings import Settings
+    from resources import vllm_runner
+    from resources.artifact import write_artifact
+    from resources.hub import make_hub
+    from resources.keys import open_key_store
+    from resources.registry import Registry, artifact_prefix, now
+    from resources.roundtrip import RoundTrip
+    from resources.store import open_store
+
+    settings = Settings.from_env()
+    entry = load_catalog(settings.catalog).entry(partition_key(spec["repo_id"]))
+    spec_hub = load_catalog(settings.catalog).hubs[entry.hub]
+    steps: dict[str, float] = {}
+    run_id = "plain-run"
+
+    start = time.perf_counter()
+    hub = make_hub(spec_hub.kind, root=spec_hub.root)
+    sha = hub.resolve(entry.repo_id, entry.ref)
+    snapshot = hub.snapshot(entry.repo_id, sha, Path(settings.cache))
+    steps["model_snapshot"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    store = open_store(settings.store)
+    registry, keys = Registry(store), open_key_store(settings.keys, settings.store)
+    suffix = registry.reserve_suffix(entry.repo_id, run_id)
+    key_id = f"{partition_key(entry.repo_id)}/{suffix}"
+    key = keys.create(key_id)
+    prefix = artifact_prefix(entry.repo_id, suffix)
+    staging = Path(settings.cache) / "staging" / run_id
+    staging.mkdir(parents=True, exist_ok=True)
+    written = write_artifact(store, prefix, snapshot, entry.dtype, key, staging)
+    steps["tensorized_model"] = time.perf_counter() - start
+
+    engines: list[dict] = []
+
+    def generate(spec: vllm_runner.GenerationSpec) -> dict:
+        result = vllm_runner.generate(spec)
+        engines.append({k: v for k, v in result.items() if k != "results"})
+        return result
+
+    start = time.perf_counter()
+    with keys.keyfile(key_id) as keyfile:
+        report = RoundTrip(
+            store=store,
+            prefix=prefix,
+            files=written.files,
+            snapshot=snapshot,
+            dtype=entry.dtype,
+            key_id=key_id,
+            key=keyfile.read_bytes(),
+            keyfile=keyfile,
+            prompts=entry.prompts,
+            max_tokens=entry.max_tokens,
+            tolerance=entry.logprob_tolerance,
+        ).run(generate)
+    store.create(
+        f"validation/{entry.repo_id}/{suffix}/{run_id}.json",
+        json.dumps(report.to_json(), default=str).encode(),
+    )
+    steps["roundtrip_checks"] = time.perf_counter() - start
+    if not report.passed:
+        raise RuntimeError(f"round trip failed: {json.dumps(report.summary())}")
+
+    start = time.perf_counter()
+    record = {
+        "repo_id": entry.repo_id,
+        "hf_sha": sha,
+        "suffix": suffix,
+        "files": written.files,
+        "validation": report.summary(),
+        "published_at": now(),
+    }
+    registry.publish(record)
+    registry.move_alias(entry.repo_id, "latest", suffix)
+    steps["published_version"] = time.perf_counter() - start
+    source, published = engines  # the round trip runs the source first
+    return {
+        "steps": steps,
+        "seconds": sum(steps.values()),
+        "engines": {"safetensors": source, "tensorizer": published},
+        "peak_rss": peak_rss(),
+    }
+
+
+def dagster_run(spec: dict) -> dict:
+    """The job as `modelpub publish` runs it. Importing Dagster and the definitions is
+    timed apart: a long-lived deployment (`dagster dev`, a daemon) pays it once."""
+    start = time.perf_counter()
+    import dagster_project.definitions  # noqa: F401
+    from dagster_project.cli import publish
+    from dagster_project.settings import Settings
+
+    imports = time.perf_counter() - start
+    start = time.perf_counter()
+    record = publish(Settings.from_env(), spec["repo_id"])
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "import_s": imports,
+        "steps": step_durations(),
+        "suffix": record["suffix"],
+        "peak_rss": peak_rss(),
+    }
+
+
+def step_durations() -> dict[str, float]:
+    """Seconds from each step's start event to its success event, in the latest run."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    instance = DagsterInstance.get()
+    run = instance.get_runs(limit=1)[0]
+    starts: dict[str, float] = {}
+    out: dict[str, float] = {}
+    for entry in instance.all_logs(run.run_id):
+        event = entry.dagster_event
+        if event is None or entry.step_key is None:
+            continue
+        if event.event_type == DagsterEventType.STEP_START:
+            starts[entry.step_key] = entry.timestamp
+        elif event.event_type == DagsterEventType.STEP_SUCCESS:
+            out[entry.step_key] = entry.timestamp - starts[entry.step_key]
+    return out
+
+
+KINDS = {"publish_step": publish_step, "plain_run": plain_run, "dagster_run": dagster_run}
+
+
+def run_child(kind: str, spec: dict, env: dict | None = None, timeout_s: float = 1200) -> dict:
+    """Run `kind` in a fresh interpreter and return what it measured."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.child", kind, json.dumps(spec)],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-30:])
+        raise RuntimeError(f"bench.child {kind} failed ({done.returncode}):\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(KINDS[sys.argv[1]](json.loads(sys.argv[2]))))

@@ -1,0 +1,148 @@
+"""Figures 3, 4 and 5, from whole publishes in child processes.
+
+- 3: the round trip of a publish starts vLLM twice, on the source snapshot
+  (safetensors, vLLM's default) and on the published artifact (tensorizer,
+  encrypted); engine start to first token is read from both.
+- 4: peak resident memory of the publish step, and of a whole Dagster publish run
+  (vLLM engines run in their own processes and are not counted).
+- 5: a full Dagster publish run against the same work done by plain calls, each in a
+  fresh modelpub home, so both fetch the snapshot and start from nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from bench.child import run_child
+from bench.figures import Figure
+
+PROMPTS = ["Hello world", "The quick brown fox", "Dagster orchestrates"]
+SAFETENSORS = "vLLM default load (safetensors)"
+
+
+def _home(root: Path, mirror: Path, repo_id: str) -> dict[str, str]:
+    """A private modelpub home (catalog, store, keys, cache, Dagster home) as env vars."""
+    root.mkdir(parents=True)
+    catalog = {
+        "hubs": {"bench": {"kind": "git_mirror", "root": str(mirror)}},
+        "models": [
+            {
+                "repo_id": repo_id,
+                "hub": "bench",
+                "dtype": "float16",
+                "encrypt": True,
+                "prompts": PROMPTS,
+                "max_tokens": 1,  # the round trip's generations time the first token
+            }
+        ],
+    }
+    (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    (root / "dagster_home").mkdir()
+    (root / "dagster_home" / "dagster.yaml").touch()
+    return {
+        "MODELPUB_CATALOG": str(root / "catalog.yaml"),
+        "MODELPUB_STORE": str(root / "store"),
+        "MODELPUB_KEYS": str(root / "keys"),
+        "MODELPUB_CACHE": str(root / "cache"),
+        "DAGSTER_HOME": str(root / "dagster_home"),
+    }
+
+
+def first_token_s(engine: dict) -> float:
+    return engine["engine_start_s"] + engine["generate_s"]
+
+
+def memory(model: str, snapshot: Path, work: Path, model_bytes: int) -> list[Figure]:
+    result = run_child("publish_step", {"snapshot": str(snapshot), "root": str(work)})
+    return [
+        Figure(
+            "memory",
+            model,
+            "publish step (write_artifact, encrypted): peak RSS",
+            result["peak_rss"] / 1e9,
+            "GB",
+            "model size",
+            model_bytes / 1e9,
+            higher_is_better=False,
+            target=1.3,
+            note=f"of which {result['idle_rss'] / 1e9:.2f} GB is the interpreter with torch "
+            "and tensorizer imported",
+        )
+    ]
+
+
+def _publish(kind: str, mirror: Path, repo_id: str, home: Path) -> dict:
+    """One publish in a fresh home (nothing cached: it fetches the snapshot too)."""
+    try:
+        return run_child(kind, {"repo_id": repo_id}, _home(home, mirror, repo_id))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def publish_runs(
+    model: str, mirror: Path, repo_id: str, work: Path, model_bytes: int, repeat: int
+) -> list[Figure]:
+    """Plain and Dagster publishes, alternating, `repeat` of each; the fastest of each
+    kind counts (the round trip's vLLM engines dominate both and vary the most)."""
+    plains, dagsters = [], []
+    for i in range(repeat):
+        plains.append(_publish("plain_run", mirror, repo_id, work / f"plain{i}"))
+        dagsters.append(_publish("dagster_run", mirror, repo_id, work / f"dagster{i}"))
+    plain = min(plains, key=lambda r: r["seconds"])
+    dagster = min(dagsters, key=lambda r: r["seconds"])
+    engines = {
+        fmt: min((p["engines"][fmt] for p in plains), key=first_token_s)
+        for fmt in ("safetensors", "tensorizer")
+    }
+    steps = ", ".join(f"{k} {v:.1f} s" for k, v in plain["steps"].items())
+    dagster_steps = ", ".join(f"{k} {v:.1f} s" for k, v in dagster["steps"].items())
+    return [
+        Figure(
+            "vLLM start",
+            model,
+            "tensorizer, encrypted: LLM() to first token",
+            first_token_s(engines["tensorizer"]),
+            "s",
+            SAFETENSORS,
+            first_token_s(engines["safetensors"]),
+            higher_is_better=False,
+        ),
+        Figure(
+            "vLLM start",
+            model,
+            "tensorizer, encrypted: process start to first token",
+            engines["tensorizer"]["process_s"],
+            "s",
+            SAFETENSORS,
+            engines["safetensors"]["process_s"],
+            higher_is_better=False,
+            note="includes importing vLLM in the engine's child process",
+        ),
+        Figure(
+            "memory",
+            model,
+            "whole Dagster publish run: peak RSS (vLLM engines excluded)",
+            max(d["peak_rss"] for d in dagsters) / 1e9,
+            "GB",
+            "model size",
+            model_bytes / 1e9,
+            higher_is_better=False,
+        ),
+        Figure(
+            "Dagster",
+            model,
+            "full publish run (Dagster job, in process)",
+            dagster["seconds"],
+            "s",
+            "sum of the steps' own work (plain calls)",
+            plain["seconds"],
+            higher_is_better=False,
+            target=1.10,
+            note=f"plain steps: {steps}; Dagster steps (start to success events): "
+            f"{dagster_steps}; importing Dagster and the definitions took "
+            f"{dagster['import_s']:.1f} s more (once per process, not counted)",
+        ),
+    ]

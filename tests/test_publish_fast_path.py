@@ -1,0 +1,126 @@
+"""The publish step's fast path keeps its promises: streamed batches, tensors given up
+to the serializer, and a staged file moved (not copied) into the store, all produce
+exactly the artifact the plain path would."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from resources import tensorize
+from resources.artifact import check_files, write_artifact
+from resources.store import LocalStore
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    """Two safetensors shards in float32, plus a config file."""
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    save_file(
+        {f"l{i}.w": torch.randn(64, 64, generator=gen) for i in range(6)}, snap / "a.safetensors"
+    )
+    save_file(
+        {"emb": torch.randn(100, 64, generator=gen), "ids": torch.arange(10)},
+        snap / "b.safetensors",
+    )
+    (snap / "config.json").write_text('{"model_type": "llama"}')
+    return snap
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+
+
+def test_batches_cover_the_checkpoint_in_order_within_the_size(snapshot: Path):
+    whole = tensorize.load_source_weights(snapshot, "float16")
+    batches = list(tensorize.iter_source_weights(snapshot, "float16", batch_bytes=20_000))
+    assert len(batches) > 2
+    assert all(sum(t.nbytes for t in b.values()) < 20_000 + 64 * 64 * 2 for b in batches)
+    assert_same({k: v for b in batches for k, v in b.items()}, whole)
+    assert whole["ids"].dtype == torch.int64  # only floating point tensors are cast
+
+
+@pytest.mark.parametrize("key", [None, bytes(range(32))], ids=["plain", "encrypted"])
+def test_consumed_batches_serialize_to_the_same_tensors(snapshot: Path, tmp_path: Path, key):
+    expected = tensorize.load_source_weights(snapshot, "float16")
+    batches = list(tensorize.iter_source_weights(snapshot, "float16", batch_bytes=20_000))
+    dest = tmp_path / "model.tensors"
+    tensorize.serialize(iter(batches), dest, key, consume=True)
+    assert all(not b for b in batches)  # given up: emptied once written
+    assert_same(tensorize.deserialize(str(dest), key), expected)
+
+
+def test_without_consume_the_callers_tensors_are_left_intact(snapshot: Path, tmp_path: Path):
+    weights = tensorize.load_source_weights(snapshot, "float16")
+    before = {k: v.clone() for k, v in weights.items()}
+    tensorize.serialize(weights, tmp_path / "model.tensors", bytes(32))
+    assert_same(weights, before)
+
+
+def test_tensors_sharing_memory_survive_in_place_encryption(tmp_path: Path):
+    """Views of one buffer must not garble each other even when given up."""
+    base = torch.randn(4, 256, generator=torch.Generator().manual_seed(1))
+    batch = {"a": base[:2], "b": base[2:], "c": base}
+    expected = {k: v.clone() for k, v in batch.items()}
+    key = bytes(range(32))
+    tensorize.serialize([batch], tmp_path / "model.tensors", key, consume=True)
+    assert_same(tensorize.deserialize(str(tmp_path / "model.tensors"), key), expected)
+
+
+def test_write_artifact_moves_the_tensors_into_the_store(snapshot: Path, tmp_path: Path):
+    store, staging = LocalStore(tmp_path / "store"), tmp_path / "staging"
+    staging.mkdir()
+    key = bytes(range(32))
+    written = write_artifact(store, "m/v1", snapshot, "float16", key, staging)
+    assert not any(staging.iterdir())
+    stored = store.path(f"m/v1/{tensorize.TENSORS_FILE}")
+    assert stored.stat().st_mode & 0o777 == 0o644
+    assert written.files[tensorize.TENSORS_FILE]["sha256"] == tensorize.sha256_file(stored)
+    assert all(
+        r["present"] and r["sha256_matches"] for r in check_files(store, "m/v1", written.files)
+    )
+    assert_same(
+        tensorize.deserialize(str(stored), key), tensorize.load_source_weights(snapshot, "float16")
+    )
+
+
+@pytest.mark.skipif(
+    not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat("/tmp").st_dev,
+    reason="needs a second filesystem",
+)
+def test_staged_file_on_another_filesystem_is_copied(tmp_path: Path):
+    store = LocalStore(tmp_path / "store")
+    shm = Path("/dev/shm") / f"modelpub-test-{os.getpid()}"
+    shm.write_bytes(b"weights")
+    try:
+        store.put_staged("m/v1/model.tensors", shm)
+        assert store.get_bytes("m/v1/model.tensors") == b"weights"
+    finally:
+        shm.unlink(missing_ok=True)
+
+
+def test_git_mirror_streams_a_commit_and_refuses_an_absent_one(mirror_template, tmp_path: Path):
+    from resources.hub import GitMirrorHub, HubError
+    from tests.conftest import LLAMA
+
+    hub = GitMirrorHub(mirror_template)
+    sha = hub.resolve(LLAMA, "main")
+    snapshot = hub.snapshot(LLAMA, sha, tmp_path)
+    source = mirror_template / LLAMA
+    assert sorted(p.name for p in snapshot.iterdir()) == sorted(
+        p.name for p in source.iterdir() if p.name != ".git"
+    )
+    assert (snapshot / "model.safetensors").read_bytes() == (
+        source / "model.safetensors"
+    ).read_bytes()
+    with pytest.raises(HubError, match="cannot read commit"):
+        hub.snapshot(LLAMA, "0" * 40, tmp_path)
+    assert not (tmp_path / "snapshots" / LLAMA / ("0" * 40)).exists()
