@@ -23,10 +23,10 @@ from dagster import (
     sensor,
 )
 
-from assets.partitions import models_partitions
+from assets.partitions import adapters_partitions, models_partitions
 from assets.state import SHA_TAG
 from dagster_project.catalog import Catalog, WatchSpec
-from dagster_project.jobs import publish_model_job
+from dagster_project.jobs import publish_adapter_job, publish_model_job
 from resources.dagster_resources import CatalogResource, HubResource, RegistryResource
 from resources.store import StoreError
 from resources.watch import WatchCursor, WatchedItem, poll
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 
 def watched_items(catalog: Catalog) -> list[WatchedItem]:
-    """Every hub ref the sensor follows, one per catalog entry."""
-    return [
+    """Every hub ref the sensor follows: one per catalog model and one per adapter."""
+    models = [
         WatchedItem(
             name=model.key,
             job=publish_model_job.name,
@@ -51,6 +51,19 @@ def watched_items(catalog: Catalog) -> list[WatchedItem]:
         )
         for model in catalog.models
     ]
+    adapters = [
+        WatchedItem(
+            name=f"adapter:{target.key}",
+            job=publish_adapter_job.name,
+            partitions=adapters_partitions.name,
+            partition=target.key,
+            repo_id=target.adapter.repo_id,
+            hub=target.hub,
+            ref=target.adapter.ref,
+        )
+        for target in catalog.adapters
+    ]
+    return models + adapters
 
 
 def new_partitions(
@@ -70,7 +83,8 @@ def new_partitions(
 
 
 def build_revision_sensor(
-    spec: WatchSpec, jobs: Sequence[UnresolvedAssetJobDefinition] = (publish_model_job,)
+    spec: WatchSpec,
+    jobs: Sequence[UnresolvedAssetJobDefinition] = (publish_model_job, publish_adapter_job),
 ) -> SensorDefinition:
     @sensor(
         name="hub_revisions",

@@ -183,3 +183,25 @@ def test_failing_and_hanging_hub_answers_do_not_hold_up_the_tick(env, instance):
         hub.failing, hub.delays = set(), {}
         second = tick(env, instance, first.cursor)
     assert requested(second) == {"org__fails": sha, "org__hangs": sha}
+
+
+def test_adapters_are_watched_too(env, instance):
+    from dagster_project.demo import commit_tiny_adapter
+
+    adapter = "test-org/tiny-lora"
+    sha = commit_tiny_adapter(env.mirror / adapter, env.mirror / LLAMA, LLAMA)
+    env.write_catalog(
+        catalog_yaml(env.mirror, [{"repo_id": LLAMA, "adapters": [{"repo_id": adapter}]}])
+    )
+    first = tick(env, instance)
+    runs = {r.job_name: r for r in first.run_requests}
+    assert set(runs) == {"publish_model", "publish_adapter"}
+    key = runs["publish_adapter"].partition_key
+    assert runs["publish_adapter"].run_key == f"adapter:{key}@{sha}"
+    assert key in instance.get_dynamic_partitions("adapters")
+
+    new_sha = commit_tiny_adapter(env.mirror / adapter, env.mirror / LLAMA, LLAMA, seed=1)
+    second = tick(env, instance, first.cursor)
+    assert [(r.job_name, r.tags[SHA_TAG]) for r in second.run_requests] == [
+        ("publish_adapter", new_sha)
+    ]
