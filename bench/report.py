@@ -68,13 +68,15 @@ def markdown(results: dict) -> str:
 
 
 def chart(results: dict, dest: Path) -> None:
-    """One bar per figure: its ratio to its baseline, with the target marked."""
+    """One bar per figure of the largest model (the tiny one's figures are fixed costs,
+    not throughput): its ratio to its baseline, with the target marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["figures"]
+    model = list(results["models"])[-1]
+    rows = [r for r in results["figures"] if r["model"] == model]
     groups = list(dict.fromkeys(r["group"] for r in rows))
     colors = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 1.6))
@@ -86,15 +88,16 @@ def chart(results: dict, dest: Path) -> None:
         if r["target"] is not None:
             ax.plot([r["target"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r['model']}: {r['name']}" for r in reversed(rows)], fontsize=8)
+    ax.set_yticklabels([r["name"] for r in reversed(rows)], fontsize=8)
     ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("ratio to the baseline measured in the same run (black tick: target)")
     ax.set_xlim(0, max(r["ratio"] for r in rows) * 1.35)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors(i)) for i in range(len(groups))]
-    ax.legend(handles, groups, loc="lower right", fontsize=8)
+    ax.legend(handles, groups, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     m = results["machine"]
     ax.set_title(
-        f"modelpub benchmarks — {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB", fontsize=10
+        f"modelpub benchmarks, {model}: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB",
+        fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(dest, dpi=110)
