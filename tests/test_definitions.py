@@ -25,42 +25,14 @@ def validate() -> subprocess.CompletedProcess:
 
 
 def test_dagster_definitions_validate_passes(env):
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "definitions",
-            "validate",
-            "-w",
-            "workspace.yaml",
-        ],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = validate()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All code locations passed validation" in done.stdout + done.stderr
 
 
 def test_dagster_definitions_validate_reports_a_bad_catalog(env):
     env.write_catalog("hubs: {}\nmodels:\n  - {repo_id: ../x, hub: none, prompts: [a]}\n")
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "definitions",
-            "validate",
-            "-w",
-            "workspace.yaml",
-        ],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = validate()
     assert done.returncode != 0
     assert "models[0] (../x).repo_id" in done.stdout + done.stderr
 
