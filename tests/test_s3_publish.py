@@ -170,3 +170,18 @@ def test_publish_with_a_wrong_secret_fails_before_any_upload(s3_env, monkeypatch
     store = open_store(s3_env.settings.store)
     assert store.list("vllm") == []
     assert Registry(store).versions(LLAMA) == []
+
+
+@pytest.mark.s3
+def test_unreachable_key_store_fails_clearly_and_publishes_nothing(s3_env, monkeypatch):
+    from tests.s3_server import free_ports
+
+    endpoint = f"http://127.0.0.1:{free_ports(1)[0]}"
+    monkeypatch.setenv("MODELPUB_KEYS_S3_ENDPOINT_URL", endpoint)
+    with pytest.raises(cli.PublishFailed) as caught:
+        cli.publish(s3_env.settings, LLAMA)
+    assert "cannot reach the S3 endpoint" in str(caught.value)
+    assert endpoint in str(caught.value)
+    store = open_store(s3_env.settings.store)
+    assert Registry(store).versions(LLAMA) == []
+    assert [k for k in store.list("vllm") if k.endswith(".tensors")] == []
