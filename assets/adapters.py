@@ -88,11 +88,12 @@ def adapter_snapshot(
     hub: HubResource,
     registry: RegistryResource,
 ) -> MaterializeResult:
-    target = catalog.load().adapter(context.partition_key)
+    cat = catalog.load()
+    target = cat.adapter(context.partition_key)
     reg = registry.open()
     base_suffix = pin_tag(context, BASE_TAG, lambda: latest_base(reg, target.base.repo_id))
     base = reg.version(target.base.repo_id, base_suffix)
-    source = hub.hub(catalog.load().hubs[target.hub])
+    source = hub.hub(cat.hubs[target.hub])
     with classified_errors():
         sha = pin_tag(
             context, SHA_TAG, lambda: source.resolve(target.adapter.repo_id, target.adapter.ref)

@@ -41,8 +41,9 @@ from resources.vllm_runner import cuda_available
 def model_snapshot(
     context: AssetExecutionContext, catalog: CatalogResource, hub: HubResource
 ) -> MaterializeResult:
-    entry = catalog.load().entry(context.partition_key)
-    source = hub.hub(catalog.load().hubs[entry.hub])
+    cat = catalog.load()
+    entry = cat.entry(context.partition_key)
+    source = hub.hub(cat.hubs[entry.hub])
     with classified_errors():
         sha = pin_tag(context, SHA_TAG, lambda: source.resolve(entry.repo_id, entry.ref))
         path = source.snapshot(entry.repo_id, sha, hub.cache)

@@ -122,10 +122,6 @@ class SerializeStats:
     seconds: float
     sha256: str  # of the whole file
 
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes_written / 1e6 / max(self.seconds, 1e-9)
-
 
 class _Flusher:
     """Writes a file's dirty pages to disk in the background while it is being written,
