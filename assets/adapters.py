@@ -31,9 +31,9 @@ from resources.dagster_resources import (
     RegistryResource,
     TensorizerResource,
 )
-from resources.registry import Registry, RegistryError, adapter_prefix
+from resources.layout import ADAPTER_TENSORS_FILE, adapter_prefix
+from resources.registry import Registry, RegistryError
 from resources.serve import adapter_serve_command
-from resources.tensorize import ADAPTER_TENSORS_FILE
 
 
 def latest_base(registry: Registry, base_repo_id: str) -> str:

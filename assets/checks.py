@@ -21,7 +21,6 @@ from assets.gpu import GPU_OP_TAGS
 from assets.metadata import md_table
 from assets.models import tensorized_model
 from assets.partitions import adapters_partitions, models_partitions
-from assets.publishing import validation_key
 from assets.state import VERIFY_TAG, latest_metadata, record_target
 from resources.adapter_roundtrip import AdapterRoundTrip
 from resources.dagster_resources import (
@@ -32,10 +31,10 @@ from resources.dagster_resources import (
     RegistryResource,
     VllmResource,
 )
-from resources.registry import RegistryError, artifact_prefix
+from resources.layout import model_prefix, tensors_name, validation_key
+from resources.registry import RegistryError
 from resources.roundtrip import RoundTrip, RoundTripReport
 from resources.store import ObjectStore
-from resources.vllm_format import tensors_name
 
 CHECKS = {
     "tensors_match": "Every tensor, deserialized from the store with its key and "
@@ -187,7 +186,7 @@ def roundtrip_checks(
         keyfile = stack.enter_context(keys.keyfile(target["key_id"])) if target["key_id"] else None
         report = RoundTrip(
             store=store,
-            prefix=artifact_prefix(entry.repo_id, target["suffix"]),
+            prefix=model_prefix(entry.repo_id, target["suffix"]),
             files=target["files"],
             snapshot=snapshot,
             dtype=target["settings"]["dtype"],
@@ -230,7 +229,7 @@ def adapter_roundtrip_checks(
         adapter.adapter.repo_id, target["sha"], hub.cache
     )
     base = registry.open().version(settings["base_repo_id"], settings["base_suffix"])
-    base_prefix = artifact_prefix(base["repo_id"], base["suffix"])
+    base_prefix = model_prefix(base["repo_id"], base["suffix"])
     store = object_store.open()
     keys = key_store.open()
     base_parallel = base.get("tensor_parallel_size", 1)

@@ -22,9 +22,9 @@ from resources.dagster_resources import (
     RegistryResource,
     TensorizerResource,
 )
-from resources.registry import artifact_prefix
+from resources.layout import model_prefix, tensors_name
 from resources.serve import serve_command
-from resources.vllm_format import FormatError, resolve_format, tensors_name
+from resources.vllm_format import FormatError, resolve_format
 from resources.vllm_runner import cuda_available
 
 
@@ -99,7 +99,7 @@ def tensorized_model(
         },
         force=config.force,
         snapshot=lambda: hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache),
-        prefix=lambda suffix: artifact_prefix(entry.repo_id, suffix),
+        prefix=lambda suffix: model_prefix(entry.repo_id, suffix),
         cast=entry.dtype,
         tensors_file=tensors_name(entry.tensor_parallel_size),
         registry=registry,

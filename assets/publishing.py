@@ -17,7 +17,7 @@ from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, M
 from pydantic import Field
 
 from assets.metadata import human_size, md_table, rate
-from assets.state import ROTATED_FROM_TAG, run_aliases
+from assets.state import ROTATED_FROM_TAG, run_aliases, run_worker
 from resources.artifact import write_artifact
 from resources.dagster_resources import (
     KeyStoreResource,
@@ -25,7 +25,9 @@ from resources.dagster_resources import (
     RegistryResource,
     TensorizerResource,
 )
-from resources.registry import ALIAS, now
+from resources.layout import registry_key, validation_key
+from resources.records import now
+from resources.registry import ALIAS
 from resources.store import ObjectStore
 
 OWNERS = ["team:ml-platform"]
@@ -42,11 +44,6 @@ class PublishConfig(Config):
         description="Publish a new suffix even if this sha was already published with the "
         "same settings (by default that version is re-verified and reused).",
     )
-
-
-def validation_key(repo_id: str, suffix: str, run_id: str) -> str:
-    """Where a run's round-trip report for a version is kept (the record links to it)."""
-    return f"validation/{repo_id}/{suffix}/{run_id}.json"
 
 
 def snapshot_metadata(repo_id: str, ref: str, sha: str, path: Path) -> dict:
@@ -112,8 +109,14 @@ def tensorize_step(
         )
 
     source = snapshot()
-    suffix = reg.reserve_suffix(repo_id, context.run.run_id)
-    key_id = f"{context.partition_key}/{suffix}" if settings["encrypted"] else None
+
+    def key_name(suffix: str) -> str | None:
+        return f"{context.partition_key}/{suffix}" if settings["encrypted"] else None
+
+    suffix = reg.reserve_suffix(
+        repo_id, context.run.run_id, prefix=prefix, key_id=key_name, worker=run_worker(context)
+    )
+    key_id = key_name(suffix)
     key = key_store.open().create(key_id) if key_id else None
     where = prefix(suffix)
     store = object_store.open()
@@ -234,9 +237,7 @@ def publish_step(
                     ["alias", "suffix"],
                 )
             ),
-            "record_uri": MetadataValue.url(
-                store.uri(f"registry/{repo_id}/versions/{suffix}.json")
-            ),
+            "record_uri": MetadataValue.url(store.uri(registry_key(repo_id, "versions", suffix))),
             "serve_command": MetadataValue.md(f"```\n{serve(record, store)}\n```"),
             "record": MetadataValue.json(record),
         }

@@ -7,10 +7,19 @@ tags, and the next step reads them back from the Dagster instance.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
-from dagster import AssetExecutionContext, AssetKey, AssetRecordsFilter, Failure
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    Failure,
+)
+
+from resources.records import Worker
 
 SHA_TAG = "modelpub/sha"
 # Run tags that steer a run (set by sensors, schedules, or by hand in the launchpad):
@@ -73,6 +82,20 @@ def record_target(record: dict[str, Any]) -> dict[str, Any]:
             "tensor_parallel_size": record.get("tensor_parallel_size", 1),
         },
     }
+
+
+def run_worker(context: AssetExecutionContext) -> Worker | None:
+    """The process that runs this run and outlives this step: this one (in-process runs)
+    or its parent (the run worker of the multiprocess executor). None where the run
+    started elsewhere (a step pod of the Kubernetes executor): gc then goes by age."""
+    started = context.instance.get_records_for_run(
+        context.run.run_id, of_type=DagsterEventType.RUN_START, limit=1
+    ).records
+    event = started[0].event_log_entry.dagster_event if started else None
+    pid = event.pid if event is not None else None
+    if pid in (os.getpid(), os.getppid()):
+        return Worker.of(pid)
+    return None
 
 
 def run_aliases(context: AssetExecutionContext) -> list[str]:

@@ -66,7 +66,9 @@ def plain_run(spec: dict) -> dict:
     from resources.artifact import write_artifact
     from resources.hub import make_hub
     from resources.keys import open_key_store
-    from resources.registry import Registry, artifact_prefix, now
+    from resources.layout import model_prefix, validation_key
+    from resources.records import now
+    from resources.registry import Registry
     from resources.roundtrip import RoundTrip
     from resources.store import open_store
 
@@ -88,7 +90,7 @@ def plain_run(spec: dict) -> dict:
     suffix = registry.reserve_suffix(entry.repo_id, run_id)
     key_id = f"{partition_key(entry.repo_id)}/{suffix}"
     key = keys.create(key_id)
-    prefix = artifact_prefix(entry.repo_id, suffix)
+    prefix = model_prefix(entry.repo_id, suffix)
     staging = Path(settings.cache) / "staging" / run_id
     staging.mkdir(parents=True, exist_ok=True)
     written = write_artifact(store, prefix, snapshot, entry.dtype, key, staging)
@@ -117,7 +119,7 @@ def plain_run(spec: dict) -> dict:
             tolerance=entry.logprob_tolerance,
         ).run(generate)
     store.create(
-        f"validation/{entry.repo_id}/{suffix}/{run_id}.json",
+        validation_key(entry.repo_id, suffix, run_id),
         json.dumps(report.to_json(), default=str).encode(),
     )
     steps["roundtrip_checks"] = time.perf_counter() - start

@@ -20,6 +20,7 @@ from bench.figures import Figure, throughput, timed
 from bench.s3server import S3Server
 from resources import tensorize
 from resources.artifact import write_artifact
+from resources.layout import TENSORS_FILE
 from resources.store import LocalStore
 
 RAW_WRITE = "raw write + fsync"
@@ -109,7 +110,7 @@ def previous_write_artifact(snapshot: Path, staging: Path, key: bytes, store, pr
     staged = staging / "previous.tensors"
     tensorizer_save(tensorize.load_source_weights(snapshot, DTYPE), staged, key, fsync=False)
     tensorize.sha256_file(staged)
-    store.put_file(f"{prefix}/{tensorize.TENSORS_FILE}", staged)
+    store.put_file(f"{prefix}/{TENSORS_FILE}", staged)
     staged.unlink()
 
 

@@ -307,11 +307,11 @@ def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
 
 def _cmd_fetch_config(settings: Settings, args) -> int:
     from resources.artifact import fetch_config
-    from resources.registry import artifact_prefix
+    from resources.layout import model_prefix
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
-    prefix = artifact_prefix(record["repo_id"], record["suffix"])
+    prefix = model_prefix(record["repo_id"], record["suffix"])
     written = fetch_config(registry.store, prefix, record["files"], Path(args.dest))
     print(f"wrote {len(written)} files for {record['repo_id']}@{record['suffix']} to {args.dest}")
     return 0
@@ -326,22 +326,33 @@ def _cmd_gc(settings: Settings, args) -> int:
     from datetime import timedelta
 
     from resources import gc
+    from resources.keys import open_key_store
 
     registry = _registry(settings)
-    orphans = gc.find_orphans(registry, _run_state, timedelta(hours=args.older_than))
-    for orphan in orphans:
+    keys = open_key_store(settings.keys, settings.store)
+    found = gc.find_orphans(registry, keys, _run_state, timedelta(hours=args.older_than))
+    for orphan in found.orphans:
         status = "orphaned"
         if args.delete:
-            status = "removed" if gc.remove(registry, orphan) else "kept (published meanwhile)"
+            removed = gc.remove(registry, keys, orphan)
+            status = "removed" if removed else "kept (published meanwhile)"
+        key = f", key {orphan.key_id}" if orphan.key_id else ""
         print(
             f"{status}: {orphan.reference} ({orphan.why}): "
-            f"{len(orphan.keys)} files, {len(orphan.unfinished)} unfinished uploads"
+            f"{len(orphan.keys)} files, {len(orphan.unfinished)} unfinished uploads{key}"
         )
-        for key in orphan.keys + orphan.unfinished:
-            print(f"  {registry.store.uri(key)}")
-    if not orphans:
+        for stored in orphan.keys + orphan.unfinished:
+            print(f"  {registry.store.uri(stored)}")
+    if found.unclaimed:
+        print(
+            f"unclaimed: {len(found.unclaimed)} files that no reservation or record names "
+            "(not written by a publish of this registry; left alone, remove them by hand)"
+        )
+        for stored in found.unclaimed:
+            print(f"  {registry.store.uri(stored)}")
+    if not found.orphans and not found.unclaimed:
         print("nothing to clean up")
-    elif not args.delete:
+    elif found.orphans and not args.delete:
         print("run `modelpub gc --delete` to remove them")
     return 0
 

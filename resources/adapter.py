@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resources import tensorize
+from resources.layout import ADAPTER_TENSORS_FILE
 from resources.roundtrip import describe_load_error
 from resources.store import ObjectStore
-from resources.tensorize import ADAPTER_TENSORS_FILE
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

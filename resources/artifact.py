@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resources import tensorize, vllm_format
+from resources.layout import TENSORS_FILE
 from resources.store import NotFound, ObjectStore, StoreError
 
 
@@ -26,7 +27,7 @@ class WrittenArtifact:
     files: dict[str, dict] = field(default_factory=dict)  # name -> {size, sha256}
     serialize_s: float = 0.0
     upload_s: float = 0.0
-    tensors_files: list[str] = field(default_factory=lambda: [tensorize.TENSORS_FILE])
+    tensors_files: list[str] = field(default_factory=lambda: [TENSORS_FILE])
 
     @property
     def tensors_bytes(self) -> int:
@@ -64,7 +65,7 @@ def write_artifact(
     dtype: str | None,
     key: bytes | None,
     staging: Path,
-    tensors_file: str = tensorize.TENSORS_FILE,
+    tensors_file: str = TENSORS_FILE,
     fmt: str = "hf",
     tensor_parallel_size: int = 1,
 ) -> WrittenArtifact:

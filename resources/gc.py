@@ -1,23 +1,31 @@
 """What failed publishes leave behind, and removing it.
 
-A publish reserves a suffix, uploads under `vllm/<repo>/<suffix>/`, and only then writes
-the version record. A run that dies in between leaves files (and perhaps an unfinished
-multipart upload) that no record points at: invisible to serving code, but they take
-space. Reservations stay, so a suffix is never handed out twice.
+A publish reserves a suffix (recording where it will write, the key it will create and
+the process doing it), uploads, and only then writes the version record. A run that
+dies in between leaves files, perhaps an unfinished multipart upload, and an encryption
+key that no record points at: invisible to serving code, but they take space.
+Reservations stay, so a suffix is never handed out twice.
+
+Candidates come from the registry's own reservations, never from parsing paths: a file
+belongs to the most specific reserved or published prefix it lies under, and only files
+whose owner is an abandoned, unpublished reservation are ever removed. Files no
+reservation names are reported and left alone.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from resources.registry import Registry, artifact_prefix
+from resources import layout
+from resources.keys import KeyStore
+from resources.records import Reservation
+from resources.registry import Registry, record_location
 
-ARTIFACT_KEY = re.compile(r"^vllm/(.+?)/(v\d+)/")
 RunState = Literal["running", "finished"] | None  # None: not known to this Dagster instance
+Version = tuple[str, str]  # (repo id, suffix)
 
 
 @dataclass
@@ -25,72 +33,139 @@ class Orphan:
     repo_id: str
     suffix: str
     why: str
+    prefix: str
     keys: list[str] = field(default_factory=list)  # finished objects: files, validation reports
     unfinished: list[str] = field(default_factory=list)  # uploads that never completed
+    key_id: str | None = None  # the encryption key the run created, if still in the key store
 
     @property
     def reference(self) -> str:
         return f"{self.repo_id}@{self.suffix}"
 
 
+@dataclass
+class Findings:
+    orphans: list[Orphan]
+    unclaimed: list[str]  # stored files under no reserved or published prefix: left alone
+
+
 def _why_abandoned(
-    reservation: dict | None,
+    reservation: Reservation,
     run_state: Callable[[str], RunState],
     older_than: timedelta,
     now: datetime,
 ) -> str | None:
     """Why no run will finish this suffix, or None while its run may still be uploading."""
-    if reservation is None:
-        return "no run reserved this suffix"
-    run_id = reservation["run_id"]
+    run_id = reservation.run_id
     state = run_state(run_id)
     if state == "finished":
         return f"run {run_id} ended without publishing it"
-    age = now - datetime.fromisoformat(reservation["reserved_at"])
+    worker = reservation.worker
+    if worker is not None and worker.alive() is False:
+        return f"run {run_id}'s process (pid {worker.pid} on {worker.host}) is gone"
+    age = now - datetime.fromisoformat(reservation.reserved_at)
     if age < older_than:
         return None
     known = "is still marked running" if state == "running" else "is unknown to this instance"
     return f"reserved {age} ago by run {run_id}, which {known}"
 
 
+def _reserved_prefixes(
+    repo_id: str, reservation: Reservation, bases: Iterable[Version]
+) -> list[str]:
+    """Where a reservation's run writes. Reservations written before they recorded it
+    name no prefix: a model version's, or an adapter's under any published base."""
+    if reservation.prefix is not None:
+        return [reservation.prefix]
+    suffix = reservation.suffix
+    return [layout.model_prefix(repo_id, suffix)] + [
+        layout.adapter_prefix(base, base_suffix, repo_id, suffix)
+        for base, base_suffix in bases
+        if base != repo_id
+    ]
+
+
+def _owner(key: str, owners: dict[str, Version]) -> Version | None:
+    """The version whose prefix is the longest one `key` lies under."""
+    parts = key.split("/")
+    for end in range(len(parts) - 1, 0, -1):
+        if (owner := owners.get("/".join(parts[:end]))) is not None:
+            return owner
+    return None
+
+
 def find_orphans(
     registry: Registry,
+    keys: KeyStore | None,
     run_state: Callable[[str], RunState],
     older_than: timedelta = timedelta(hours=24),
     now: datetime | None = None,
-) -> list[Orphan]:
-    """Unpublished suffixes with something stored under them, whose run is over (or whose
-    reservation is older than `older_than`, for runs this instance cannot see)."""
+) -> Findings:
+    """Unpublished reservations with something stored for them, whose run is over, whose
+    process is gone, or which are older than `older_than` (runs this instance cannot see)."""
     store = registry.store
-    candidates = set(registry.reservations())
-    candidates |= {m.groups() for k in store.list("vllm") if (m := ARTIFACT_KEY.match(k))}
+    published = set(registry.published())
+    owners: dict[str, Version] = {}
+    for repo_id, suffix in published:
+        owners[record_location(registry.version(repo_id, suffix))[0]] = (repo_id, suffix)
+    reservations = {
+        v: r
+        for v in registry.reservations()
+        if v not in published
+        if (r := registry.reservation(*v)) is not None
+    }
+    for (repo_id, suffix), reservation in reservations.items():
+        for prefix in _reserved_prefixes(repo_id, reservation, published):
+            owners.setdefault(prefix, (repo_id, suffix))
+
+    found: dict[Version, tuple[list[str], list[str]]] = {v: ([], []) for v in reservations}
+    unclaimed = []
+    for listing, unfinished in (
+        (store.list(layout.ARTIFACTS), False),
+        (store.unfinished_uploads(layout.ARTIFACTS), True),
+    ):
+        for key in listing:
+            owner = _owner(key, owners)
+            if owner is None:
+                unclaimed.append(key)
+            elif owner in found:
+                found[owner][unfinished].append(key)
+
     orphans = []
-    for repo_id, suffix in sorted(candidates):
-        if registry.is_published(repo_id, suffix):
-            continue
-        reservation = registry.reservation(repo_id, suffix)
+    for (repo_id, suffix), reservation in sorted(reservations.items()):
         why = _why_abandoned(reservation, run_state, older_than, now or datetime.now(UTC))
         if why is None:
             continue
-        prefix = artifact_prefix(repo_id, suffix)
+        files, unfinished = found[(repo_id, suffix)]
+        key_id = reservation.key_id
         orphan = Orphan(
             repo_id,
             suffix,
             why,
-            keys=store.list(prefix) + store.list(f"validation/{repo_id}/{suffix}"),
-            unfinished=store.unfinished_uploads(prefix),
+            prefix=_reserved_prefixes(repo_id, reservation, published)[0],
+            keys=files + store.list(layout.validation_dir(repo_id, suffix)),
+            unfinished=unfinished,
+            key_id=key_id if key_id and keys is not None and keys.exists(key_id) else None,
         )
-        if orphan.keys or orphan.unfinished:
+        if orphan.keys or orphan.unfinished or orphan.key_id:
             orphans.append(orphan)
-    return orphans
+    return Findings(orphans, sorted(unclaimed))
 
 
-def remove(registry: Registry, orphan: Orphan) -> bool:
-    """Delete an orphan's files and abort its unfinished uploads; its reservation stays.
-    False (nothing removed) if the suffix got published since it was found."""
-    if registry.is_published(orphan.repo_id, orphan.suffix):
-        return False
+def remove(registry: Registry, keys: KeyStore | None, orphan: Orphan) -> bool:
+    """Delete an orphan's files and key and abort its unfinished uploads; its reservation
+    stays. Whether the suffix got published meanwhile is checked again before every
+    delete: False (and the rest kept) as soon as it has."""
     for key in orphan.keys:
+        if registry.is_published(orphan.repo_id, orphan.suffix):
+            return False
         registry.store.delete(key)
-    registry.store.abort_unfinished_uploads(artifact_prefix(orphan.repo_id, orphan.suffix))
+    for key in orphan.unfinished:
+        if registry.is_published(orphan.repo_id, orphan.suffix):
+            return False
+        registry.store.abort_upload(key)
+    if orphan.key_id and keys is not None:
+        if registry.is_published(orphan.repo_id, orphan.suffix):
+            return False
+        keys.delete(orphan.key_id)
     return True

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resources.layout import key_file
 from resources.store import LocalStore, NotFound, ObjectStore
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ class KeyStore:
 
     @staticmethod
     def _key(key_id: str) -> str:
-        return f"{key_id}.key"
+        return key_file(key_id)
 
     def create(self, key_id: str) -> bytes:
         """A fresh random key under a new id; never replaces an existing key."""
@@ -39,6 +40,12 @@ class KeyStore:
         if not self.store.create(self._key(key_id), key):
             raise KeyStoreError(f"key {key_id!r} already exists; key ids are never reused")
         return key
+
+    def exists(self, key_id: str) -> bool:
+        return self.store.exists(self._key(key_id))
+
+    def delete(self, key_id: str) -> None:
+        self.store.delete(self._key(key_id))
 
     def get(self, key_id: str) -> bytes:
         try:

@@ -6,20 +6,20 @@
 
 A version is visible only once its record exists, and the record is written last,
 after every file is uploaded and every check has passed. Reservations make suffix
-allocation safe under concurrency without a lock server.
+allocation safe under concurrency without a lock server. Key names: resources/layout.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from collections.abc import Callable
 
+from resources import layout
+from resources.layout import SUFFIX
+from resources.records import SCHEMA, Reservation, Worker, now
 from resources.store import NotFound, ObjectStore
-from resources.tensorize import ADAPTER_TENSORS_FILE
-from resources.vllm_format import tensors_name
 
-SUFFIX = re.compile(r"^v(\d+)$")
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
@@ -27,33 +27,19 @@ class RegistryError(RuntimeError):
     pass
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def suffix_number(suffix: str) -> int:
     match = SUFFIX.match(suffix)
     return int(match.group(1)) if match else 0
 
 
-def artifact_prefix(repo_id: str, suffix: str) -> str:
-    """Where a version's files live, as vLLM's tensorize script lays them out."""
-    return f"vllm/{repo_id}/{suffix}"
-
-
-def adapter_prefix(base_repo_id: str, base_suffix: str, repo_id: str, suffix: str) -> str:
-    """Where an adapter version's files live: under the base version it was checked with."""
-    return f"{artifact_prefix(base_repo_id, base_suffix)}/adapters/{repo_id}/{suffix}"
-
-
 def record_location(record: dict) -> tuple[str, str]:
     """(prefix, tensors file) of the files a version record describes, model or adapter."""
     if record.get("kind") == "adapter":
-        prefix = adapter_prefix(
+        prefix = layout.adapter_prefix(
             record["base_repo_id"], record["base_suffix"], record["repo_id"], record["suffix"]
         )
-        return prefix, ADAPTER_TENSORS_FILE
-    return artifact_prefix(record["repo_id"], record["suffix"]), tensors_name(
+        return prefix, layout.ADAPTER_TENSORS_FILE
+    return layout.model_prefix(record["repo_id"], record["suffix"]), layout.tensors_name(
         record.get("tensor_parallel_size", 1)
     )
 
@@ -62,50 +48,76 @@ class Registry:
     def __init__(self, store: ObjectStore):
         self.store = store
 
-    def _dir(self, repo_id: str) -> str:
-        return f"registry/{repo_id}"
-
     def _version_key(self, repo_id: str, suffix: str) -> str:
-        return f"{self._dir(repo_id)}/versions/{suffix}.json"
+        return layout.registry_key(repo_id, "versions", suffix)
 
     def _alias_key(self, repo_id: str, alias: str) -> str:
-        return f"{self._dir(repo_id)}/aliases/{alias}.json"
+        return layout.registry_key(repo_id, "aliases", alias)
 
     def _suffixes(self, repo_id: str, kind: str) -> list[str]:
         names = [
-            k.rsplit("/", 1)[-1].removesuffix(".json")
-            for k in self.store.list(f"{self._dir(repo_id)}/{kind}")
+            parsed[2]
+            for k in self.store.list(layout.registry_dir(repo_id, kind))
+            if (parsed := layout.parse_registry_key(k))
         ]
         return sorted((n for n in names if SUFFIX.match(n)), key=suffix_number)
 
-    def reserve_suffix(self, repo_id: str, run_id: str) -> str:
-        """The next free `vN` for `repo_id`, taken for `run_id` so no other run gets it."""
+    def reserve_suffix(
+        self,
+        repo_id: str,
+        run_id: str,
+        *,
+        prefix: Callable[[str], str] | None = None,
+        key_id: Callable[[str], str | None] = lambda suffix: None,
+        worker: Worker | None = None,
+    ) -> str:
+        """The next free `vN` for `repo_id`, taken for `run_id` so no other run gets it.
+
+        The reservation records where the run will write (`prefix(suffix)`, by default
+        the model layout), the key it will create and the process doing it, so that gc
+        can find and judge what a run that never published left behind.
+        """
         taken = self._suffixes(repo_id, "reservations") + self._suffixes(repo_id, "versions")
         number = max((suffix_number(s) for s in taken), default=0) + 1
+        where = prefix or (lambda s: layout.model_prefix(repo_id, s))
         for _ in range(1000):
             suffix = f"v{number}"
-            body = json.dumps({"suffix": suffix, "run_id": run_id, "reserved_at": now()})
-            if self.store.create(f"{self._dir(repo_id)}/reservations/{suffix}.json", body.encode()):
+            reservation = Reservation(
+                schema_=SCHEMA,
+                suffix=suffix,
+                run_id=run_id,
+                reserved_at=now(),
+                prefix=where(suffix),
+                key_id=key_id(suffix),
+                worker=worker,
+            )
+            key = layout.registry_key(repo_id, "reservations", suffix)
+            if self.store.create(key, reservation.to_json()):
                 return suffix
             number += 1
         raise RegistryError(f"{repo_id}: could not reserve a suffix after 1000 tries")
 
-    def reservation(self, repo_id: str, suffix: str) -> dict | None:
+    def reservation(self, repo_id: str, suffix: str) -> Reservation | None:
         try:
-            return json.loads(
-                self.store.get_bytes(f"{self._dir(repo_id)}/reservations/{suffix}.json")
-            )
+            data = self.store.get_bytes(layout.registry_key(repo_id, "reservations", suffix))
         except NotFound:
             return None
+        return Reservation.model_validate_json(data)
 
     def reservations(self) -> list[tuple[str, str]]:
         """Every (repo_id, suffix) that some run has reserved, published or not."""
+        return self._records("reservations")
+
+    def published(self) -> list[tuple[str, str]]:
+        """Every (repo_id, suffix) with a version record."""
+        return self._records("versions")
+
+    def _records(self, kind: str) -> list[tuple[str, str]]:
         found = []
-        for key in self.store.list("registry"):
-            repo_id, sep, name = key.removeprefix("registry/").partition("/reservations/")
-            suffix = name.removesuffix(".json")
-            if sep and SUFFIX.match(suffix):
-                found.append((repo_id, suffix))
+        for key in self.store.list(layout.REGISTRY):
+            parsed = layout.parse_registry_key(key)
+            if parsed and parsed[1] == kind and SUFFIX.match(parsed[2]):
+                found.append((parsed[0], parsed[2]))
         return found
 
     def is_published(self, repo_id: str, suffix: str) -> bool:
@@ -131,12 +143,7 @@ class Registry:
         return [self.version(repo_id, s) for s in self._suffixes(repo_id, "versions")]
 
     def repos(self) -> list[str]:
-        repos = {
-            k.removeprefix("registry/").split("/versions/")[0]
-            for k in self.store.list("registry")
-            if "/versions/" in k
-        }
-        return sorted(repos)
+        return sorted({repo_id for repo_id, _ in self.published()})
 
     def find_by_sha(self, repo_id: str, sha: str, **settings) -> dict | None:
         """The newest version of `repo_id` built from `sha` with the same settings."""
@@ -147,9 +154,9 @@ class Registry:
 
     def aliases(self, repo_id: str) -> dict[str, str]:
         out = {}
-        for key in self.store.list(f"{self._dir(repo_id)}/aliases"):
-            alias = key.rsplit("/", 1)[-1].removesuffix(".json")
-            out[alias] = json.loads(self.store.get_bytes(key))["suffix"]
+        for key in self.store.list(layout.registry_dir(repo_id, "aliases")):
+            if parsed := layout.parse_registry_key(key):
+                out[parsed[2]] = json.loads(self.store.get_bytes(key))["suffix"]
         return out
 
     def move_alias(self, repo_id: str, alias: str, suffix: str, attempts: int = 50) -> None:

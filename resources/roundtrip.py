@@ -19,8 +19,9 @@ from pathlib import Path
 
 from resources import tensorize, validation
 from resources.artifact import check_files
+from resources.layout import tensors_name
 from resources.store import ObjectStore
-from resources.vllm_format import tensors_files, tensors_name
+from resources.vllm_format import tensors_files
 from resources.vllm_runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
 
 

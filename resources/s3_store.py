@@ -271,23 +271,27 @@ class S3Store(ObjectStore):
         """Multipart uploads under `prefix` that were started and never completed or aborted."""
         return [key for key, _ in self._multipart_uploads(prefix)]
 
-    def abort_unfinished_uploads(self, prefix: str) -> None:
-        for key, upload_id in self._multipart_uploads(prefix):
-            with self._errors("abort an upload of", key):
+    def abort_upload(self, key: str) -> None:
+        for found, upload_id in self._multipart_uploads(key, exact=True):
+            with self._errors("abort an upload of", found):
                 self.client.abort_multipart_upload(
                     Bucket=self.bucket, Key=self._full(key), UploadId=upload_id
                 )
 
-    def _multipart_uploads(self, prefix: str) -> list[tuple[str, str]]:
+    def _multipart_uploads(self, prefix: str, exact: bool = False) -> list[tuple[str, str]]:
+        """(key, upload id) of uploads under `prefix`, or of the key `prefix` if `exact`."""
         root = f"{self.prefix}/" if self.prefix else ""
+        full = self._full(prefix) if exact else self._full(prefix).rstrip("/") + "/"
         found = []
         with self._errors("list unfinished uploads under", prefix):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self._full(prefix).rstrip("/") + "/"
+                Bucket=self.bucket, Prefix=full
             )
             for page in pages:
                 found += [
-                    (u["Key"].removeprefix(root), u["UploadId"]) for u in page.get("Uploads", [])
+                    (u["Key"].removeprefix(root), u["UploadId"])
+                    for u in page.get("Uploads", [])
+                    if not exact or u["Key"] == full
                 ]
         return sorted(found)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shlex
 
+from resources.layout import model_prefix, tensors_name
 from resources.store import LocalStore, ObjectStore
-from resources.vllm_format import tensors_name
 from resources.vllm_runner import lora_rank_limit
 
 
@@ -17,7 +17,7 @@ def serve_command(record: dict, store: ObjectStore, keyfile: str | None = None) 
     always a local directory of config files and `tensorizer_uri` points at the tensors:
     for a sharded vLLM-tensorized version, a `%03d` template vLLM fills with each rank.
     """
-    prefix = f"vllm/{record['repo_id']}/{record['suffix']}"
+    prefix = model_prefix(record["repo_id"], record["suffix"])
     parallel = record.get("tensor_parallel_size", 1)
     lines = []
     if record.get("format") == "vllm":

@@ -82,10 +82,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def unfinished_uploads(self, prefix: str) -> list[str]:
         """Keys under `prefix` whose upload began and never finished (a writer that died):
-        invisible to `list`, but they take space until `abort_unfinished_uploads`."""
+        invisible to `list`, but they take space until `abort_upload`."""
 
     @abstractmethod
-    def abort_unfinished_uploads(self, prefix: str) -> None: ...
+    def abort_upload(self, key: str) -> None:
+        """Discard the unfinished upload `key` (as `unfinished_uploads` names it)."""
 
     @contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
@@ -267,9 +268,10 @@ class LocalStore(ObjectStore):
             if p.is_file() and not p.name.endswith(".lock")
         )
 
-    def abort_unfinished_uploads(self, prefix: str) -> None:
-        for key in self.unfinished_uploads(prefix):
-            self.path(key).unlink(missing_ok=True)
+    def abort_upload(self, key: str) -> None:
+        path = self.path(key)
+        if path.name.startswith(".") and not path.name.endswith(".lock"):
+            path.unlink(missing_ok=True)
 
     @contextmanager
     def config_dir(self, prefix: str, files: dict[str, dict]) -> Iterator[Path]:

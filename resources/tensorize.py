@@ -21,8 +21,6 @@ import torch
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-TENSORS_FILE = "model.tensors"
-ADAPTER_TENSORS_FILE = "adapter_model.tensors"  # the name vLLM's own LoRA tensorizing used
 BATCH_BYTES = 256 << 20  # source tensors held in memory at once while publishing
 
 

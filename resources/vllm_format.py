@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from resources.tensorize import TENSORS_FILE, TensorizeError
+from resources.layout import tensors_name
+from resources.tensorize import TensorizeError
 from resources.vllm_runner import run_child
 
-RANK_TEMPLATE = "model-rank-%03d.tensors"
 # Set in the serializer's processes: the vLLM plugin then skips the Hub download of config
 # files that vLLM's serializer does after writing the tensors (see skip_hub_artifacts).
 OFFLINE_ENV = "MODELPUB_VLLM_SERIALIZE_OFFLINE"
@@ -47,11 +47,6 @@ def resolve_format(requested: str, cuda: bool, tensor_parallel_size: int = 1) ->
             f"{tensor_parallel_size} GPUs, or set tensor_parallel_size: 1"
         )
     return "hf"
-
-
-def tensors_name(tensor_parallel_size: int) -> str:
-    """The tensors file name vLLM's `tensorizer_uri` takes: a per-rank template when sharded."""
-    return TENSORS_FILE if tensor_parallel_size == 1 else RANK_TEMPLATE
 
 
 def rank_files(name: str, tensor_parallel_size: int) -> list[str]:

@@ -20,9 +20,9 @@ from resources import tensorize
 from resources.adapter import ADAPTER_WEIGHTS, AdapterError, check_compatible, restore_adapter
 from resources.artifact import write_artifact
 from resources.keys import open_key_store
+from resources.layout import ADAPTER_TENSORS_FILE
 from resources.registry import Registry
 from resources.store import LocalStore
-from resources.tensorize import ADAPTER_TENSORS_FILE
 from tests.conftest import LLAMA, OPT, Env, activate, catalog_yaml, home_settings
 
 LORA = "test-org/tiny-llama-lora"  # fits the Llama and changes its outputs

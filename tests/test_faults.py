@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.cli import PublishFailed, publish
-from resources.registry import Registry
+from dagster_project.cli import PublishFailed, main, publish
+from resources.registry import Registry, RegistryError
 from resources.store import LocalStore
 from tests.conftest import LLAMA
 
@@ -48,7 +48,7 @@ def test_full_staging_disk_fails_clearly_and_a_rerun_publishes(env, tiny_staging
     assert versions(env) == ["v2"]
 
 
-def test_killed_publish_leaves_nothing_visible_and_a_rerun_publishes(env):
+def test_killed_publish_leaves_nothing_visible_and_a_rerun_publishes(env, capsys):
     cli = [sys.executable, "-m", "dagster_project.cli", "publish", LLAMA]
     worker = subprocess.Popen(
         cli,
@@ -62,11 +62,19 @@ def test_killed_publish_leaves_nothing_visible_and_a_rerun_publishes(env):
     while not uploaded.exists() and worker.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert worker.poll() is None, "the publish finished before it could be killed"
+    assert uploaded.exists(), "no upload appeared within 240 s"
     os.killpg(worker.pid, signal.SIGKILL)  # the worker and its vLLM child, mid-validation
     worker.wait()
     assert versions(env) == []
-    with pytest.raises(Exception, match="no alias 'latest'"):
+    with pytest.raises(RegistryError, match="no alias 'latest'"):
         Registry(LocalStore(env.settings.store)).resolve(LLAMA)
+
+    # Its Dagster run still says "running"; gc knows its process is gone, at once.
+    capsys.readouterr()
+    assert main(["gc"]) == 0
+    report = capsys.readouterr().out
+    assert f"orphaned: {LLAMA}@v1" in report, report
+    assert f"(pid {worker.pid} on" in report and "is gone" in report
     record = publish(env.settings, LLAMA)
     assert record["suffix"] == "v2" and record["validation"]["passed"]
     assert Registry(LocalStore(env.settings.store)).resolve(LLAMA)["suffix"] == "v2"

@@ -9,16 +9,11 @@ import pytest
 
 from dagster_project.cli import PublishFailed, main, publish
 from resources.artifact import write_artifact
+from resources.layout import RANK_TEMPLATE, tensors_name
 from resources.registry import Registry
 from resources.roundtrip import RoundTrip, RoundTripReport
 from resources.store import LocalStore
-from resources.vllm_format import (
-    RANK_TEMPLATE,
-    FormatError,
-    resolve_format,
-    tensors_files,
-    tensors_name,
-)
+from resources.vllm_format import FormatError, resolve_format, tensors_files
 from resources.vllm_runner import cuda_available
 from tests.conftest import LLAMA, PROMPTS
 

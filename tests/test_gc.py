@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from dagster_project import cli
+from dagster_project.catalog import CatalogError, load_catalog
 from resources import gc
-from resources.registry import Registry, artifact_prefix
+from resources.keys import open_key_store
+from resources.layout import adapter_prefix, model_prefix, registry_key
+from resources.records import Worker
+from resources.registry import Registry
 from resources.store import LocalStore, open_store
 
 REPO = "org/model"
 RUNS = {"failed-run": "finished", "live-run": "running"}  # anything else: unknown
 
 
-def _upload(registry: Registry, suffix: str, run_id: str | None) -> None:
+def _upload(registry: Registry, suffix: str, run_id: str | None, repo: str = REPO) -> None:
     if run_id is not None:
-        assert registry.reserve_suffix(REPO, run_id) == suffix
-    prefix = artifact_prefix(REPO, suffix)
+        assert registry.reserve_suffix(repo, run_id) == suffix
+    prefix = model_prefix(repo, suffix)
     registry.store.create(f"{prefix}/model.tensors", b"weights")
     registry.store.create(f"{prefix}/config.json", b"{}")
+
+
+def _publish(registry: Registry, repo: str, suffix: str, run_id: str, **record) -> None:
+    _upload(registry, suffix, run_id, repo)
+    registry.publish({"repo_id": repo, "suffix": suffix, **record})
 
 
 def _start_unfinished_upload(store, key: str) -> None:
@@ -32,27 +44,38 @@ def _start_unfinished_upload(store, key: str) -> None:
     )
 
 
+def _dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
 @pytest.fixture
-def registry(s3_env) -> Registry:
-    """v1: its run failed; v2: its run is running; v3: its run is unknown here;
-    v4: published; v9: files that no run reserved."""
+def s3_registry(s3_env) -> Registry:
+    """v1: its run failed (with a key); v2: its run is running; v3: its run is unknown
+    here; v4: published; v9: files that no run reserved."""
     registry = Registry(open_store(s3_env.settings.store))
-    _upload(registry, "v1", "failed-run")
+    keys = open_key_store(s3_env.settings.keys, s3_env.settings.store)
+    assert registry.reserve_suffix(REPO, "failed-run", key_id=lambda s: f"org__model/{s}") == "v1"
+    keys.create("org__model/v1")
+    _upload(registry, "v1", None)
     registry.store.create(f"validation/{REPO}/v1/failed-run.json", b"{}")
-    _start_unfinished_upload(registry.store, f"{artifact_prefix(REPO, 'v1')}/big.tensors")
+    _start_unfinished_upload(registry.store, f"{model_prefix(REPO, 'v1')}/big.tensors")
     _upload(registry, "v2", "live-run")
     _upload(registry, "v3", "elsewhere-run")
-    _upload(registry, "v4", "done-run")
-    registry.publish({"repo_id": REPO, "suffix": "v4"})
+    _publish(registry, REPO, "v4", "done-run")
     _upload(registry, "v9", None)
     return registry
 
 
 @pytest.mark.s3
-def test_gc_finds_only_what_no_run_will_finish_and_removes_it(registry):
-    orphans = gc.find_orphans(registry, RUNS.get)
-    assert [o.suffix for o in orphans] == ["v1", "v9"]
-    v1 = orphans[0]
+def test_gc_finds_only_what_no_run_will_finish_and_removes_it(s3_registry, s3_env):
+    registry = s3_registry
+    keys = open_key_store(s3_env.settings.keys, s3_env.settings.store)
+    found = gc.find_orphans(registry, keys, RUNS.get)
+    assert [o.suffix for o in found.orphans] == ["v1"]
+    assert found.unclaimed == [f"vllm/{REPO}/v9/config.json", f"vllm/{REPO}/v9/model.tensors"]
+    v1 = found.orphans[0]
     assert "failed-run ended" in v1.why
     assert v1.keys == [
         f"vllm/{REPO}/v1/config.json",
@@ -60,43 +83,156 @@ def test_gc_finds_only_what_no_run_will_finish_and_removes_it(registry):
         f"validation/{REPO}/v1/failed-run.json",
     ]
     assert v1.unfinished == [f"vllm/{REPO}/v1/big.tensors"]
+    assert v1.key_id == "org__model/v1"
 
     # A day later, runs still marked running or unknown here count as abandoned too.
     later = datetime.now(UTC) + timedelta(days=2)
-    assert [o.suffix for o in gc.find_orphans(registry, RUNS.get, now=later)] == [
+    assert [o.suffix for o in gc.find_orphans(registry, keys, RUNS.get, now=later).orphans] == [
         "v1",
         "v2",
         "v3",
-        "v9",
     ]
 
-    for orphan in orphans:
-        assert gc.remove(registry, orphan)
-    assert gc.find_orphans(registry, RUNS.get) == []
-    assert registry.store.list(artifact_prefix(REPO, "v1")) == []
-    assert registry.store.unfinished_uploads(artifact_prefix(REPO, "v1")) == []
-    assert registry.store.list(artifact_prefix(REPO, "v4")) != []  # published: untouched
-    assert registry.reservation(REPO, "v1")["run_id"] == "failed-run"  # never reused
+    assert gc.remove(registry, keys, v1)
+    assert gc.find_orphans(registry, keys, RUNS.get).orphans == []
+    assert registry.store.list(model_prefix(REPO, "v1")) == []
+    assert registry.store.unfinished_uploads(model_prefix(REPO, "v1")) == []
+    assert not keys.exists("org__model/v1")
+    assert registry.store.list(model_prefix(REPO, "v4")) != []  # published: untouched
+    assert registry.store.list(model_prefix(REPO, "v9")) != []  # unclaimed: left alone
+    assert registry.reservation(REPO, "v1").run_id == "failed-run"  # never reused
     assert registry.reserve_suffix(REPO, "next-run") == "v5"
 
 
 @pytest.mark.s3
-def test_gc_command_reports_then_deletes(registry, capsys):
+def test_gc_command_reports_then_deletes(s3_registry, capsys):
     # These runs are not in this test's Dagster instance: only age makes them abandoned.
     assert cli.main(["gc"]) == 0
-    assert "orphaned: org/model@v9 (no run reserved this suffix)" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "orphaned" not in report
+    assert "unclaimed: 2 files that no reservation or record names" in report
 
     assert cli.main(["gc", "--older-than", "0"]) == 0
     report = capsys.readouterr().out
-    for suffix in ("v1", "v2", "v3", "v9"):
+    for suffix in ("v1", "v2", "v3"):
         assert f"orphaned: {REPO}@{suffix}" in report
-    assert "v4" not in report
+    assert "org/model@v4" not in report and "org/model@v9" not in report
+    assert "key org__model/v1" in report
     assert "modelpub gc --delete" in report
 
     assert cli.main(["gc", "--older-than", "0", "--delete"]) == 0
     assert "removed: org/model@v1" in capsys.readouterr().out
     assert cli.main(["gc", "--older-than", "0"]) == 0
-    assert capsys.readouterr().out.strip() == "nothing to clean up"
+    report = capsys.readouterr().out
+    assert "orphaned" not in report and "unclaimed: 2 files" in report
+
+
+@pytest.fixture
+def local(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    return Registry(store), open_key_store(str(tmp_path / "keys"), str(tmp_path / "store"))
+
+
+def test_repo_ids_that_look_like_suffixes_are_never_collected(local):
+    """`vllm/acme/v2/v1/` is acme/v2 at v1, not `acme` at v2: the bug that deleted it."""
+    registry, keys = local
+    for repo in ("acme/v2", "v1/v2", "v2/v1"):
+        _publish(registry, repo, "v1", "done-run")
+    assert registry.reserve_suffix("acme/v2", "failed-run") == "v2"  # a failure beside them
+    registry.store.create(f"{model_prefix('acme/v2', 'v2')}/model.tensors", b"partial")
+    before = {k: registry.store.get_bytes(k) for k in registry.store.list("vllm")}
+
+    found = gc.find_orphans(registry, keys, RUNS.get, older_than=timedelta(0))
+    assert [o.reference for o in found.orphans] == ["acme/v2@v2"]
+    assert found.unclaimed == []
+    assert gc.remove(registry, keys, found.orphans[0])
+    after = set(registry.store.list("vllm"))
+    assert after == set(before) - {"vllm/acme/v2/v2/model.tensors"}
+    assert sorted(registry.repos()) == ["acme/v2", "v1/v2", "v2/v1"]
+
+
+def test_abandoned_adapter_upload_under_a_published_base_is_found(local):
+    registry, keys = local
+    _publish(registry, "org/base", "v1", "base-run")
+    published = adapter_prefix("org/base", "v1", "org/lora", "v1")  # a published adapter...
+    assert registry.reserve_suffix("org/lora", "ok-run", prefix=lambda s: published) == "v1"
+    registry.store.create(f"{published}/adapter_model.tensors", b"lora")
+    adapter = {"kind": "adapter", "base_repo_id": "org/base", "base_suffix": "v1"}
+    registry.publish({"repo_id": "org/lora", "suffix": "v1", **adapter})
+    # ... and one whose run died after uploading, under the same published base.
+    prefix = adapter_prefix("org/base", "v1", "org/lora", "v2")
+    assert registry.reserve_suffix("org/lora", "failed-run", prefix=lambda s: prefix) == "v2"
+    registry.store.create(f"{prefix}/adapter_model.tensors", b"lora")
+    registry.store.create(f"{prefix}/adapter_config.json", b"{}")
+
+    found = gc.find_orphans(registry, keys, RUNS.get, older_than=timedelta(0))
+    assert [(o.reference, o.keys) for o in found.orphans] == [
+        (
+            "org/lora@v2",
+            [f"{prefix}/adapter_config.json", f"{prefix}/adapter_model.tensors"],
+        )
+    ]
+    assert gc.remove(registry, keys, found.orphans[0])
+    assert registry.store.list(prefix) == []
+    assert registry.store.list(model_prefix("org/base", "v1")) == [
+        f"{published}/adapter_model.tensors",
+        "vllm/org/base/v1/config.json",
+        "vllm/org/base/v1/model.tensors",
+    ]
+
+
+def test_reservations_of_the_previous_shape_are_read_and_judged(local):
+    """A reservation written before reservations named their prefix (schema 1) is still
+    read; an adapter's is found under any published base."""
+    registry, keys = local
+    _publish(registry, "org/base", "v1", "base-run")
+    legacy = {"suffix": "v1", "run_id": "failed-run", "reserved_at": "2026-11-01T00:00:00+00:00"}
+    registry.store.create(
+        registry_key("org/lora", "reservations", "v1"), json.dumps(legacy).encode()
+    )
+    prefix = adapter_prefix("org/base", "v1", "org/lora", "v1")
+    registry.store.create(f"{prefix}/adapter_model.tensors", b"lora")
+
+    reservation = registry.reservation("org/lora", "v1")
+    assert (reservation.schema_, reservation.prefix, reservation.worker) == (1, None, None)
+    found = gc.find_orphans(registry, keys, RUNS.get)
+    assert [(o.reference, o.keys) for o in found.orphans] == [
+        ("org/lora@v1", [f"{prefix}/adapter_model.tensors"])
+    ]
+
+
+def test_a_dead_worker_is_abandoned_at_once_and_a_live_one_is_not(local):
+    """The Dagster run of a killed publisher stays "running"; its process is what tells."""
+    registry, keys = local
+    for suffix, run_id, pid in (("v1", "live-run", None), ("v2", "dead-run", _dead_pid())):
+        worker = Worker.of(pid or os.getpid())
+        assert registry.reserve_suffix(REPO, run_id, worker=worker) == suffix
+        registry.store.create(f"{model_prefix(REPO, suffix)}/model.tensors", b"partial")
+
+    found = gc.find_orphans(registry, keys, lambda run_id: "running")
+    assert [o.suffix for o in found.orphans] == ["v2"]
+    assert "is gone" in found.orphans[0].why
+
+
+def test_a_version_published_meanwhile_is_kept(local):
+    registry, keys = local
+    assert registry.reserve_suffix(REPO, "slow-run", key_id=lambda s: f"org__model/{s}") == "v1"
+    keys.create("org__model/v1")
+    _upload(registry, "v1", None)
+    orphan = gc.find_orphans(registry, keys, RUNS.get, older_than=timedelta(0)).orphans[0]
+
+    registry.publish({"repo_id": REPO, "suffix": "v1", "key_id": "org__model/v1"})
+    assert not gc.remove(registry, keys, orphan)
+    assert registry.store.list(model_prefix(REPO, "v1")) != []
+    assert keys.exists("org__model/v1")
+
+
+def test_catalog_refuses_single_segment_repo_ids(tmp_path):
+    """The layout relies on `org/name`: `acme` at v2 would be `acme/v2`'s directory."""
+    path = tmp_path / "catalog.yaml"
+    path.write_text("hubs: {h: {kind: huggingface}}\nmodels: [{repo_id: acme, hub: h}]\n")
+    with pytest.raises(CatalogError, match="'acme' is not a Hugging Face repo id like 'org/name'"):
+        load_catalog(str(path))
 
 
 def test_local_store_reports_staging_files_of_a_dead_writer(tmp_path):
@@ -108,6 +244,6 @@ def test_local_store_reports_staging_files_of_a_dead_writer(tmp_path):
     assert store.unfinished_uploads("vllm/org/model/v1") == [
         "vllm/org/model/v1/.model.tensors.k2j4h1"
     ]
-    store.abort_unfinished_uploads("vllm/org/model/v1")
+    store.abort_upload("vllm/org/model/v1/.model.tensors.k2j4h1")
     assert store.unfinished_uploads("vllm/org/model/v1") == []
     assert store.list("vllm/org/model/v1") == ["vllm/org/model/v1/config.json"]

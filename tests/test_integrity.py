@@ -8,7 +8,8 @@ import pytest
 from dagster_project.cli import main
 from resources.artifact import write_artifact
 from resources.keys import open_key_store
-from resources.registry import Registry, artifact_prefix
+from resources.layout import model_prefix
+from resources.registry import Registry
 from resources.store import LocalStore
 from tests.conftest import LLAMA
 
@@ -23,7 +24,7 @@ def published(env) -> Path:
     keys = open_key_store(env.settings.keys, env.settings.store)
     suffix = registry.reserve_suffix(LLAMA, "test-run")
     key_id = f"{LLAMA.replace('/', '__')}/{suffix}"
-    prefix = artifact_prefix(LLAMA, suffix)
+    prefix = model_prefix(LLAMA, suffix)
     staging = env.root / "staging"
     staging.mkdir()
     written = write_artifact(

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from resources import tensorize
 from resources.artifact import check_files, write_artifact
+from resources.layout import TENSORS_FILE
 from resources.store import LocalStore
 
 
@@ -81,9 +82,9 @@ def test_write_artifact_moves_the_tensors_into_the_store(snapshot: Path, tmp_pat
     key = bytes(range(32))
     written = write_artifact(store, "m/v1", snapshot, "float16", key, staging)
     assert not any(staging.iterdir())
-    stored = store.path(f"m/v1/{tensorize.TENSORS_FILE}")
+    stored = store.path(f"m/v1/{TENSORS_FILE}")
     assert stored.stat().st_mode & 0o777 == 0o644
-    assert written.files[tensorize.TENSORS_FILE]["sha256"] == tensorize.sha256_file(stored)
+    assert written.files[TENSORS_FILE]["sha256"] == tensorize.sha256_file(stored)
     assert all(
         r["present"] and r["sha256_matches"] for r in check_files(store, "m/v1", written.files)
     )

@@ -40,7 +40,7 @@ def test_suffixes_are_allocated_in_order_and_skip_reservations(registry):
     assert registry.reserve_suffix("org/m", "run-2") == "v2"  # v1 reserved, never published
     registry.publish(record("v2"))
     assert registry.reserve_suffix("org/m", "run-3") == "v3"
-    assert registry.reservation("org/m", "v1")["run_id"] == "run-1"
+    assert registry.reservation("org/m", "v1").run_id == "run-1"
 
 
 def test_concurrent_reservations_get_distinct_suffixes(registry):

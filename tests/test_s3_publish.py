@@ -119,15 +119,18 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
         assert registry.resolve(WIDE) == record
         assert registry.aliases(WIDE) == {"latest": "v2"}
 
-        orphans = gc.find_orphans(registry, cli._run_state)
-        assert [(o.reference, o.unfinished) for o in orphans] == [
-            (f"{WIDE}@v1", [f"vllm/{WIDE}/v1/model.tensors"])
+        keys = open_key_store(env.settings.keys, store_uri)
+        orphans = gc.find_orphans(registry, keys, cli._run_state).orphans
+        dead_key = record["key_id"].replace("/v2", "/v1")
+        assert [(o.reference, o.unfinished, o.key_id) for o in orphans] == [
+            (f"{WIDE}@v1", [f"vllm/{WIDE}/v1/model.tensors"], dead_key)
         ]
         assert "ended without publishing" in orphans[0].why
-        assert gc.remove(registry, orphans[0])
-        assert gc.find_orphans(registry, cli._run_state) == []
+        assert gc.remove(registry, keys, orphans[0])
+        assert gc.find_orphans(registry, keys, cli._run_state).orphans == []
+        assert not keys.exists(dead_key) and keys.exists(record["key_id"])
 
-        key = open_key_store(env.settings.keys, store_uri).get(record["key_id"])
+        key = keys.get(record["key_id"])
         for name, body in artifact_bucket_objects(server).items():
             assert not name.endswith(".key"), name
             for form in (key, key.hex().encode(), base64.b64encode(key)):

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from resources.registry import Registry, artifact_prefix, suffix_number
+from resources.layout import model_prefix
+from resources.registry import Registry, suffix_number
 from resources.store import open_store
 
 pytestmark = pytest.mark.s3
@@ -27,7 +28,7 @@ def test_racing_publishers_get_distinct_suffixes_and_a_consistent_alias(s3_env):
         registry = Registry(open_store(uri))
         start.wait()
         suffix = registry.reserve_suffix(REPO, run_id=f"run-{i}")
-        registry.store.create(f"{artifact_prefix(REPO, suffix)}/model.tensors", f"{i}".encode())
+        registry.store.create(f"{model_prefix(REPO, suffix)}/model.tensors", f"{i}".encode())
         registry.publish({"repo_id": REPO, "suffix": suffix, "dagster_run_id": f"run-{i}"})
         registry.move_alias(REPO, "latest", suffix)
         registry.move_alias(REPO, "stable", suffix)
@@ -41,7 +42,7 @@ def test_racing_publishers_get_distinct_suffixes_and_a_consistent_alias(s3_env):
     for record in registry.versions(REPO):
         # each record is its own run's, and that run holds the suffix's reservation
         run = record["dagster_run_id"]
-        assert registry.reservation(REPO, record["suffix"])["run_id"] == run
+        assert registry.reservation(REPO, record["suffix"]).run_id == run
         assert suffixes[int(run.removeprefix("run-"))] == record["suffix"]
     aliases = registry.aliases(REPO)
     assert aliases["latest"] == f"v{PUBLISHERS}"
