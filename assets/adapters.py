@@ -20,7 +20,7 @@ from assets.publishing import (
     stage_tags,
     tensorize_step,
 )
-from assets.state import BASE_TAG, SHA_TAG, latest_metadata, pin_tag, run_tag
+from assets.state import BASE_TAG, SHA_TAG, pin_tag, run_tag, staged_artifact
 from dagster_project.catalog import AdapterTarget
 from resources.adapter import AdapterError, AdapterInfo, check_compatible
 from resources.dagster_resources import (
@@ -32,6 +32,7 @@ from resources.dagster_resources import (
     TensorizerResource,
 )
 from resources.layout import ADAPTER_TENSORS_FILE, adapter_prefix
+from resources.records import AdapterSettings
 from resources.registry import Registry, RegistryError
 from resources.serve import adapter_serve_command
 
@@ -146,16 +147,14 @@ def tensorized_adapter(
         context,
         repo_id=target.adapter.repo_id,
         sha=sha,
-        settings={
-            "kind": "adapter",
-            "format": "peft-lora",
-            "dtype": info.dtype,
-            "rank": info.rank,
-            "encrypted": target.base.encrypt,
-            "base_repo_id": target.base.repo_id,
-            "base_suffix": base_suffix,
-            "base_hf_sha": base["hf_sha"],
-        },
+        settings=AdapterSettings(
+            dtype=info.dtype,
+            rank=info.rank,
+            encrypted=target.base.encrypt,
+            base_repo_id=target.base.repo_id,
+            base_suffix=base_suffix,
+            base_hf_sha=base["hf_sha"],
+        ),
         force=config.force,
         snapshot=lambda: path,
         prefix=lambda suffix: adapter_prefix(
@@ -199,10 +198,8 @@ def published_adapter(
 
     return publish_step(
         context,
-        repo_id=target.adapter.repo_id,
         ref=target.adapter.ref,
-        target=latest_metadata(context, "tensorized_adapter")["target"],
-        tensors_file=ADAPTER_TENSORS_FILE,
+        staged=staged_artifact(context, "tensorized_adapter"),
         registry=registry,
         object_store=object_store,
         serve=serve,

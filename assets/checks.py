@@ -21,7 +21,7 @@ from assets.gpu import GPU_OP_TAGS
 from assets.metadata import md_table
 from assets.models import tensorized_model
 from assets.partitions import adapters_partitions, models_partitions
-from assets.state import VERIFY_TAG, latest_metadata, record_target
+from assets.state import VERIFY_TAG, staged_artifact, staged_from_record
 from resources.adapter_roundtrip import AdapterRoundTrip
 from resources.dagster_resources import (
     CatalogResource,
@@ -32,6 +32,7 @@ from resources.dagster_resources import (
     VllmResource,
 )
 from resources.layout import model_prefix, tensors_name, validation_key
+from resources.records import AdapterSettings, StagedArtifact
 from resources.registry import RegistryError
 from resources.roundtrip import RoundTrip, RoundTripReport
 from resources.store import ObjectStore
@@ -61,16 +62,18 @@ MODEL_COLUMNS = ["prompt", "tokens", "tokens_equal", "max_abs_logprob_diff", "pu
 ADAPTER_COLUMNS = [*MODEL_COLUMNS, "differs_from_base", "base_text"]
 
 
-def check_target(op: OpExecutionContext, repo_id: str, registry: RegistryResource) -> dict:
-    """The version to check: a published one named by the run's VERIFY_TAG (a scheduled
-    re-verification), else the one this run's `tensorized_model` just wrote."""
+def check_target(
+    op: OpExecutionContext, repo_id: str, registry: RegistryResource
+) -> StagedArtifact:
+    """The version to check: a published one named by the run's VERIFY_TAG (a checks-only
+    re-verification), else the one this run's `tensorized_model` staged."""
     suffix = op.run.tags.get(VERIFY_TAG)
     if not suffix:
-        return latest_metadata(op, "tensorized_model")["target"]
+        return staged_artifact(op, "tensorized_model")
     try:
-        return record_target(registry.open().version(repo_id, suffix))
+        return staged_from_record(registry.open().version(repo_id, suffix))
     except RegistryError as exc:
-        raise Failure(f"cannot re-verify: {exc}") from None
+        raise Failure(f"cannot re-verify: {exc}", allow_retries=False) from None
 
 
 def _specs(checks: dict[str, str], asset, partitions_def) -> list[AssetCheckSpec]:
@@ -85,21 +88,19 @@ def _specs(checks: dict[str, str], asset, partitions_def) -> list[AssetCheckSpec
 def _finish(
     context: AssetCheckExecutionContext,
     store: ObjectStore,
-    repo_id: str,
-    suffix: str,
-    target_sha: str,
+    target: StagedArtifact,
     report: RoundTripReport,
     columns: list[str],
 ) -> Iterator[AssetCheckResult]:
     """Keep the report beside the version (the publish step reads it), then the results,
     each naming the version it checked and linking the report."""
     op = context.op_execution_context
-    report_key = validation_key(repo_id, suffix, op.run.run_id)
+    report_key = validation_key(target.repo_id, target.suffix, op.run.run_id)
     store.create(report_key, json.dumps(report.to_json(), indent=2, default=str).encode())
-    context.log.info(f"round trip of {repo_id}@{suffix}: {json.dumps(report.summary())}")
+    context.log.info(f"round trip of {target.reference}: {json.dumps(report.summary())}")
     version = {
-        "version": f"{repo_id}@{suffix}",
-        "sha": target_sha,
+        "version": target.reference,
+        "sha": target.sha,
         "reverification": bool(op.run.tags.get(VERIFY_TAG)),
         "report_uri": MetadataValue.url(store.uri(report_key)),
     }
@@ -179,29 +180,27 @@ def roundtrip_checks(
     cat = catalog.load()
     entry = cat.entry(op.partition_key)
     target = check_target(op, entry.repo_id, registry)
-    snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, target["sha"], hub.cache)
+    snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, target.sha, hub.cache)
     store = object_store.open()
     keys = key_store.open()
     with ExitStack() as stack:
-        keyfile = stack.enter_context(keys.keyfile(target["key_id"])) if target["key_id"] else None
+        keyfile = stack.enter_context(keys.keyfile(target.key_id)) if target.key_id else None
         report = RoundTrip(
             store=store,
-            prefix=model_prefix(entry.repo_id, target["suffix"]),
-            files=target["files"],
+            prefix=target.prefix,
+            files=target.files,
             snapshot=snapshot,
-            dtype=target["settings"]["dtype"],
-            key_id=target["key_id"],
+            dtype=target.settings.dtype,
+            key_id=target.key_id,
             key=keyfile.read_bytes() if keyfile else None,
             keyfile=keyfile,
             prompts=entry.prompts,
             max_tokens=entry.max_tokens,
             tolerance=entry.logprob_tolerance,
-            fmt=target["settings"]["format"],
-            tensor_parallel_size=target["settings"]["tensor_parallel_size"],
+            fmt=target.settings.format,
+            tensor_parallel_size=target.settings.tensor_parallel_size,
         ).run(vllm.generate)
-    yield from _finish(
-        context, store, entry.repo_id, target["suffix"], target["sha"], report, MODEL_COLUMNS
-    )
+    yield from _finish(context, store, target, report, MODEL_COLUMNS)
 
 
 @multi_asset_check(
@@ -223,12 +222,13 @@ def adapter_roundtrip_checks(
     op = context.op_execution_context
     cat = catalog.load()
     adapter = cat.adapter(op.partition_key)
-    target = latest_metadata(op, "tensorized_adapter")["target"]
-    settings = target["settings"]
+    target = staged_artifact(op, "tensorized_adapter")
+    settings = target.settings
+    assert isinstance(settings, AdapterSettings), target.reference
     snapshot = hub.hub(cat.hubs[adapter.hub]).snapshot(
-        adapter.adapter.repo_id, target["sha"], hub.cache
+        adapter.adapter.repo_id, target.sha, hub.cache
     )
-    base = registry.open().version(settings["base_repo_id"], settings["base_suffix"])
+    base = registry.open().version(settings.base_repo_id, settings.base_suffix)
     base_prefix = model_prefix(base["repo_id"], base["suffix"])
     store = object_store.open()
     keys = key_store.open()
@@ -241,12 +241,12 @@ def adapter_roundtrip_checks(
             loader["encryption_keyfile"] = str(stack.enter_context(keys.keyfile(base["key_id"])))
         report = AdapterRoundTrip(
             store=store,
-            prefix=target["prefix"],
-            files=target["files"],
+            prefix=target.prefix,
+            files=target.files,
             snapshot=snapshot,
-            key_id=target["key_id"],
-            key=keys.get(target["key_id"]) if target["key_id"] else None,
-            rank=settings["rank"],
+            key_id=target.key_id,
+            key=keys.get(target.key_id) if target.key_id else None,
+            rank=settings.rank,
             base_model=stack.enter_context(store.config_dir(base_prefix, base["files"])),
             base_loader=loader,
             dtype=base["dtype"],
@@ -255,12 +255,4 @@ def adapter_roundtrip_checks(
             tolerance=adapter.base.logprob_tolerance,
             tensor_parallel_size=base_parallel,
         ).run(vllm.generate)
-    yield from _finish(
-        context,
-        store,
-        adapter.adapter.repo_id,
-        target["suffix"],
-        target["sha"],
-        report,
-        ADAPTER_COLUMNS,
-    )
+    yield from _finish(context, store, target, report, ADAPTER_COLUMNS)

@@ -13,7 +13,7 @@ from assets.publishing import (
     stage_tags,
     tensorize_step,
 )
-from assets.state import SHA_TAG, latest_metadata, pin_tag, run_sha
+from assets.state import SHA_TAG, pin_tag, run_tag, staged_artifact
 from resources.dagster_resources import (
     CatalogResource,
     HubResource,
@@ -23,6 +23,7 @@ from resources.dagster_resources import (
     TensorizerResource,
 )
 from resources.layout import model_prefix, tensors_name
+from resources.records import ModelSettings
 from resources.serve import serve_command
 from resources.vllm_format import FormatError, resolve_format
 from resources.vllm_runner import cuda_available
@@ -82,7 +83,7 @@ def tensorized_model(
 ) -> MaterializeResult:
     cat = catalog.load()
     entry = cat.entry(context.partition_key)
-    sha = run_sha(context)
+    sha = run_tag(context, SHA_TAG, "model_snapshot", "sha")
     try:
         fmt = resolve_format(entry.format, cuda_available(), entry.tensor_parallel_size)
     except FormatError as exc:
@@ -91,12 +92,12 @@ def tensorized_model(
         context,
         repo_id=entry.repo_id,
         sha=sha,
-        settings={
-            "dtype": entry.dtype,
-            "encrypted": entry.encrypt,
-            "format": fmt,
-            "tensor_parallel_size": entry.tensor_parallel_size,
-        },
+        settings=ModelSettings(
+            dtype=entry.dtype,
+            encrypted=entry.encrypt,
+            format=fmt,
+            tensor_parallel_size=entry.tensor_parallel_size,
+        ),
         force=config.force,
         snapshot=lambda: hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache),
         prefix=lambda suffix: model_prefix(entry.repo_id, suffix),
@@ -129,13 +130,10 @@ def published_version(
     registry: RegistryResource,
 ) -> MaterializeResult:
     entry = catalog.load().entry(context.partition_key)
-    target = latest_metadata(context, "tensorized_model")["target"]
     return publish_step(
         context,
-        repo_id=entry.repo_id,
         ref=entry.ref,
-        target=target,
-        tensors_file=tensors_name(target["settings"]["tensor_parallel_size"]),
+        staged=staged_artifact(context, "tensorized_model"),
         registry=registry,
         object_store=object_store,
         serve=serve_command,

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -17,7 +20,15 @@ from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, M
 from pydantic import Field
 
 from assets.metadata import human_size, md_table, rate
-from assets.state import ROTATED_FROM_TAG, run_aliases, run_worker
+from assets.state import (
+    ROTATED_FROM_TAG,
+    STAGED,
+    run_aliases,
+    run_lineage,
+    run_state,
+    run_worker,
+    staged_from_record,
+)
 from resources.artifact import write_artifact
 from resources.dagster_resources import (
     KeyStoreResource,
@@ -26,8 +37,14 @@ from resources.dagster_resources import (
     TensorizerResource,
 )
 from resources.layout import registry_key, validation_key
-from resources.records import now
-from resources.registry import ALIAS
+from resources.records import (
+    SCHEMA,
+    AdapterSettings,
+    ModelSettings,
+    StagedArtifact,
+    now,
+)
+from resources.registry import ALIAS, Registry, suffix_number
 from resources.store import ObjectStore
 
 OWNERS = ["team:ml-platform"]
@@ -59,12 +76,61 @@ def snapshot_metadata(repo_id: str, ref: str, sha: str, path: Path) -> dict:
     }
 
 
+def _earlier_run_of_same_build(
+    context: AssetExecutionContext,
+    reg: Registry,
+    staged: tuple[str, str, str],
+    settings: ModelSettings | AdapterSettings,
+    poll_s: float = 2.0,
+) -> dict | None:
+    """The rule for two unforced runs of one build (same sha, same settings) in flight at
+    once: the lower suffix goes on, the higher waits for it and reuses its version. If the
+    earlier run ends without publishing, this one goes on with its own suffix."""
+    repo_id, sha, suffix = staged
+    announced = set()
+    states = partial(run_state, context.instance)
+    while True:
+        earlier = [
+            r
+            for r in reg.pending(repo_id, sha, settings)
+            if suffix_number(r.suffix) < suffix_number(suffix)
+            and r.abandoned(states, timedelta(hours=24), datetime.now(UTC)) is None
+        ]
+        published = reg.find_by_sha(repo_id, sha, settings)
+        if published is not None or not earlier:
+            return published
+        for r in earlier:
+            if r.run_id not in announced:
+                context.log.info(
+                    f"run {r.run_id} is publishing {repo_id}@{sha[:12]} as {r.suffix} with "
+                    "the same settings; waiting for it, to reuse that version"
+                )
+                announced.add(r.run_id)
+        time.sleep(poll_s)
+
+
+def _reused(context: AssetExecutionContext, record: dict) -> MaterializeResult:
+    staged = staged_from_record(record)
+    context.log.info(
+        f"{staged.repo_id}@{staged.sha[:12]} is already published as {staged.suffix}; "
+        "re-verifying it instead of publishing again"
+    )
+    return MaterializeResult(
+        metadata={
+            "suffix": staged.suffix,
+            "reused": True,
+            "sha": staged.sha,
+            STAGED: MetadataValue.json(staged.to_metadata()),
+        }
+    )
+
+
 def tensorize_step(
     context: AssetExecutionContext,
     *,
     repo_id: str,
     sha: str,
-    settings: dict,
+    settings: ModelSettings | AdapterSettings,
     force: bool,
     snapshot: Callable[[], Path],
     prefix: Callable[[str], str],
@@ -76,52 +142,42 @@ def tensorize_step(
     tensorizer: TensorizerResource,
 ) -> MaterializeResult:
     """Serialize `snapshot()` under a newly reserved suffix at `prefix(suffix)`, or reuse
-    the version already published from `sha` with the same `settings`.
+    the version already published (or being published by an earlier run) from `sha`
+    with the same `settings`.
 
-    `settings` (which must hold `encrypted`) go into the registry record; `cast` is the
-    dtype the weights are converted to (None keeps theirs). A `format` of `vllm` in them
-    has vLLM write the tensors, one file per rank of `tensor_parallel_size`; `tensors_file`
-    then names vLLM's `tensorizer_uri` (a per-rank template when sharded).
+    `cast` is the dtype the weights are converted to (None keeps theirs). A `vllm`
+    format has vLLM write the tensors, one file per rank of `tensor_parallel_size`;
+    `tensors_file` then names vLLM's `tensorizer_uri` (a per-rank template when sharded).
     """
     reg = registry.open()
-    existing = None if force else reg.find_by_sha(repo_id, sha, **settings)
+    existing = None if force else reg.find_by_sha(repo_id, sha, settings)
     if existing is not None:
-        context.log.info(
-            f"{repo_id}@{sha[:12]} is already published as "
-            f"{existing['suffix']}; re-verifying it instead of publishing again"
-        )
-        target = {
-            "suffix": existing["suffix"],
-            "key_id": existing["key_id"],
-            "files": existing["files"],
-            "prefix": prefix(existing["suffix"]),
-            "reused": True,
-            "sha": sha,
-            "settings": settings,
-        }
-        return MaterializeResult(
-            metadata={
-                "suffix": existing["suffix"],
-                "reused": True,
-                "sha": sha,
-                "target": MetadataValue.json(target),
-            }
-        )
-
-    source = snapshot()
+        return _reused(context, existing)
 
     def key_name(suffix: str) -> str | None:
-        return f"{context.partition_key}/{suffix}" if settings["encrypted"] else None
+        return f"{context.partition_key}/{suffix}" if settings.encrypted else None
 
     suffix = reg.reserve_suffix(
-        repo_id, context.run.run_id, prefix=prefix, key_id=key_name, worker=run_worker(context)
+        repo_id,
+        context.run.run_id,
+        prefix=prefix,
+        key_id=key_name,
+        worker=run_worker(context),
+        sha=sha,
+        settings=settings,
     )
+    if not force:
+        earlier = _earlier_run_of_same_build(context, reg, (repo_id, sha, suffix), settings)
+        if earlier is not None:
+            return _reused(context, earlier)
+    source = snapshot()
     key_id = key_name(suffix)
     key = key_store.open().create(key_id) if key_id else None
     where = prefix(suffix)
     store = object_store.open()
-    fmt = settings.get("format", "hf")
-    context.log.info(f"serializing {repo_id}@{sha[:12]} ({fmt} format) to {store.uri(where)}")
+    context.log.info(
+        f"serializing {repo_id}@{sha[:12]} ({settings.format} format) to {store.uri(where)}"
+    )
     written = write_artifact(
         store,
         where,
@@ -130,18 +186,20 @@ def tensorize_step(
         key,
         tensorizer.staging(context.run.run_id),
         tensors_file,
-        fmt=fmt,
-        tensor_parallel_size=settings.get("tensor_parallel_size", 1),
+        fmt=settings.format,
+        tensor_parallel_size=settings.tensor_parallel_size,
     )
-    target = {
-        "suffix": suffix,
-        "key_id": key_id,
-        "files": written.files,
-        "prefix": where,
-        "reused": False,
-        "sha": sha,
-        "settings": settings,
-    }
+    staged = StagedArtifact(
+        repo_id=repo_id,
+        suffix=suffix,
+        sha=sha,
+        prefix=where,
+        tensors_file=tensors_file,
+        key_id=key_id,
+        files=written.files,
+        reused=False,
+        settings=settings,
+    )
     rows = [
         {"file": n, "size": human_size(f["size"]), "sha256": f["sha256"][:16] + "…"}
         for n, f in written.files.items()
@@ -152,13 +210,13 @@ def tensorize_step(
             "sha": sha,
             "reused": False,
             "uri": MetadataValue.url(store.uri(f"{where}/{tensors_file}")),
-            "encrypted": settings["encrypted"],
+            "encrypted": settings.encrypted,
             "key_id": key_id or "(not encrypted)",
             "tensors_size": human_size(written.tensors_bytes),
             "serialize_throughput": rate(written.tensors_bytes, written.serialize_s),
             "upload_throughput": rate(written.total_bytes, written.upload_s),
             "files": MetadataValue.md(md_table(rows, ["file", "size", "sha256"])),
-            "target": MetadataValue.json(target),
+            STAGED: MetadataValue.json(staged.to_metadata()),
         }
     )
 
@@ -172,13 +230,25 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def _report_key(context: AssetExecutionContext, store: ObjectStore, staged: StagedArtifact) -> str:
+    """This run's round-trip report for the staged version (re-executing: the report of the
+    run that ran the checks)."""
+    for run_id in run_lineage(context):
+        key = validation_key(staged.repo_id, staged.suffix, run_id)
+        if store.exists(key):
+            return key
+    raise Failure(
+        f"no round-trip report for {staged.reference} from this run: its checks did not run; "
+        "run the whole publish job",
+        allow_retries=False,
+    )
+
+
 def publish_step(
     context: AssetExecutionContext,
     *,
-    repo_id: str,
     ref: str,
-    target: dict,
-    tensors_file: str,
+    staged: StagedArtifact,
     registry: RegistryResource,
     object_store: ObjectStoreResource,
     serve: Callable[[dict, ObjectStore], str],
@@ -186,34 +256,42 @@ def publish_step(
     """Write the immutable record of a verified version and move its aliases to it
     (`latest`, or those named in the run's aliases tag).
 
-    Refuses unless this run's round-trip report passed; a reused version is only
-    re-verified, its record stays as it was.
+    Refuses unless this run's round-trip report passed and every file is still there; a
+    reused version is only re-verified, its record stays as it was.
     """
     reg = registry.open()
     store = object_store.open()
-    suffix = target["suffix"]
-    report_key = validation_key(repo_id, suffix, context.run.run_id)
+    repo_id, suffix = staged.repo_id, staged.suffix
+    report_key = _report_key(context, store, staged)
     report = json.loads(store.get_bytes(report_key))
     if not report["passed"]:
-        raise Failure(f"round-trip validation of {repo_id}@{suffix} failed; not publishing")
+        raise Failure(f"round-trip validation of {staged.reference} failed; not publishing")
     aliases = run_aliases(context)
     bad = [a for a in aliases if not ALIAS.match(a)]
     if bad:
         raise Failure(f"run tag {bad!r}: not alias names like 'latest'; not publishing")
-    if target["reused"]:
+    if staged.reused:
         record = reg.version(repo_id, suffix)
     else:
+        missing = [n for n in staged.files if not store.exists(f"{staged.prefix}/{n}")]
+        if missing:
+            raise Failure(
+                f"{staged.reference}: {', '.join(missing)} no longer in the store (removed by "
+                "`modelpub gc`?); not publishing, publish again",
+                allow_retries=False,
+            )
         record = {
+            "schema": SCHEMA,
             "repo_id": repo_id,
             "catalog_key": context.partition_key,
             "hf_ref": ref,
-            "hf_sha": target["sha"],
+            "hf_sha": staged.sha,
             "suffix": suffix,
-            **target["settings"],
-            "key_id": target["key_id"],
-            "artifact_uri": store.uri(target["prefix"]),
-            "tensors_uri": store.uri(f"{target['prefix']}/{tensors_file}"),
-            "files": target["files"],
+            **staged.settings.model_dump(),
+            "key_id": staged.key_id,
+            "artifact_uri": store.uri(staged.prefix),
+            "tensors_uri": store.uri(f"{staged.prefix}/{staged.tensors_file}"),
+            "files": staged.files,
             "versions": package_versions(),
             "validation": report["summary"],
             "validation_report": store.uri(report_key),
@@ -230,7 +308,7 @@ def publish_step(
             "reference": f"{repo_id}@{suffix}",
             "suffix": suffix,
             "sha": record["hf_sha"],
-            "newly_published": not target["reused"],
+            "newly_published": not staged.reused,
             "aliases": MetadataValue.md(
                 md_table(
                     [{"alias": a, "suffix": s} for a, s in sorted(aliases.items())],

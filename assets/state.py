@@ -1,8 +1,11 @@
-"""What one step of a publish run hands the next: small facts, read from the instance.
+"""What one step of a publish run hands the next: small typed facts, read from this run.
 
 Large files never pass through an IO manager; each asset records what the next one
-needs (the pinned sha, the suffix, file hashes) as materialization metadata and run
-tags, and the next step reads them back from the Dagster instance.
+needs (the pinned sha, the staged artifact) as materialization metadata and run tags,
+and the next step reads them back from *its own run's* event stream, never "the latest
+materialization of this partition", which may be another run's: two runs of one entry
+in flight together would then check or publish each other's suffix. A re-execution of
+a failed run reads what the run it re-executes produced (its parent, and so on up).
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from typing import Any
 from dagster import (
     AssetExecutionContext,
     AssetKey,
-    AssetRecordsFilter,
     DagsterEventType,
+    DagsterInstance,
     Failure,
+    OpExecutionContext,
+    RunsFilter,
 )
 
-from resources.records import Worker
+from resources.layout import record_location
+from resources.records import RunState, StagedArtifact, Worker, settings_of
 
 SHA_TAG = "modelpub/sha"
 # Run tags that steer a run (set by sensors, schedules, or by hand in the launchpad):
@@ -28,20 +34,73 @@ ALIASES_TAG = "modelpub/aliases"  # comma-separated aliases to move on publish (
 ROTATED_FROM_TAG = "modelpub/rotated_from"  # the suffix a key rotation re-publishes
 PARTITION_TAG = "dagster/partition"  # how a checks-only run (no partitions_def) names its entry
 BASE_TAG = "modelpub/base_suffix"  # an adapter run: the base version it publishes against
+ROOT_RUN_TAG = "dagster/root_run_id"  # set by Dagster on every re-execution
+STAGED = "staged"  # the metadata entry of `tensorized_*` that holds its StagedArtifact
+
+Context = AssetExecutionContext | OpExecutionContext
 
 
-def latest_metadata(context: AssetExecutionContext, asset: str) -> dict[str, Any]:
-    """The metadata of the latest materialization of `asset` for this run's partition."""
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[context.partition_key]),
-        limit=1,
-    ).records
-    if not records or records[0].asset_materialization is None:
-        raise Failure(
-            f"{asset} has not been materialized for partition {context.partition_key!r}; "
-            "materialize it first (or run the whole publish job)"
-        )
-    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+def run_state(instance: DagsterInstance, run_id: str) -> RunState:
+    """Whether a run may still publish: "running" while it or a re-execution of it runs."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return None
+    family = instance.get_runs(RunsFilter(tags={ROOT_RUN_TAG: run.root_run_id or run_id}))
+    return "finished" if all(r.is_finished for r in [run, *family]) else "running"
+
+
+def run_lineage(context: Context) -> list[str]:
+    """This run's id, then the run it re-executes, and so on back to the first."""
+    lineage = []
+    run = context.run
+    while run is not None:
+        lineage.append(run.run_id)
+        run = context.instance.get_run_by_id(run.parent_run_id) if run.parent_run_id else None
+    return lineage
+
+
+def run_output(context: Context, asset: str) -> dict[str, Any]:
+    """The metadata `asset` recorded for this partition in this run (or, re-executing, in
+    the run this one re-executes)."""
+    key = AssetKey(asset)
+    for run_id in run_lineage(context):
+        records = context.instance.get_records_for_run(
+            run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        for record in reversed(records):
+            materialization = record.event_log_entry.asset_materialization
+            if (
+                materialization is not None
+                and materialization.asset_key == key
+                and materialization.partition == context.partition_key
+            ):
+                return {k: v.value for k, v in materialization.metadata.items()}
+    raise Failure(
+        f"this run has not materialized {asset} for {context.partition_key!r}; run the whole "
+        "publish job (or re-execute a run that did)",
+        allow_retries=False,
+    )
+
+
+def staged_artifact(context: Context, asset: str) -> StagedArtifact:
+    """The artifact this run's `asset` step staged (or reuses)."""
+    return StagedArtifact.model_validate(run_output(context, asset)[STAGED])
+
+
+def staged_from_record(record: dict[str, Any]) -> StagedArtifact:
+    """An already published version, as the checks and publish steps take it."""
+    prefix, tensors_file = record_location(record)
+    return StagedArtifact(
+        repo_id=record["repo_id"],
+        suffix=record["suffix"],
+        sha=record["hf_sha"],
+        prefix=prefix,
+        tensors_file=tensors_file,
+        key_id=record["key_id"],
+        files=record["files"],
+        reused=True,
+        settings=settings_of(record),
+    )
 
 
 def pin_tag(context: AssetExecutionContext, tag: str, resolve: Callable[[], str]) -> str:
@@ -54,34 +113,11 @@ def pin_tag(context: AssetExecutionContext, tag: str, resolve: Callable[[], str]
 
 
 def run_tag(context: AssetExecutionContext, tag: str, asset: str, field: str) -> str:
-    """A value pinned in a run tag, else the one `asset`'s latest materialization recorded."""
+    """A value pinned in a run tag, else the one this run's `asset` recorded."""
     run = context.instance.get_run_by_id(context.run.run_id)
     if run is not None and tag in run.tags:
         return run.tags[tag]
-    return latest_metadata(context, asset)[field]
-
-
-def run_sha(context: AssetExecutionContext) -> str:
-    """The commit this run publishes: pinned in a run tag, else the latest snapshot's."""
-    return run_tag(context, SHA_TAG, "model_snapshot", "sha")
-
-
-def record_target(record: dict[str, Any]) -> dict[str, Any]:
-    """What the round-trip checks need to verify an already published model version."""
-    from resources.registry import record_location
-
-    return {
-        "suffix": record["suffix"],
-        "key_id": record["key_id"],
-        "files": record["files"],
-        "prefix": record_location(record)[0],
-        "reused": True,
-        "sha": record["hf_sha"],
-        "settings": {
-            **{k: record[k] for k in ("dtype", "encrypted", "format")},
-            "tensor_parallel_size": record.get("tensor_parallel_size", 1),
-        },
-    }
+    return run_output(context, asset)[field]
 
 
 def run_worker(context: AssetExecutionContext) -> Worker | None:

@@ -243,7 +243,7 @@ def _cmd_verify(settings: Settings, args) -> int:
 def _cmd_fetch_adapter(settings: Settings, args) -> int:
     from resources.adapter import AdapterError, restore_adapter
     from resources.keys import open_key_store
-    from resources.registry import record_location
+    from resources.layout import record_location
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -318,8 +318,9 @@ def _cmd_fetch_config(settings: Settings, args) -> int:
 
 
 def _run_state(run_id: str):
-    run = _instance().get_run_by_id(run_id)
-    return None if run is None else ("finished" if run.is_finished else "running")
+    from assets.state import run_state
+
+    return run_state(_instance(), run_id)
 
 
 def _cmd_gc(settings: Settings, args) -> int:

@@ -17,14 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from resources import layout
 from resources.keys import KeyStore
-from resources.records import Reservation
-from resources.registry import Registry, record_location
+from resources.layout import record_location
+from resources.records import Reservation, RunState
+from resources.registry import Registry
 
-RunState = Literal["running", "finished"] | None  # None: not known to this Dagster instance
 Version = tuple[str, str]  # (repo id, suffix)
 
 
@@ -47,27 +46,6 @@ class Orphan:
 class Findings:
     orphans: list[Orphan]
     unclaimed: list[str]  # stored files under no reserved or published prefix: left alone
-
-
-def _why_abandoned(
-    reservation: Reservation,
-    run_state: Callable[[str], RunState],
-    older_than: timedelta,
-    now: datetime,
-) -> str | None:
-    """Why no run will finish this suffix, or None while its run may still be uploading."""
-    run_id = reservation.run_id
-    state = run_state(run_id)
-    if state == "finished":
-        return f"run {run_id} ended without publishing it"
-    worker = reservation.worker
-    if worker is not None and worker.alive() is False:
-        return f"run {run_id}'s process (pid {worker.pid} on {worker.host}) is gone"
-    age = now - datetime.fromisoformat(reservation.reserved_at)
-    if age < older_than:
-        return None
-    known = "is still marked running" if state == "running" else "is unknown to this instance"
-    return f"reserved {age} ago by run {run_id}, which {known}"
 
 
 def _reserved_prefixes(
@@ -133,7 +111,7 @@ def find_orphans(
 
     orphans = []
     for (repo_id, suffix), reservation in sorted(reservations.items()):
-        why = _why_abandoned(reservation, run_state, older_than, now or datetime.now(UTC))
+        why = reservation.abandoned(run_state, older_than, now or datetime.now(UTC))
         if why is None:
             continue
         files, unfinished = found[(repo_id, suffix)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from resources import tensorize
 from resources.artifact import check_files
 from resources.keys import KeyStore
-from resources.registry import record_location
+from resources.layout import record_location
 from resources.roundtrip import describe_load_error
 from resources.store import ObjectStore
 from resources.vllm_format import rank_files

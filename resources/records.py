@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA = 2
+RunState = Literal["running", "finished"] | None  # None: not known to this Dagster instance
 
 
 def now() -> str:
@@ -58,6 +61,71 @@ class Worker(BaseModel):
         return self.started is None or started is None or started == self.started
 
 
+class ModelSettings(BaseModel):
+    """How a model version was made: what makes two versions of one sha the same."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: Literal["model"] = "model"
+    dtype: str
+    encrypted: bool
+    format: Literal["hf", "vllm"] = "hf"
+    tensor_parallel_size: int = 1
+
+
+class AdapterSettings(BaseModel):
+    """How an adapter version was made, and the base version it was checked against."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: Literal["adapter"] = "adapter"
+    format: Literal["peft-lora"] = "peft-lora"
+    dtype: str
+    rank: int
+    encrypted: bool
+    base_repo_id: str
+    base_suffix: str
+    base_hf_sha: str
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return 1
+
+
+ArtifactSettings = Annotated[ModelSettings | AdapterSettings, Field(discriminator="kind")]
+_SETTINGS = TypeAdapter(ArtifactSettings)
+
+
+def settings_of(record: dict[str, Any]) -> ModelSettings | AdapterSettings:
+    """The settings a version record was made with (records before `kind` are models)."""
+    return _SETTINGS.validate_python({"kind": "model", **record})
+
+
+class StagedArtifact(BaseModel):
+    """What a run's `tensorized_*` step hands its checks and its publish step: the
+    version it wrote (or reuses), where, with which key and file digests."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_: int = Field(SCHEMA, alias="schema")
+    repo_id: str
+    suffix: str
+    sha: str
+    prefix: str
+    tensors_file: str
+    key_id: str | None
+    files: dict[str, dict[str, Any]]
+    reused: bool
+    settings: ArtifactSettings
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repo_id}@{self.suffix}"
+
+    def to_metadata(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
 class Reservation(BaseModel):
     """A suffix taken by one run before it uploads anything, and what that run will
     write: the files' prefix and the encryption key's id. gc reads these to find the
@@ -72,6 +140,24 @@ class Reservation(BaseModel):
     prefix: str | None = None  # schema 1: the model prefix of `suffix`
     key_id: str | None = None
     worker: Worker | None = None
+    sha: str | None = None  # schema 1: not recorded
+    settings: ArtifactSettings | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
+
+    def abandoned(
+        self, run_state: Callable[[str], RunState], older_than: timedelta, now: datetime
+    ) -> str | None:
+        """Why no run will finish this suffix, or None while its run may still publish it."""
+        state = run_state(self.run_id)
+        if state == "finished":
+            return f"run {self.run_id} ended without publishing it"
+        worker = self.worker
+        if worker is not None and worker.alive() is False:
+            return f"run {self.run_id}'s process (pid {worker.pid} on {worker.host}) is gone"
+        age = now - datetime.fromisoformat(self.reserved_at)
+        if age < older_than:
+            return None
+        known = "is still marked running" if state == "running" else "is unknown to this instance"
+        return f"reserved {age} ago by run {self.run_id}, which {known}"

@@ -17,7 +17,15 @@ from collections.abc import Callable
 
 from resources import layout
 from resources.layout import SUFFIX
-from resources.records import SCHEMA, Reservation, Worker, now
+from resources.records import (
+    SCHEMA,
+    AdapterSettings,
+    ModelSettings,
+    Reservation,
+    Worker,
+    now,
+    settings_of,
+)
 from resources.store import NotFound, ObjectStore
 
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -30,18 +38,6 @@ class RegistryError(RuntimeError):
 def suffix_number(suffix: str) -> int:
     match = SUFFIX.match(suffix)
     return int(match.group(1)) if match else 0
-
-
-def record_location(record: dict) -> tuple[str, str]:
-    """(prefix, tensors file) of the files a version record describes, model or adapter."""
-    if record.get("kind") == "adapter":
-        prefix = layout.adapter_prefix(
-            record["base_repo_id"], record["base_suffix"], record["repo_id"], record["suffix"]
-        )
-        return prefix, layout.ADAPTER_TENSORS_FILE
-    return layout.model_prefix(record["repo_id"], record["suffix"]), layout.tensors_name(
-        record.get("tensor_parallel_size", 1)
-    )
 
 
 class Registry:
@@ -70,6 +66,8 @@ class Registry:
         prefix: Callable[[str], str] | None = None,
         key_id: Callable[[str], str | None] = lambda suffix: None,
         worker: Worker | None = None,
+        sha: str | None = None,
+        settings: ModelSettings | AdapterSettings | None = None,
     ) -> str:
         """The next free `vN` for `repo_id`, taken for `run_id` so no other run gets it.
 
@@ -90,6 +88,8 @@ class Registry:
                 prefix=where(suffix),
                 key_id=key_id(suffix),
                 worker=worker,
+                sha=sha,
+                settings=settings,
             )
             key = layout.registry_key(repo_id, "reservations", suffix)
             if self.store.create(key, reservation.to_json()):
@@ -145,12 +145,30 @@ class Registry:
     def repos(self) -> list[str]:
         return sorted({repo_id for repo_id, _ in self.published()})
 
-    def find_by_sha(self, repo_id: str, sha: str, **settings) -> dict | None:
-        """The newest version of `repo_id` built from `sha` with the same settings."""
+    def find_by_sha(
+        self, repo_id: str, sha: str, settings: ModelSettings | AdapterSettings | None = None
+    ) -> dict | None:
+        """The newest version of `repo_id` built from `sha` (with the same settings)."""
         for record in reversed(self.versions(repo_id)):
-            if record["hf_sha"] == sha and all(record.get(k) == v for k, v in settings.items()):
+            if record["hf_sha"] == sha and (settings is None or settings_of(record) == settings):
                 return record
         return None
+
+    def pending(
+        self, repo_id: str, sha: str, settings: ModelSettings | AdapterSettings
+    ) -> list[Reservation]:
+        """Unpublished reservations of runs that build `sha` with these settings."""
+        found = []
+        for suffix in self._suffixes(repo_id, "reservations"):
+            reservation = self.reservation(repo_id, suffix)
+            if (
+                reservation is not None
+                and reservation.sha == sha
+                and reservation.settings == settings
+                and not self.is_published(repo_id, suffix)
+            ):
+                found.append(reservation)
+        return found
 
     def aliases(self, repo_id: str) -> dict[str, str]:
         out = {}

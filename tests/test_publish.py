@@ -3,16 +3,18 @@
 import base64
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dagster import AssetSelection, DagsterInstance, materialize
+from dagster import DagsterInstance, materialize
 
-from assets.checks import roundtrip_checks
+from assets import checks
 from assets.models import model_snapshot, published_version, tensorized_model
 from dagster_project.cli import PublishFailed, main, publish
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model
+from resources.records import StagedArtifact
 from resources.registry import Registry
 from resources.store import LocalStore
 from tests.conftest import LLAMA, OPT
@@ -96,34 +98,30 @@ def test_publish_a_second_architecture_unencrypted(env):
     assert record["validation"]["tensors"]["count"] > 0
 
 
-def stage_artifact(env) -> tuple[dict, DagsterInstance]:
-    """Materialize the snapshot and the tensorized artifact, without the checks."""
+def tamper_before_checks(monkeypatch, tamper: Callable[[StagedArtifact], None]) -> None:
+    """Change what the run uploaded after the upload, just before its checks read it."""
+    original = checks.check_target
+
+    def tampered(op, repo_id, registry_resource):
+        target = original(op, repo_id, registry_resource)
+        tamper(target)
+        return target
+
+    monkeypatch.setattr(checks, "check_target", tampered)
+
+
+def publish_run(env):
+    """The whole publish job for KEY in one run, as materialize() runs it."""
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("models", [KEY])
-    result = run(
-        env, instance, AssetSelection.assets(model_snapshot, tensorized_model).without_checks()
-    )
-    assert result.success
-    return result.asset_materializations_for_node("tensorized_model")[0].metadata, instance
-
-
-def run(env, instance, selection):
     defs = build_definitions(env.settings)
     return materialize(
-        [model_snapshot, tensorized_model, published_version, roundtrip_checks],
-        selection=selection,
+        [model_snapshot, tensorized_model, published_version, checks.roundtrip_checks],
         instance=instance,
         partition_key=KEY,
         resources=defs.resources,
         raise_on_error=False,
     )
-
-
-def check_and_publish(env, instance):
-    selection = AssetSelection.checks_for_assets(tensorized_model) | AssetSelection.assets(
-        published_version
-    )
-    return run(env, instance, selection)
 
 
 def failed_checks(result) -> dict[str, str]:
@@ -132,13 +130,15 @@ def failed_checks(result) -> dict[str, str]:
     }
 
 
-def test_flipped_byte_fails_the_checks_and_publishes_nothing(env):
-    metadata, instance = stage_artifact(env)
-    tensors = Path(metadata["uri"].value)
-    data = bytearray(tensors.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    tensors.write_bytes(bytes(data))
-    result = check_and_publish(env, instance)
+def test_flipped_byte_fails_the_checks_and_publishes_nothing(env, monkeypatch):
+    def flip(target: StagedArtifact) -> None:
+        tensors = Path(env.settings.store) / target.prefix / target.tensors_file
+        data = bytearray(tensors.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        tensors.write_bytes(bytes(data))
+
+    tamper_before_checks(monkeypatch, flip)
+    result = publish_run(env)
     assert not result.success
     failed = failed_checks(result)
     assert set(failed) == {"tensors_match", "vllm_outputs_match", "great_expectations"}
@@ -150,18 +150,17 @@ def test_flipped_byte_fails_the_checks_and_publishes_nothing(env):
     assert registry(env).versions(LLAMA) == []
 
 
-def test_wrong_key_fails_with_a_clear_error_and_publishes_nothing(env):
+def test_wrong_key_fails_with_a_clear_error_and_publishes_nothing(env, monkeypatch):
     from tensorizer import EncryptionParams
 
-    metadata, instance = stage_artifact(env)
-    (Path(env.settings.keys) / f"{metadata['key_id'].value}.key").write_bytes(
-        EncryptionParams.random().key
-    )
-    result = check_and_publish(env, instance)
+    def swap_key(target: StagedArtifact) -> None:
+        key_file = Path(env.settings.keys) / f"{target.key_id}.key"
+        key_file.write_bytes(EncryptionParams.random().key)
+
+    tamper_before_checks(monkeypatch, swap_key)
+    result = publish_run(env)
     assert not result.success
-    assert failed_checks(result)["tensors_match"].startswith(
-        f"key '{metadata['key_id'].value}' does not decrypt"
-    )
+    assert failed_checks(result)["tensors_match"].startswith(f"key '{KEY}/v1' does not decrypt")
     assert registry(env).versions(LLAMA) == []
 
 
@@ -175,4 +174,6 @@ def test_missing_revision_fails_before_anything_is_written(env):
     )
     with pytest.raises(PublishFailed, match="revision 'no-such-branch' not found"):
         publish(env.settings, LLAMA)
-    assert not Path(env.settings.store).exists() or registry(env).versions(LLAMA) == []
+    # no record, no reservation, no file, no key
+    for root in (env.settings.store, env.settings.keys):
+        assert not Path(root).exists() or not [p for p in Path(root).rglob("*") if p.is_file()]

@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from resources.records import ModelSettings
 from resources.registry import Registry, RegistryError
 from resources.store import LocalStore
 
@@ -97,5 +98,9 @@ def test_unknown_references_explain_themselves(registry):
 
 def test_find_by_sha_matches_settings(registry):
     registry.publish(record("v1", sha="c" * 40))
-    assert registry.find_by_sha("org/m", "c" * 40, dtype="float16")["suffix"] == "v1"
-    assert registry.find_by_sha("org/m", "c" * 40, dtype="bfloat16") is None
+    same = ModelSettings(dtype="float16", encrypted=True)
+    assert registry.find_by_sha("org/m", "c" * 40, same)["suffix"] == "v1"
+    other = ModelSettings(dtype="bfloat16", encrypted=True)
+    assert registry.find_by_sha("org/m", "c" * 40, other) is None
+    sharded = ModelSettings(dtype="float16", encrypted=True, tensor_parallel_size=2)
+    assert registry.find_by_sha("org/m", "c" * 40, sharded) is None
