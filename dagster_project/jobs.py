@@ -18,7 +18,8 @@ reverify_model_job = define_asset_job(
     "reverify_model",
     selection=AssetSelection.checks(roundtrip_checks),
     description="Re-run the round-trip checks on a published version named by the run tag "
-    f"`{VERIFY_TAG}` (a suffix such as v3; without it, the latest tensorized_model output): "
+    f"`{VERIFY_TAG}` (a suffix such as v3; required, so that it never checks what a "
+    "concurrent publish run is staging): "
     "load it from the store, compare it with its source commit, and record the results as "
     "asset check evaluations. Publishes nothing and moves no alias. Dagster 1.13 gives a "
     f"checks-only job no partitions, so a run names its entry with the `{PARTITION_TAG}` tag.",
