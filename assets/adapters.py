@@ -21,8 +21,8 @@ from assets.publishing import (
     tensorize_step,
 )
 from assets.state import BASE_TAG, SHA_TAG, pin_tag, run_tag, staged_artifact
-from dagster_project.catalog import AdapterTarget
 from resources.adapter import AdapterError, AdapterInfo, check_compatible
+from resources.catalog import AdapterTarget
 from resources.dagster_resources import (
     CatalogResource,
     HubResource,

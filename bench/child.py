@@ -60,10 +60,10 @@ def publish_step(spec: dict) -> dict:
 
 def plain_run(spec: dict) -> dict:
     """What `publish_model` does, step by step, without Dagster."""
-    from dagster_project.catalog import load_catalog, partition_key
     from dagster_project.settings import Settings
     from resources import vllm_runner
     from resources.artifact import write_artifact
+    from resources.catalog import load_catalog, partition_key
     from resources.hub import make_hub
     from resources.keys import open_key_store
     from resources.layout import model_prefix, validation_key

@@ -9,8 +9,9 @@ import re
 import sys
 from pathlib import Path
 
-from dagster_project.catalog import CatalogError, ModelEntry, load_catalog, partition_key
 from dagster_project.settings import Settings
+from resources.catalog import ModelEntry, load_catalog, partition_key
+from resources.errors import ModelpubError
 
 
 def _instance():
@@ -100,7 +101,7 @@ def _root_cause(error) -> str:
     return re.sub(r"^[\w.]+: ", "", error.message.strip())
 
 
-class PublishFailed(RuntimeError):
+class PublishFailed(ModelpubError):
     def __init__(self, key: str, run_id: str, failed_checks: list[str], errors: list[str]):
         lines = [f"publishing {key} failed (Dagster run {run_id}); nothing was published"]
         lines += [f"  check failed: {c}" for c in failed_checks]
@@ -156,16 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--new-commit", action="store_true", help="commit new random weights first")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    from resources.adapter import AdapterError
-    from resources.keys import KeyStoreError
-    from resources.registry import RegistryError
-    from resources.store import StoreError
-
-    errors = (CatalogError, PublishFailed, RegistryError, StoreError, KeyStoreError, AdapterError)
     try:
-        return COMMANDS[args.command](settings, args)
-    except errors as exc:
+        return COMMANDS[args.command](Settings.from_env(), args)
+    except ModelpubError as exc:
         print(f"modelpub: {exc}", file=sys.stderr)
         return 1
 

@@ -7,11 +7,11 @@ from dagster import Definitions, ExecutorDefinition, multiprocess_executor
 from assets.adapters import adapter_snapshot, published_adapter, tensorized_adapter
 from assets.checks import adapter_roundtrip_checks, roundtrip_checks
 from assets.models import model_snapshot, published_version, tensorized_model
-from dagster_project.catalog import load_catalog
 from dagster_project.jobs import publish_adapter_job, publish_model_job, reverify_model_job
 from dagster_project.schedules import build_reverify_schedule, build_rotate_schedule
 from dagster_project.sensors import build_revision_sensor
 from dagster_project.settings import Settings
+from resources.catalog import load_catalog
 from resources.dagster_resources import (
     CatalogResource,
     HubResource,
@@ -21,6 +21,7 @@ from resources.dagster_resources import (
     TensorizerResource,
     VllmResource,
 )
+from resources.errors import ModelpubError
 from resources.s3_store import ARTIFACT_ENV, KEYS_ENV, dagster_s3_config
 
 
@@ -32,7 +33,7 @@ def executor_def(name: str) -> ExecutorDefinition:
         return k8s_job_executor
     if name == "multiprocess":
         return multiprocess_executor
-    raise ValueError(f"MODELPUB_EXECUTOR={name!r}: use 'multiprocess' or 'k8s'")
+    raise ModelpubError(f"MODELPUB_EXECUTOR={name!r}: use 'multiprocess' or 'k8s'")
 
 
 def build_definitions(settings: Settings) -> Definitions:

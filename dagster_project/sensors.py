@@ -25,8 +25,8 @@ from dagster import (
 
 from assets.partitions import adapters_partitions, models_partitions
 from assets.state import SHA_TAG
-from dagster_project.catalog import Catalog, WatchSpec
 from dagster_project.jobs import publish_adapter_job, publish_model_job
+from resources.catalog import Catalog, WatchSpec
 from resources.dagster_resources import CatalogResource, HubResource, RegistryResource
 from resources.store import StoreError
 from resources.watch import WatchCursor, WatchedItem, poll

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resources import tensorize
+from resources.errors import ModelpubError
 from resources.layout import ADAPTER_TENSORS_FILE
 from resources.roundtrip import describe_load_error
 from resources.store import ObjectStore
@@ -36,7 +37,7 @@ LORA_DIMS = {
 }
 
 
-class AdapterError(RuntimeError):
+class AdapterError(ModelpubError):
     """An adapter that cannot be published or restored; the message says why and what to do."""
 
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resources import tensorize, vllm_format
+from resources.errors import ModelpubError
 from resources.layout import TENSORS_FILE
 from resources.store import NotFound, ObjectStore, StoreError
 
 
-class StagingFull(OSError):
+class StagingFull(ModelpubError):
     """The local staging disk filled up; retrying will not help until space is freed."""
 
 

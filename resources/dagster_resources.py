@@ -7,8 +7,8 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 
-from dagster_project.catalog import Catalog, HubSpec, load_catalog
 from resources import vllm_runner
+from resources.catalog import Catalog, HubSpec, load_catalog
 from resources.hub import Hub, make_hub
 from resources.keys import KeyStore, open_key_store
 from resources.registry import Registry

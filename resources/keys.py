@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resources.errors import ModelpubError
 from resources.layout import key_file
 from resources.store import LocalStore, NotFound, ObjectStore
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from dagster_aws.s3 import S3Resource
 
 
-class KeyStoreError(RuntimeError):
+class KeyStoreError(ModelpubError):
     pass
 
 

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 
 from resources import layout
+from resources.errors import ModelpubError
 from resources.layout import SUFFIX
 from resources.records import (
     SCHEMA,
@@ -31,7 +32,7 @@ from resources.store import NotFound, ObjectStore
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ModelpubError):
     pass
 
 

@@ -18,17 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resources.errors import ModelpubError
+
 if TYPE_CHECKING:
     from dagster_aws.s3 import S3Resource
 
 
-class StoreError(RuntimeError):
+class StoreError(ModelpubError):
     """The store refused or could not be reached; the message says what to check.
     `transient`: the server was unreachable or overloaded, so a retry may succeed."""
-
-    def __init__(self, message: str, transient: bool = False):
-        super().__init__(message)
-        self.transient = transient
 
 
 class NotFound(StoreError):

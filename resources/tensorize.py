@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
+from resources.errors import ModelpubError
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 BATCH_BYTES = 256 << 20  # source tensors held in memory at once while publishing
 
 
-class TensorizeError(RuntimeError):
+class TensorizeError(ModelpubError):
     pass
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from resources.errors import ModelpubError
 from resources.layout import tensors_name
 from resources.tensorize import TensorizeError
 from resources.vllm_runner import run_child
@@ -24,7 +25,7 @@ from resources.vllm_runner import run_child
 OFFLINE_ENV = "MODELPUB_VLLM_SERIALIZE_OFFLINE"
 
 
-class FormatError(ValueError):
+class FormatError(ModelpubError):
     """A catalog entry asks for a format this host cannot write; says what to change."""
 
 

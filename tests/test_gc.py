@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dagster_project import cli
-from dagster_project.catalog import CatalogError, load_catalog
 from resources import gc
+from resources.catalog import CatalogError, load_catalog
 from resources.keys import open_key_store
 from resources.layout import adapter_prefix, model_prefix, registry_key
 from resources.records import Worker

@@ -10,9 +10,9 @@ import yaml
 from dagster import RunRequest, build_schedule_context
 
 from assets.state import ALIASES_TAG, PARTITION_TAG, ROTATED_FROM_TAG, SHA_TAG, VERIFY_TAG
-from dagster_project.catalog import CatalogError, load_catalog
 from dagster_project.cli import publish
 from dagster_project.definitions import build_definitions
+from resources.catalog import CatalogError, load_catalog
 from resources.registry import Registry
 from resources.store import open_store
 from tests.conftest import LLAMA, OPT, catalog_yaml
