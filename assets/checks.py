@@ -24,8 +24,7 @@ from assets.metadata import md_table
 from assets.models import tensorized_model
 from assets.partitions import adapters_partitions, models_partitions
 from assets.state import VERIFY_TAG, staged_artifact, staged_from_record
-from resources.adapter_roundtrip import AdapterRoundTrip
-from resources.dagster_resources import (
+from resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
@@ -36,8 +35,9 @@ from resources.dagster_resources import (
 from resources.layout import model_prefix, tensors_name, validation_key
 from resources.records import AdapterSettings, StagedArtifact
 from resources.registry import RegistryError
-from resources.roundtrip import RoundTrip, RoundTripReport
-from resources.store import ObjectStore
+from resources.storage.store import ObjectStore
+from resources.validation.adapter_roundtrip import AdapterRoundTrip
+from resources.validation.roundtrip import RoundTrip, RoundTripReport
 
 CHECKS = {
     "tensors_match": "Every tensor, deserialized from the store with its key and "

@@ -29,13 +29,13 @@ from assets.state import (
     run_worker,
     staged_from_record,
 )
-from resources.artifact import write_artifact
-from resources.dagster_resources import (
+from resources import (
     KeyStoreResource,
     ObjectStoreResource,
     RegistryResource,
     TensorizerResource,
 )
+from resources.formats.artifact import write_artifact
 from resources.layout import registry_key, validation_key
 from resources.records import (
     SCHEMA,
@@ -45,7 +45,7 @@ from resources.records import (
     now,
 )
 from resources.registry import ALIAS, Registry, suffix_number
-from resources.store import ObjectStore
+from resources.storage.store import ObjectStore
 
 OWNERS = ["team:ml-platform"]
 

@@ -30,7 +30,7 @@ def _instance():
 
 def _registry(settings: Settings):
     from resources.registry import Registry
-    from resources.store import open_store
+    from resources.storage import open_store
 
     return Registry(open_store(settings.store))
 
@@ -194,7 +194,7 @@ def _cmd_resolve(settings: Settings, args) -> int:
 
 
 def _keyfile(settings: Settings, record: dict) -> str | None:
-    from resources.keys import LocalStore, open_key_store
+    from resources.storage.keys import LocalStore, open_key_store
 
     keys = open_key_store(settings.keys, settings.store)
     if record.get("key_id") and isinstance(keys.store, LocalStore):
@@ -203,7 +203,7 @@ def _keyfile(settings: Settings, record: dict) -> str | None:
 
 
 def _cmd_serve_command(settings: Settings, args) -> int:
-    from resources.serve import adapter_serve_command, serve_command
+    from resources.vllm.serve import adapter_serve_command, serve_command
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -217,8 +217,8 @@ def _cmd_serve_command(settings: Settings, args) -> int:
 
 
 def _cmd_verify(settings: Settings, args) -> int:
-    from resources.integrity import verify_published
-    from resources.keys import open_key_store
+    from resources.storage.keys import open_key_store
+    from resources.validation.integrity import verify_published
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -235,9 +235,9 @@ def _cmd_verify(settings: Settings, args) -> int:
 
 
 def _cmd_fetch_adapter(settings: Settings, args) -> int:
-    from resources.adapter import AdapterError, restore_adapter
-    from resources.keys import open_key_store
+    from resources.formats.lora import AdapterError, restore_adapter
     from resources.layout import record_location
+    from resources.storage.keys import open_key_store
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -300,7 +300,7 @@ def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
 
 
 def _cmd_fetch_config(settings: Settings, args) -> int:
-    from resources.artifact import fetch_config
+    from resources.formats.artifact import fetch_config
     from resources.layout import model_prefix
 
     registry = _registry(settings)
@@ -321,7 +321,7 @@ def _cmd_gc(settings: Settings, args) -> int:
     from datetime import timedelta
 
     from resources import gc
-    from resources.keys import open_key_store
+    from resources.storage.keys import open_key_store
 
     registry = _registry(settings)
     keys = open_key_store(settings.keys, settings.store)

@@ -11,8 +11,7 @@ from dagster_project.jobs import publish_adapter_job, publish_model_job, reverif
 from dagster_project.schedules import build_reverify_schedule, build_rotate_schedule
 from dagster_project.sensors import build_revision_sensor
 from dagster_project.settings import Settings
-from resources.catalog import load_catalog
-from resources.dagster_resources import (
+from resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
@@ -21,8 +20,9 @@ from resources.dagster_resources import (
     TensorizerResource,
     VllmResource,
 )
+from resources.catalog import load_catalog
 from resources.errors import ModelpubError
-from resources.s3_store import ARTIFACT_ENV, KEYS_ENV, dagster_s3_config
+from resources.storage.s3 import ARTIFACT_ENV, KEYS_ENV, dagster_s3_config
 
 
 def executor_def(name: str) -> ExecutorDefinition:

@@ -21,10 +21,10 @@ from dagster import (
 
 from assets.state import ALIASES_TAG, PARTITION_TAG, ROTATED_FROM_TAG, SHA_TAG, VERIFY_TAG
 from dagster_project.jobs import publish_model_job, reverify_model_job
+from resources import CatalogResource, RegistryResource
 from resources.catalog import Catalog, ModelEntry, RepublishSpec
-from resources.dagster_resources import CatalogResource, RegistryResource
 from resources.registry import Registry, RegistryError
-from resources.store import StoreError
+from resources.storage.store import StoreError
 
 
 def alias_targets(

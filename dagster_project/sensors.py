@@ -26,10 +26,10 @@ from dagster import (
 from assets.partitions import adapters_partitions, models_partitions
 from assets.state import SHA_TAG
 from dagster_project.jobs import publish_adapter_job, publish_model_job
+from resources import CatalogResource, HubResource, RegistryResource
 from resources.catalog import Catalog, WatchSpec
-from resources.dagster_resources import CatalogResource, HubResource, RegistryResource
-from resources.store import StoreError
-from resources.watch import WatchCursor, WatchedItem, poll
+from resources.sources.watch import WatchCursor, WatchedItem, poll
+from resources.storage.store import StoreError
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (

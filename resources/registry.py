@@ -27,7 +27,7 @@ from resources.records import (
     now,
     settings_of,
 )
-from resources.store import NotFound, ObjectStore
+from resources.storage.store import NotFound, ObjectStore
 
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 

@@ -351,3 +351,17 @@ def compare_published(
         seen.add(name)
     rows += [compare_tensor(n, source.get(n), None) for n in source.names() if n not in seen]
     return sorted(rows, key=lambda r: r["name"])
+
+
+def describe_load_error(exc: Exception, uri: str, key_id: str | None) -> str:
+    """Say what a failure to read the artifact means for the person who sees it."""
+    from tensorizer.serialization import CryptographyError, HashMismatchError
+
+    if isinstance(exc, CryptographyError):
+        return (
+            f"key {key_id!r} does not decrypt {uri}: the key is wrong or the file was "
+            f"modified after publishing ({exc})"
+        )
+    if isinstance(exc, HashMismatchError):
+        return f"{uri} is corrupted: a tensor's hash does not match its header ({exc})"
+    return f"cannot read {uri}: {type(exc).__name__}: {exc}"

@@ -11,17 +11,17 @@ import sys
 import pytest
 
 from dagster_project import cli
-from resources.adapter import AdapterError
-from resources.artifact import StagingFull
 from resources.catalog import CatalogError
 from resources.errors import ModelpubError
-from resources.hub import HubError
-from resources.keys import KeyStoreError
+from resources.formats.artifact import StagingFull
+from resources.formats.lora import AdapterError
 from resources.registry import Registry, RegistryError
-from resources.store import LocalStore, StoreError
+from resources.sources.hub import HubError
+from resources.storage.keys import KeyStoreError
+from resources.storage.store import LocalStore, StoreError
 from resources.tensorize import TensorizeError
-from resources.vllm_format import FormatError
-from resources.vllm_runner import VllmRunError
+from resources.vllm.runner import VllmRunError
+from resources.vllm.tensorized import FormatError
 from tests.conftest import LLAMA
 
 DOMAIN_ERRORS = [

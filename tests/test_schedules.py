@@ -14,7 +14,7 @@ from dagster_project.cli import publish
 from dagster_project.definitions import build_definitions
 from resources.catalog import CatalogError, load_catalog
 from resources.registry import Registry
-from resources.store import open_store
+from resources.storage import open_store
 from tests.conftest import LLAMA, OPT, catalog_yaml
 
 LLAMA_KEY, OPT_KEY = LLAMA.replace("/", "__"), OPT.replace("/", "__")

@@ -19,7 +19,7 @@ from assets.state import SHA_TAG
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model, git
 from resources.registry import Registry
-from resources.store import open_store
+from resources.storage import open_store
 from tests.conftest import LLAMA, OPT, catalog_yaml
 from tests.fake_hub import FakeHub
 

@@ -100,7 +100,7 @@ def run_child(
 
 def generate(spec: GenerationSpec, timeout_s: float = 900) -> dict:
     """Start an engine in a child process and return its generations and timings."""
-    return run_child("resources.vllm_runner", asdict(spec), timeout_s)
+    return run_child("resources.vllm.runner", asdict(spec), timeout_s)
 
 
 def compare_generations(source: dict, published: dict, tolerance: float) -> list[dict]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from resources.errors import ModelpubError
 
 if TYPE_CHECKING:
-    from dagster_aws.s3 import S3Resource
+    pass
 
 
 class StoreError(ModelpubError):
@@ -280,13 +280,3 @@ class LocalStore(ObjectStore):
         if not self.exists(key):
             raise NotFound(f"{self.uri(key)} does not exist")
         yield self.path(key)
-
-
-def open_store(uri: str, s3: S3Resource | None = None) -> ObjectStore:
-    """`s3://bucket/prefix` for S3 (configured by `s3`, else from the environment),
-    anything else is a local directory."""
-    if uri.startswith("s3://"):
-        from resources.s3_store import S3Store
-
-        return S3Store.from_uri(uri, resource=s3)
-    return LocalStore(uri)
