@@ -8,10 +8,14 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster_project.settings import Settings
-from resources.catalog import ModelEntry, load_catalog, partition_key
+from resources.catalog import load_catalog, partition_key
 from resources.errors import ModelpubError
+
+if TYPE_CHECKING:
+    from dagster_project.launch import Launch
 
 
 def _instance():
@@ -37,47 +41,52 @@ def _registry(settings: Settings):
 
 def publish(settings: Settings, key: str, force: bool = False) -> dict:
     """Run the publish job in-process for one catalog entry; returns the version record."""
-    key = partition_key(key)
-    entry = load_catalog(settings.catalog).entry(key)
-    return _run_publish(settings, "models", key, force, entry)
+    from dagster_project import launch
+
+    entry = load_catalog(settings.catalog).entry(partition_key(key))
+    return _run_publish(
+        settings, "models", launch.publish_model(entry, settings.executor, force=force)
+    )
 
 
 def publish_adapter(settings: Settings, name: str, force: bool = False) -> dict:
     """Publish a catalog adapter (repo id or partition key) against its base's `latest`."""
+    from dagster_project import launch
+
     adapter = load_catalog(settings.catalog).adapter(name)
-    return _run_publish(settings, "adapters", adapter.key, force, adapter.base)
+    return _run_publish(
+        settings, "adapters", launch.publish_adapter(adapter, settings.executor, force=force)
+    )
 
 
-# partitions -> (job, the step that takes `force`, the step that writes the record)
-PUBLISH_JOBS = {
-    "models": ("publish_model", "tensorized_model", "published_version"),
-    "adapters": ("publish_adapter", "tensorized_adapter", "published_adapter"),
-}
+# job -> the step that writes the record
+PUBLISH_STEP = {"publish_model": "published_version", "publish_adapter": "published_adapter"}
 
 
-def _run_publish(
-    settings: Settings, partitions: str, key: str, force: bool, model: ModelEntry
-) -> dict:
-    """Run a publish job in-process for one partition; returns the published record.
-    `model` (the adapter's base, for adapters) says what its GPU steps need."""
-    from assets.gpu import gpu_run_config
+def _run_publish(settings: Settings, partitions: str, run: Launch) -> dict:
+    """Run a publish job in-process for one partition; returns the published record."""
     from dagster_project.definitions import build_definitions
 
-    job, tensorize_op, publish_op = PUBLISH_JOBS[partitions]
+    if settings.executor == "k8s":
+        raise ModelpubError(
+            "MODELPUB_EXECUTOR=k8s: `modelpub publish` runs in this process, where the "
+            "Kubernetes executor cannot start step pods; start the run from the Dagster UI "
+            "(or let the sensor start it), which launches it through the instance's run "
+            "launcher with the same run config"
+        )
+
     defs = build_definitions(settings)
     instance = _instance()
-    if not instance.has_dynamic_partition(partitions, key):
-        instance.add_dynamic_partitions(partitions, [key])
-    result = defs.resolve_job_def(job).execute_in_process(
+    if not instance.has_dynamic_partition(partitions, run.partition_key):
+        instance.add_dynamic_partitions(partitions, [run.partition_key])
+    result = defs.resolve_job_def(run.job_name).execute_in_process(
         instance=instance,
-        partition_key=key,
-        run_config={
-            "ops": {tensorize_op: {"config": {"force": force}}},
-            # pods for GPU steps where the executor makes them; kept on re-execution
-            **gpu_run_config(model, settings.executor),
-        },
+        partition_key=run.partition_key,
+        tags=run.tags,
+        run_config=run.run_config,
         raise_on_error=False,
     )
+    key, publish_op = run.partition_key, PUBLISH_STEP[run.job_name]
     failed_checks = [
         f"{e.check_name}: {e.description or 'see the check metadata in the Dagster UI'}"
         for e in result.get_asset_check_evaluations()

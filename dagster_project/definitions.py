@@ -53,10 +53,10 @@ def build_definitions(settings: Settings) -> Definitions:
         ],
         asset_checks=[roundtrip_checks, adapter_roundtrip_checks],
         jobs=[publish_model_job, publish_adapter_job, reverify_model_job],
-        sensors=[build_revision_sensor(automation.watch)],
+        sensors=[build_revision_sensor(automation.watch, settings.executor)],
         schedules=[
-            build_reverify_schedule(automation.reverify),
-            build_rotate_schedule(automation.rotate_keys),
+            build_reverify_schedule(automation.reverify, settings.executor),
+            build_rotate_schedule(automation.rotate_keys, settings.executor),
         ],
         executor=executor_def(settings.executor),
         resources={

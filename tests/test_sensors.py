@@ -193,9 +193,19 @@ def test_adapters_are_watched_too(env, instance):
     env.write_catalog(
         catalog_yaml(env.mirror, [{"repo_id": LLAMA, "adapters": [{"repo_id": adapter}]}])
     )
+    # First tick: the base has no published version, so only the base is requested; the
+    # adapter is not marked seen, and is asked again once the base is published.
     first = tick(env, instance)
+    assert [r.job_name for r in first.run_requests] == ["publish_model"]
+    again = tick(env, instance, first.cursor)
+    assert again.run_requests == []
+
+    registry = Registry(open_store(env.settings.store))  # what the base's run leaves
+    registry.publish({"repo_id": LLAMA, "suffix": "v1", "hf_sha": head(env, LLAMA)})
+    registry.move_alias(LLAMA, "latest", "v1")
+    first = tick(env, instance, again.cursor)
     runs = {r.job_name: r for r in first.run_requests}
-    assert set(runs) == {"publish_model", "publish_adapter"}
+    assert set(runs) == {"publish_adapter"}
     key = runs["publish_adapter"].partition_key
     assert runs["publish_adapter"].run_key == f"adapter:{key}@{sha}"
     assert key in instance.get_dynamic_partitions("adapters")
