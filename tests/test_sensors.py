@@ -12,6 +12,7 @@ import shutil
 import time
 from collections import Counter
 
+import pytest
 import yaml
 from dagster import SensorResult, build_sensor_context
 
@@ -20,7 +21,7 @@ from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model, git
 from resources.registry import Registry
 from resources.storage import open_store
-from tests.conftest import LLAMA, OPT, catalog_yaml
+from tests.conftest import LLAMA, OPT, catalog_yaml, execute_request
 from tests.fake_hub import FakeHub
 
 LLAMA_KEY, OPT_KEY = LLAMA.replace("/", "__"), OPT.replace("/", "__")
@@ -215,3 +216,29 @@ def test_adapters_are_watched_too(env, instance):
     assert [(r.job_name, r.tags[SHA_TAG]) for r in second.run_requests] == [
         ("publish_adapter", new_sha)
     ]
+
+
+@pytest.mark.vllm
+def test_an_adapter_found_with_its_base_is_published_after_it(env, instance):
+    """The sensor's first tick for a new entry sees the base and its adapter at once: the
+    base runs first, and the next tick publishes the adapter against it."""
+    from dagster_project.demo import commit_tiny_adapter
+
+    adapter = "test-org/tiny-lora"
+    commit_tiny_adapter(env.mirror / adapter, env.mirror / LLAMA, LLAMA)
+    env.write_catalog(
+        catalog_yaml(env.mirror, [{"repo_id": LLAMA, "adapters": [{"repo_id": adapter}]}])
+    )
+    first = tick(env, instance)
+    [base_run] = first.run_requests
+    assert execute_request(env, instance, base_run).success
+    second = tick(env, instance, first.cursor)
+    [adapter_run] = second.run_requests
+    assert adapter_run.job_name == "publish_adapter"
+    assert execute_request(env, instance, adapter_run).success
+    record = Registry(open_store(env.settings.store)).resolve(adapter)
+    assert (record["kind"], record["base_repo_id"], record["base_suffix"]) == (
+        "adapter",
+        LLAMA,
+        "v1",
+    )
