@@ -21,9 +21,7 @@ from assets.publishing import (
     tensorize_step,
 )
 from assets.state import BASE_TAG, SHA_TAG, pin_tag, run_tag, staged_artifact
-from dagster_project.catalog import AdapterTarget
-from resources.adapter import AdapterError, AdapterInfo, check_compatible
-from resources.dagster_resources import (
+from resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
@@ -31,10 +29,12 @@ from resources.dagster_resources import (
     RegistryResource,
     TensorizerResource,
 )
+from resources.catalog import AdapterTarget
+from resources.formats.lora import AdapterError, AdapterInfo, check_compatible
 from resources.layout import ADAPTER_TENSORS_FILE, adapter_prefix
 from resources.records import AdapterSettings
 from resources.registry import Registry, RegistryError
-from resources.serve import adapter_serve_command
+from resources.vllm.serve import adapter_serve_command
 
 
 def latest_base(registry: Registry, base_repo_id: str) -> str:

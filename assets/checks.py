@@ -2,6 +2,7 @@
 published unless all pass."""
 
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -13,6 +14,7 @@ from dagster import (
     Failure,
     MetadataValue,
     OpExecutionContext,
+    PreviewWarning,
     multi_asset_check,
 )
 
@@ -22,8 +24,7 @@ from assets.metadata import md_table
 from assets.models import tensorized_model
 from assets.partitions import adapters_partitions, models_partitions
 from assets.state import VERIFY_TAG, staged_artifact, staged_from_record
-from resources.adapter_roundtrip import AdapterRoundTrip
-from resources.dagster_resources import (
+from resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
@@ -34,8 +35,9 @@ from resources.dagster_resources import (
 from resources.layout import model_prefix, tensors_name, validation_key
 from resources.records import AdapterSettings, StagedArtifact
 from resources.registry import RegistryError
-from resources.roundtrip import RoundTrip, RoundTripReport
-from resources.store import ObjectStore
+from resources.storage.store import ObjectStore
+from resources.validation.adapter_roundtrip import AdapterRoundTrip
+from resources.validation.roundtrip import RoundTrip, RoundTripReport
 
 CHECKS = {
     "tensors_match": "Every tensor, deserialized from the store with its key and "
@@ -77,12 +79,16 @@ def check_target(
 
 
 def _specs(checks: dict[str, str], asset, partitions_def) -> list[AssetCheckSpec]:
-    return [
-        AssetCheckSpec(
-            name, asset=asset, blocking=True, description=text, partitions_def=partitions_def
-        )
-        for name, text in checks.items()
-    ]
+    """Partitioned check specs (a Dagster preview feature, used knowingly: its warning
+    would otherwise greet every CLI user)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)
+        return [
+            AssetCheckSpec(
+                name, asset=asset, blocking=True, description=text, partitions_def=partitions_def
+            )
+            for name, text in checks.items()
+        ]
 
 
 def _finish(

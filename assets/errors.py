@@ -10,25 +10,18 @@ from contextlib import contextmanager
 
 from dagster import Backoff, Failure, Jitter, RetryPolicy
 
-from dagster_project.catalog import CatalogError
-from resources.artifact import StagingFull
-from resources.hub import HubError
-from resources.keys import KeyStoreError
-from resources.registry import RegistryError
-from resources.store import StoreError
-from resources.tensorize import TensorizeError
+from resources.errors import ModelpubError
 
 TRANSIENT_RETRY = RetryPolicy(
     max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
-PERMANENT = (CatalogError, KeyStoreError, RegistryError, TensorizeError, StagingFull)
 
 
 @contextmanager
 def classified_errors() -> Iterator[None]:
+    """Every domain error becomes a `Failure` with its one-line message, retried only if
+    it is transient."""
     try:
         yield
-    except (HubError, StoreError) as exc:
+    except ModelpubError as exc:
         raise Failure(str(exc), allow_retries=exc.transient) from None
-    except PERMANENT as exc:
-        raise Failure(str(exc), allow_retries=False) from None

@@ -19,7 +19,8 @@ import json
 import os
 from collections.abc import Mapping
 
-from dagster_project.catalog import ModelEntry
+from resources.catalog import ModelEntry
+from resources.errors import ModelpubError
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -39,11 +40,11 @@ def gpu_node_selector(environ: Mapping[str, str] = os.environ) -> dict[str, str]
     try:
         labels = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{NODE_SELECTOR_ENV} is not JSON ({exc}): {raw!r}") from None
+        raise ModelpubError(f"{NODE_SELECTOR_ENV} is not JSON ({exc}): {raw!r}") from None
     if not isinstance(labels, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
-        raise ValueError(
+        raise ModelpubError(
             f"{NODE_SELECTOR_ENV} must be a JSON object of label strings, e.g. "
             f'{{"cloud.google.com/gke-accelerator": "nvidia-l4"}}; got {raw!r}'
         )

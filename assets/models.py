@@ -14,7 +14,7 @@ from assets.publishing import (
     tensorize_step,
 )
 from assets.state import SHA_TAG, pin_tag, run_tag, staged_artifact
-from resources.dagster_resources import (
+from resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
@@ -24,9 +24,9 @@ from resources.dagster_resources import (
 )
 from resources.layout import model_prefix, tensors_name
 from resources.records import ModelSettings
-from resources.serve import serve_command
-from resources.vllm_format import FormatError, resolve_format
-from resources.vllm_runner import cuda_available
+from resources.vllm.runner import cuda_available
+from resources.vllm.serve import serve_command
+from resources.vllm.tensorized import FormatError, resolve_format
 
 
 @asset(

@@ -29,13 +29,13 @@ from assets.state import (
     run_worker,
     staged_from_record,
 )
-from resources.artifact import write_artifact
-from resources.dagster_resources import (
+from resources import (
     KeyStoreResource,
     ObjectStoreResource,
     RegistryResource,
     TensorizerResource,
 )
+from resources.formats.artifact import write_artifact
 from resources.layout import registry_key, validation_key
 from resources.records import (
     SCHEMA,
@@ -45,7 +45,7 @@ from resources.records import (
     now,
 )
 from resources.registry import ALIAS, Registry, suffix_number
-from resources.store import ObjectStore
+from resources.storage.store import ObjectStore
 
 OWNERS = ["team:ml-platform"]
 
@@ -89,11 +89,13 @@ def _earlier_run_of_same_build(
     repo_id, sha, suffix = staged
     announced = set()
     states = partial(run_state, context.instance)
+    ours = set(run_lineage(context))
     while True:
         earlier = [
             r
             for r in reg.pending(repo_id, sha, settings)
             if suffix_number(r.suffix) < suffix_number(suffix)
+            and r.run_id not in ours  # an earlier attempt of this very run: not waited for
             and r.abandoned(states, timedelta(hours=24), datetime.now(UTC)) is None
         ]
         published = reg.find_by_sha(repo_id, sha, settings)

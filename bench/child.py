@@ -39,8 +39,8 @@ def current_rss() -> int:
 def publish_step(spec: dict) -> dict:
     from tensorizer import EncryptionParams
 
-    from resources.artifact import write_artifact
-    from resources.store import LocalStore
+    from resources.formats.artifact import write_artifact
+    from resources.storage.store import LocalStore
 
     idle = current_rss()
     root = Path(spec["root"])
@@ -60,17 +60,17 @@ def publish_step(spec: dict) -> dict:
 
 def plain_run(spec: dict) -> dict:
     """What `publish_model` does, step by step, without Dagster."""
-    from dagster_project.catalog import load_catalog, partition_key
     from dagster_project.settings import Settings
-    from resources import vllm_runner
-    from resources.artifact import write_artifact
-    from resources.hub import make_hub
-    from resources.keys import open_key_store
+    from resources.catalog import load_catalog, partition_key
+    from resources.formats.artifact import write_artifact
     from resources.layout import model_prefix, validation_key
     from resources.records import now
     from resources.registry import Registry
-    from resources.roundtrip import RoundTrip
-    from resources.store import open_store
+    from resources.sources.hub import make_hub
+    from resources.storage import open_store
+    from resources.storage.keys import open_key_store
+    from resources.validation.roundtrip import RoundTrip
+    from resources.vllm import runner as vllm_runner
 
     settings = Settings.from_env()
     entry = load_catalog(settings.catalog).entry(partition_key(spec["repo_id"]))

@@ -19,9 +19,9 @@ import torch
 from bench.figures import Figure, throughput, timed
 from bench.s3server import S3Server
 from resources import tensorize
-from resources.artifact import write_artifact
+from resources.formats.artifact import write_artifact
 from resources.layout import TENSORS_FILE
-from resources.store import LocalStore
+from resources.storage.store import LocalStore
 
 RAW_WRITE = "raw write + fsync"
 RAW_READ = "raw read"

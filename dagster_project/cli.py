@@ -8,9 +8,14 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dagster_project.catalog import CatalogError, ModelEntry, load_catalog, partition_key
 from dagster_project.settings import Settings
+from resources.catalog import load_catalog, partition_key
+from resources.errors import ModelpubError
+
+if TYPE_CHECKING:
+    from dagster_project.launch import Launch
 
 
 def _instance():
@@ -29,54 +34,59 @@ def _instance():
 
 def _registry(settings: Settings):
     from resources.registry import Registry
-    from resources.store import open_store
+    from resources.storage import open_store
 
     return Registry(open_store(settings.store))
 
 
 def publish(settings: Settings, key: str, force: bool = False) -> dict:
     """Run the publish job in-process for one catalog entry; returns the version record."""
-    key = partition_key(key)
-    entry = load_catalog(settings.catalog).entry(key)
-    return _run_publish(settings, "models", key, force, entry)
+    from dagster_project import launch
+
+    entry = load_catalog(settings.catalog).entry(partition_key(key))
+    return _run_publish(
+        settings, "models", launch.publish_model(entry, settings.executor, force=force)
+    )
 
 
 def publish_adapter(settings: Settings, name: str, force: bool = False) -> dict:
     """Publish a catalog adapter (repo id or partition key) against its base's `latest`."""
+    from dagster_project import launch
+
     adapter = load_catalog(settings.catalog).adapter(name)
-    return _run_publish(settings, "adapters", adapter.key, force, adapter.base)
+    return _run_publish(
+        settings, "adapters", launch.publish_adapter(adapter, settings.executor, force=force)
+    )
 
 
-# partitions -> (job, the step that takes `force`, the step that writes the record)
-PUBLISH_JOBS = {
-    "models": ("publish_model", "tensorized_model", "published_version"),
-    "adapters": ("publish_adapter", "tensorized_adapter", "published_adapter"),
-}
+# job -> the step that writes the record
+PUBLISH_STEP = {"publish_model": "published_version", "publish_adapter": "published_adapter"}
 
 
-def _run_publish(
-    settings: Settings, partitions: str, key: str, force: bool, model: ModelEntry
-) -> dict:
-    """Run a publish job in-process for one partition; returns the published record.
-    `model` (the adapter's base, for adapters) says what its GPU steps need."""
-    from assets.gpu import gpu_run_config
+def _run_publish(settings: Settings, partitions: str, run: Launch) -> dict:
+    """Run a publish job in-process for one partition; returns the published record."""
     from dagster_project.definitions import build_definitions
 
-    job, tensorize_op, publish_op = PUBLISH_JOBS[partitions]
+    if settings.executor == "k8s":
+        raise ModelpubError(
+            "MODELPUB_EXECUTOR=k8s: `modelpub publish` runs in this process, where the "
+            "Kubernetes executor cannot start step pods; start the run from the Dagster UI "
+            "(or let the sensor start it), which launches it through the instance's run "
+            "launcher with the same run config"
+        )
+
     defs = build_definitions(settings)
     instance = _instance()
-    if not instance.has_dynamic_partition(partitions, key):
-        instance.add_dynamic_partitions(partitions, [key])
-    result = defs.resolve_job_def(job).execute_in_process(
+    if not instance.has_dynamic_partition(partitions, run.partition_key):
+        instance.add_dynamic_partitions(partitions, [run.partition_key])
+    result = defs.resolve_job_def(run.job_name).execute_in_process(
         instance=instance,
-        partition_key=key,
-        run_config={
-            "ops": {tensorize_op: {"config": {"force": force}}},
-            # pods for GPU steps where the executor makes them; kept on re-execution
-            **gpu_run_config(model, settings.executor),
-        },
+        partition_key=run.partition_key,
+        tags=run.tags,
+        run_config=run.run_config,
         raise_on_error=False,
     )
+    key, publish_op = run.partition_key, PUBLISH_STEP[run.job_name]
     failed_checks = [
         f"{e.check_name}: {e.description or 'see the check metadata in the Dagster UI'}"
         for e in result.get_asset_check_evaluations()
@@ -100,7 +110,7 @@ def _root_cause(error) -> str:
     return re.sub(r"^[\w.]+: ", "", error.message.strip())
 
 
-class PublishFailed(RuntimeError):
+class PublishFailed(ModelpubError):
     def __init__(self, key: str, run_id: str, failed_checks: list[str], errors: list[str]):
         lines = [f"publishing {key} failed (Dagster run {run_id}); nothing was published"]
         lines += [f"  check failed: {c}" for c in failed_checks]
@@ -156,16 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--new-commit", action="store_true", help="commit new random weights first")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    from resources.adapter import AdapterError
-    from resources.keys import KeyStoreError
-    from resources.registry import RegistryError
-    from resources.store import StoreError
-
-    errors = (CatalogError, PublishFailed, RegistryError, StoreError, KeyStoreError, AdapterError)
     try:
-        return COMMANDS[args.command](settings, args)
-    except errors as exc:
+        return COMMANDS[args.command](Settings.from_env(), args)
+    except ModelpubError as exc:
         print(f"modelpub: {exc}", file=sys.stderr)
         return 1
 
@@ -200,7 +203,7 @@ def _cmd_resolve(settings: Settings, args) -> int:
 
 
 def _keyfile(settings: Settings, record: dict) -> str | None:
-    from resources.keys import LocalStore, open_key_store
+    from resources.storage.keys import LocalStore, open_key_store
 
     keys = open_key_store(settings.keys, settings.store)
     if record.get("key_id") and isinstance(keys.store, LocalStore):
@@ -209,7 +212,7 @@ def _keyfile(settings: Settings, record: dict) -> str | None:
 
 
 def _cmd_serve_command(settings: Settings, args) -> int:
-    from resources.serve import adapter_serve_command, serve_command
+    from resources.vllm.serve import adapter_serve_command, serve_command
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -223,8 +226,8 @@ def _cmd_serve_command(settings: Settings, args) -> int:
 
 
 def _cmd_verify(settings: Settings, args) -> int:
-    from resources.integrity import verify_published
-    from resources.keys import open_key_store
+    from resources.storage.keys import open_key_store
+    from resources.validation.integrity import verify_published
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -241,9 +244,9 @@ def _cmd_verify(settings: Settings, args) -> int:
 
 
 def _cmd_fetch_adapter(settings: Settings, args) -> int:
-    from resources.adapter import AdapterError, restore_adapter
-    from resources.keys import open_key_store
+    from resources.formats.lora import AdapterError, restore_adapter
     from resources.layout import record_location
+    from resources.storage.keys import open_key_store
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -306,7 +309,7 @@ def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
 
 
 def _cmd_fetch_config(settings: Settings, args) -> int:
-    from resources.artifact import fetch_config
+    from resources.formats.artifact import fetch_config
     from resources.layout import model_prefix
 
     registry = _registry(settings)
@@ -327,7 +330,7 @@ def _cmd_gc(settings: Settings, args) -> int:
     from datetime import timedelta
 
     from resources import gc
-    from resources.keys import open_key_store
+    from resources.storage.keys import open_key_store
 
     registry = _registry(settings)
     keys = open_key_store(settings.keys, settings.store)

@@ -7,12 +7,11 @@ from dagster import Definitions, ExecutorDefinition, multiprocess_executor
 from assets.adapters import adapter_snapshot, published_adapter, tensorized_adapter
 from assets.checks import adapter_roundtrip_checks, roundtrip_checks
 from assets.models import model_snapshot, published_version, tensorized_model
-from dagster_project.catalog import load_catalog
 from dagster_project.jobs import publish_adapter_job, publish_model_job, reverify_model_job
 from dagster_project.schedules import build_reverify_schedule, build_rotate_schedule
 from dagster_project.sensors import build_revision_sensor
 from dagster_project.settings import Settings
-from resources.dagster_resources import (
+from resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
@@ -21,7 +20,9 @@ from resources.dagster_resources import (
     TensorizerResource,
     VllmResource,
 )
-from resources.s3_store import ARTIFACT_ENV, KEYS_ENV, dagster_s3_config
+from resources.catalog import load_catalog
+from resources.errors import ModelpubError
+from resources.storage.s3 import ARTIFACT_ENV, KEYS_ENV, dagster_s3_config
 
 
 def executor_def(name: str) -> ExecutorDefinition:
@@ -32,7 +33,7 @@ def executor_def(name: str) -> ExecutorDefinition:
         return k8s_job_executor
     if name == "multiprocess":
         return multiprocess_executor
-    raise ValueError(f"MODELPUB_EXECUTOR={name!r}: use 'multiprocess' or 'k8s'")
+    raise ModelpubError(f"MODELPUB_EXECUTOR={name!r}: use 'multiprocess' or 'k8s'")
 
 
 def build_definitions(settings: Settings) -> Definitions:
@@ -52,10 +53,10 @@ def build_definitions(settings: Settings) -> Definitions:
         ],
         asset_checks=[roundtrip_checks, adapter_roundtrip_checks],
         jobs=[publish_model_job, publish_adapter_job, reverify_model_job],
-        sensors=[build_revision_sensor(automation.watch)],
+        sensors=[build_revision_sensor(automation.watch, settings.executor)],
         schedules=[
-            build_reverify_schedule(automation.reverify),
-            build_rotate_schedule(automation.rotate_keys),
+            build_reverify_schedule(automation.reverify, settings.executor),
+            build_rotate_schedule(automation.rotate_keys, settings.executor),
         ],
         executor=executor_def(settings.executor),
         resources={

@@ -19,12 +19,12 @@ from dagster import (
     schedule,
 )
 
-from assets.state import ALIASES_TAG, PARTITION_TAG, ROTATED_FROM_TAG, SHA_TAG, VERIFY_TAG
-from dagster_project.catalog import Catalog, ModelEntry, RepublishSpec
+from dagster_project import launch
 from dagster_project.jobs import publish_model_job, reverify_model_job
-from resources.dagster_resources import CatalogResource, RegistryResource
+from resources import CatalogResource, RegistryResource
+from resources.catalog import Catalog, ModelEntry, RepublishSpec
 from resources.registry import Registry, RegistryError
-from resources.store import StoreError
+from resources.storage.store import StoreError
 
 
 def alias_targets(
@@ -55,7 +55,7 @@ def _run_key(entry: ModelEntry, record: dict, context: ScheduleEvaluationContext
     return f"{entry.key}@{record['suffix']}/{context.scheduled_execution_time.isoformat()}"
 
 
-def build_reverify_schedule(spec: RepublishSpec) -> ScheduleDefinition:
+def build_reverify_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefinition:
     @schedule(
         name="reverify_published",
         cron_schedule=spec.cron,
@@ -73,19 +73,13 @@ def build_reverify_schedule(spec: RepublishSpec) -> ScheduleDefinition:
         if not targets:
             yield SkipReason(f"no published version behind {', '.join(spec.aliases)}")
         for entry, record, _ in targets:
-            yield RunRequest(
-                run_key=_run_key(entry, record, context),
-                tags={
-                    PARTITION_TAG: entry.key,
-                    VERIFY_TAG: record["suffix"],
-                    SHA_TAG: record["hf_sha"],
-                },
-            )
+            run = launch.reverify_model(entry, record["suffix"], record["hf_sha"], executor)
+            yield run.run_request(_run_key(entry, record, context))
 
     return reverify_published
 
 
-def build_rotate_schedule(spec: RepublishSpec) -> ScheduleDefinition:
+def build_rotate_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefinition:
     @schedule(
         name="rotate_keys",
         cron_schedule=spec.cron,
@@ -108,15 +102,14 @@ def build_rotate_schedule(spec: RepublishSpec) -> ScheduleDefinition:
         if not targets:
             yield SkipReason(f"no encrypted version behind {', '.join(spec.aliases)}")
         for entry, record, names in targets:
-            yield RunRequest(
-                run_key=_run_key(entry, record, context),
-                partition_key=entry.key,
-                run_config={"ops": {"tensorized_model": {"config": {"force": True}}}},
-                tags={
-                    SHA_TAG: record["hf_sha"],
-                    ALIASES_TAG: ",".join(names),
-                    ROTATED_FROM_TAG: record["suffix"],
-                },
+            run = launch.publish_model(
+                entry,
+                executor,
+                sha=record["hf_sha"],
+                force=True,
+                aliases=names,
+                rotated_from=record["suffix"],
             )
+            yield run.run_request(_run_key(entry, record, context))
 
     return rotate_keys

@@ -16,7 +16,6 @@ from dagster import (
     AddDynamicPartitionsRequest,
     DagsterInstance,
     DefaultSensorStatus,
-    RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -24,12 +23,12 @@ from dagster import (
 )
 
 from assets.partitions import adapters_partitions, models_partitions
-from assets.state import SHA_TAG
-from dagster_project.catalog import Catalog, WatchSpec
+from dagster_project import launch
 from dagster_project.jobs import publish_adapter_job, publish_model_job
-from resources.dagster_resources import CatalogResource, HubResource, RegistryResource
-from resources.store import StoreError
-from resources.watch import WatchCursor, WatchedItem, poll
+from resources import CatalogResource, HubResource, RegistryResource
+from resources.catalog import Catalog, WatchSpec
+from resources.sources.watch import WatchCursor, WatchedItem, poll
+from resources.storage.store import StoreError
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -84,6 +83,7 @@ def new_partitions(
 
 def build_revision_sensor(
     spec: WatchSpec,
+    executor: str,
     jobs: Sequence[UnresolvedAssetJobDefinition] = (publish_model_job, publish_adapter_job),
 ) -> SensorDefinition:
     @sensor(
@@ -130,14 +130,18 @@ def build_revision_sensor(
             if published is not None:
                 context.log.info(f"{item.name}@{sha[:12]} is already {published['suffix']}")
                 continue
-            requests.append(
-                RunRequest(
-                    run_key=f"{item.name}@{sha}",
-                    job_name=item.job,
-                    partition_key=item.partition,
-                    tags={SHA_TAG: sha},
-                )
-            )
+            if item.job == publish_adapter_job.name:
+                target = cat.adapter(item.partition)
+                if "latest" not in reg.aliases(target.base.repo_id):
+                    # Not requested yet, and not marked seen: asked again on a later tick,
+                    # once the base (requested now, perhaps) has a published version.
+                    context.log.info(f"{item.name}: waits until {target.base.repo_id} is published")
+                    result.cursor.seen[item.name] = previous.seen.get(item.name, "")
+                    continue
+                run = launch.publish_adapter(target, executor, sha=sha)
+            else:
+                run = launch.publish_model(cat.entry(item.partition), executor, sha=sha)
+            requests.append(run.run_request(run_key=f"{item.name}@{sha}"))
         return SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=new_partitions(context.instance, items),

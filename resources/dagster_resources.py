@@ -7,12 +7,13 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 
-from dagster_project.catalog import Catalog, HubSpec, load_catalog
-from resources import vllm_runner
-from resources.hub import Hub, make_hub
-from resources.keys import KeyStore, open_key_store
+from resources.catalog import Catalog, HubSpec, load_catalog
 from resources.registry import Registry
-from resources.store import ObjectStore, open_store
+from resources.sources.hub import Hub, make_hub
+from resources.storage import open_store
+from resources.storage.keys import KeyStore, open_key_store
+from resources.storage.store import ObjectStore
+from resources.vllm import runner as vllm_runner
 
 
 class CatalogResource(ConfigurableResource):

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from resources import layout
-from resources.keys import KeyStore
 from resources.layout import record_location
 from resources.records import Reservation, RunState
 from resources.registry import Registry
+from resources.storage.keys import KeyStore
 
 Version = tuple[str, str]  # (repo id, suffix)
 

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 
 from resources import layout
+from resources.errors import ModelpubError
 from resources.layout import SUFFIX
 from resources.records import (
     SCHEMA,
@@ -26,12 +27,12 @@ from resources.records import (
     now,
     settings_of,
 )
-from resources.store import NotFound, ObjectStore
+from resources.storage.store import NotFound, ObjectStore
 
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ModelpubError):
     pass
 
 

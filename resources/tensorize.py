@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
+from resources.errors import ModelpubError
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 BATCH_BYTES = 256 << 20  # source tensors held in memory at once while publishing
 
 
-class TensorizeError(RuntimeError):
+class TensorizeError(ModelpubError):
     pass
 
 
@@ -349,3 +351,17 @@ def compare_published(
         seen.add(name)
     rows += [compare_tensor(n, source.get(n), None) for n in source.names() if n not in seen]
     return sorted(rows, key=lambda r: r["name"])
+
+
+def describe_load_error(exc: Exception, uri: str, key_id: str | None) -> str:
+    """Say what a failure to read the artifact means for the person who sees it."""
+    from tensorizer.serialization import CryptographyError, HashMismatchError
+
+    if isinstance(exc, CryptographyError):
+        return (
+            f"key {key_id!r} does not decrypt {uri}: the key is wrong or the file was "
+            f"modified after publishing ({exc})"
+        )
+    if isinstance(exc, HashMismatchError):
+        return f"{uri} is corrupted: a tensor's hash does not match its header ({exc})"
+    return f"cannot read {uri}: {type(exc).__name__}: {exc}"

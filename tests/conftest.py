@@ -91,6 +91,20 @@ def activate(monkeypatch: pytest.MonkeyPatch, settings: Settings, dagster_home: 
         monkeypatch.setenv(name, value)
 
 
+def execute_request(env: Env, instance, request):
+    """Run what a sensor or schedule requested, in-process, as the daemon would launch it."""
+    from dagster_project.definitions import build_definitions
+
+    job = build_definitions(env.settings).resolve_job_def(request.job_name)
+    return job.execute_in_process(
+        instance=instance,
+        partition_key=request.partition_key,
+        run_config=request.run_config,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+
+
 @pytest.fixture
 def instance(env):
     """A real Dagster instance (SQLite) in the test's DAGSTER_HOME."""

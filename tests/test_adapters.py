@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from dagster_project.catalog import CatalogError, parse_catalog
 from dagster_project.cli import PublishFailed, main, publish, publish_adapter
 from dagster_project.demo import commit_tiny_adapter
 from resources import tensorize
-from resources.adapter import ADAPTER_WEIGHTS, AdapterError, check_compatible, restore_adapter
-from resources.artifact import write_artifact
-from resources.keys import open_key_store
+from resources.catalog import CatalogError, parse_catalog
+from resources.formats.artifact import write_artifact
+from resources.formats.lora import ADAPTER_WEIGHTS, AdapterError, check_compatible, restore_adapter
 from resources.layout import ADAPTER_TENSORS_FILE
 from resources.registry import Registry
-from resources.store import LocalStore
+from resources.storage.keys import open_key_store
+from resources.storage.store import LocalStore
 from tests.conftest import LLAMA, OPT, Env, activate, catalog_yaml, home_settings
 
 LORA = "test-org/tiny-llama-lora"  # fits the Llama and changes its outputs

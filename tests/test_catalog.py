@@ -2,8 +2,8 @@
 
 import pytest
 
-from dagster_project.catalog import CatalogError, load_catalog, parse_catalog
 from dagster_project.definitions import build_definitions
+from resources.catalog import CatalogError, load_catalog, parse_catalog
 
 GOOD = """
 hubs:

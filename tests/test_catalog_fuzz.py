@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dagster_project.catalog import CatalogError, load_catalog
+from resources.catalog import CatalogError, load_catalog
 
 VALID = {
     "hubs": {"mirror": {"kind": "git_mirror", "root": "mirrors"}},

@@ -14,7 +14,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 
 from assets.gpu import gpu_node_selector
 from resources.registry import Registry
-from resources.store import LocalStore
+from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
 from tests.postgres import postgres  # noqa: F401 - the fixture
 

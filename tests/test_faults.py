@@ -11,7 +11,7 @@ import pytest
 
 from dagster_project.cli import PublishFailed, main, publish
 from resources.registry import Registry, RegistryError
-from resources.store import LocalStore
+from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
 
 pytestmark = pytest.mark.vllm

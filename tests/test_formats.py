@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from dagster_project.cli import PublishFailed, main, publish
-from resources.artifact import write_artifact
+from resources.formats.artifact import write_artifact
 from resources.layout import RANK_TEMPLATE, tensors_name
 from resources.registry import Registry
-from resources.roundtrip import RoundTrip, RoundTripReport
-from resources.store import LocalStore
-from resources.vllm_format import FormatError, resolve_format, tensors_files
-from resources.vllm_runner import cuda_available
+from resources.storage.store import LocalStore
+from resources.validation.roundtrip import RoundTrip, RoundTripReport
+from resources.vllm.runner import cuda_available
+from resources.vllm.tensorized import FormatError, resolve_format, tensors_files
 from tests.conftest import LLAMA, PROMPTS
 
 REPO = "org/sharded"
@@ -220,7 +220,7 @@ def test_verify_reads_every_rank_file(env, capsys):
     and a missing rank is named. (Rank files written with tensorizer directly: vLLM writes
     real ones only on a CUDA host.)"""
     from resources import tensorize
-    from resources.keys import open_key_store
+    from resources.storage.keys import open_key_store
 
     store = LocalStore(env.settings.store)
     keys = open_key_store(env.settings.keys, env.settings.store)

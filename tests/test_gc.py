@@ -10,13 +10,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dagster_project import cli
-from dagster_project.catalog import CatalogError, load_catalog
 from resources import gc
-from resources.keys import open_key_store
+from resources.catalog import CatalogError, load_catalog
 from resources.layout import adapter_prefix, model_prefix, registry_key
 from resources.records import Worker
 from resources.registry import Registry
-from resources.store import LocalStore, open_store
+from resources.storage import open_store
+from resources.storage.keys import open_key_store
+from resources.storage.store import LocalStore
 
 REPO = "org/model"
 RUNS = {"failed-run": "finished", "live-run": "running"}  # anything else: unknown

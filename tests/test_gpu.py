@@ -16,8 +16,9 @@ from dagster_k8s.job import (
 )
 
 from assets.gpu import GPU_STEPS, K8S_CONFIG_TAG, gpu_node_selector, gpu_run_config
-from dagster_project.catalog import load_catalog
 from dagster_project.definitions import build_definitions
+from resources.catalog import load_catalog
+from resources.errors import ModelpubError
 from tests.conftest import LLAMA, OPT
 
 
@@ -94,10 +95,11 @@ def test_gpu_node_labels_come_from_the_environment():
     assert gpu_node_selector({"MODELPUB_GPU_NODE_SELECTOR": json.dumps(gke)}) == gke
     assert gpu_node_selector({}) == {"nvidia.com/gpu.present": "true"}
     for bad in ("nvidia-l4", '["a"]', '{"a": 1}'):
-        with pytest.raises(ValueError, match="MODELPUB_GPU_NODE_SELECTOR"):
+        with pytest.raises(ModelpubError, match="MODELPUB_GPU_NODE_SELECTOR"):
             gpu_node_selector({"MODELPUB_GPU_NODE_SELECTOR": bad})
 
 
 def test_an_unknown_executor_is_refused(env):
-    with pytest.raises(ValueError, match="MODELPUB_EXECUTOR='celery': use 'multiprocess' or 'k8s'"):
+    refused = "MODELPUB_EXECUTOR='celery': use 'multiprocess' or 'k8s'"
+    with pytest.raises(ModelpubError, match=refused):
         build_definitions(dataclasses.replace(env.settings, executor="celery"))

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from resources.hub import GitMirrorHub, HubError, HuggingFaceHub
+from resources.sources.hub import GitMirrorHub, HubError, HuggingFaceHub
 from tests.conftest import LLAMA
 from tests.fake_hub import FakeHub
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 
 from dagster_project.cli import main
-from resources.artifact import write_artifact
-from resources.keys import open_key_store
+from resources.formats.artifact import write_artifact
 from resources.layout import model_prefix
 from resources.registry import Registry
-from resources.store import LocalStore
+from resources.storage.keys import open_key_store
+from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
 
 REF = f"{LLAMA}@v1"

@@ -16,7 +16,7 @@ from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model
 from resources.records import StagedArtifact
 from resources.registry import Registry
-from resources.store import LocalStore
+from resources.storage.store import LocalStore
 from tests.conftest import LLAMA, OPT
 
 pytestmark = pytest.mark.vllm

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from resources import tensorize
-from resources.artifact import check_files, write_artifact
+from resources.formats.artifact import check_files, write_artifact
 from resources.layout import TENSORS_FILE
-from resources.store import LocalStore
+from resources.storage.store import LocalStore
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_staged_file_on_another_filesystem_is_copied(tmp_path: Path):
 
 
 def test_git_mirror_streams_a_commit_and_refuses_an_absent_one(mirror_template, tmp_path: Path):
-    from resources.hub import GitMirrorHub, HubError
+    from resources.sources.hub import GitMirrorHub, HubError
     from tests.conftest import LLAMA
 
     hub = GitMirrorHub(mirror_template)

@@ -6,7 +6,7 @@ import pytest
 
 from resources.records import ModelSettings
 from resources.registry import Registry, RegistryError
-from resources.store import LocalStore
+from resources.storage.store import LocalStore
 
 
 def record(suffix: str, sha: str = "a" * 40, **extra) -> dict:

@@ -21,10 +21,10 @@ import pytest
 from dagster_project import cli
 from dagster_project.demo import commit_tiny_model, git
 from resources import gc
-from resources.keys import open_key_store
 from resources.registry import Registry
-from resources.s3_store import parse_s3_uri
-from resources.store import open_store
+from resources.storage import open_store
+from resources.storage.keys import open_key_store
+from resources.storage.s3 import parse_s3_uri
 from tests.conftest import LLAMA, catalog_yaml, use_s3
 from tests.s3_server import ARTIFACTS_BUCKET, IDENTITIES, SeaweedS3
 

@@ -9,7 +9,7 @@ import pytest
 
 from resources.layout import model_prefix
 from resources.registry import Registry, suffix_number
-from resources.store import open_store
+from resources.storage import open_store
 
 pytestmark = pytest.mark.s3
 

@@ -10,9 +10,10 @@ import torch
 
 from dagster_project.definitions import build_definitions
 from resources import tensorize
-from resources.keys import KeyStoreError, open_key_store
-from resources.s3_store import S3Store
-from resources.store import NotFound, StoreError, open_store
+from resources.storage import open_store
+from resources.storage.keys import KeyStoreError, open_key_store
+from resources.storage.s3 import S3Store
+from resources.storage.store import NotFound, StoreError
 from tests.s3_server import IDENTITIES, free_ports
 
 pytestmark = pytest.mark.s3

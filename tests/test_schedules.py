@@ -10,12 +10,12 @@ import yaml
 from dagster import RunRequest, build_schedule_context
 
 from assets.state import ALIASES_TAG, PARTITION_TAG, ROTATED_FROM_TAG, SHA_TAG, VERIFY_TAG
-from dagster_project.catalog import CatalogError, load_catalog
 from dagster_project.cli import publish
 from dagster_project.definitions import build_definitions
+from resources.catalog import CatalogError, load_catalog
 from resources.registry import Registry
-from resources.store import open_store
-from tests.conftest import LLAMA, OPT, catalog_yaml
+from resources.storage import open_store
+from tests.conftest import LLAMA, OPT, catalog_yaml, execute_request
 
 LLAMA_KEY, OPT_KEY = LLAMA.replace("/", "__"), OPT.replace("/", "__")
 TICK = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
@@ -36,17 +36,6 @@ def evaluate(env, instance, name: str) -> list[RunRequest]:
         repository_def=defs.get_repository_def(),
     ) as ctx:
         return list(schedule.evaluate_tick(ctx).run_requests or [])
-
-
-def execute(env, instance, request: RunRequest, job: str):
-    defs = build_definitions(env.settings)
-    return defs.resolve_job_def(job).execute_in_process(
-        instance=instance,
-        partition_key=request.partition_key,
-        run_config=request.run_config,
-        tags=request.tags,
-        raise_on_error=False,
-    )
 
 
 def fake_versions(env) -> Registry:
@@ -150,7 +139,7 @@ def test_rotation_republishes_with_a_new_key_and_reverify_checks_the_aliased_ver
     registry.move_alias(LLAMA, "stable", first["suffix"])
 
     [rotation] = evaluate(env, instance, "rotate_keys")
-    assert execute(env, instance, rotation, "publish_model").success
+    assert execute_request(env, instance, rotation).success
 
     second = registry.resolve(f"{LLAMA}@stable")
     assert (first["suffix"], second["suffix"]) == ("v1", "v2")
@@ -172,7 +161,7 @@ def test_rotation_republishes_with_a_new_key_and_reverify_checks_the_aliased_ver
     requests = evaluate(env, instance, "reverify_published")
     assert {r.tags[VERIFY_TAG] for r in requests} == {"v1", "v2"}
     [old] = [r for r in requests if r.tags[VERIFY_TAG] == "v1"]
-    verified = execute(env, instance, old, "reverify_model")
+    verified = execute_request(env, instance, old)
 
     assert not verified.success
     evaluations = {e.check_name: e for e in verified.get_asset_check_evaluations()}

@@ -12,6 +12,7 @@ import shutil
 import time
 from collections import Counter
 
+import pytest
 import yaml
 from dagster import SensorResult, build_sensor_context
 
@@ -19,8 +20,8 @@ from assets.state import SHA_TAG
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model, git
 from resources.registry import Registry
-from resources.store import open_store
-from tests.conftest import LLAMA, OPT, catalog_yaml
+from resources.storage import open_store
+from tests.conftest import LLAMA, OPT, catalog_yaml, execute_request
 from tests.fake_hub import FakeHub
 
 LLAMA_KEY, OPT_KEY = LLAMA.replace("/", "__"), OPT.replace("/", "__")
@@ -193,9 +194,19 @@ def test_adapters_are_watched_too(env, instance):
     env.write_catalog(
         catalog_yaml(env.mirror, [{"repo_id": LLAMA, "adapters": [{"repo_id": adapter}]}])
     )
+    # First tick: the base has no published version, so only the base is requested; the
+    # adapter is not marked seen, and is asked again once the base is published.
     first = tick(env, instance)
+    assert [r.job_name for r in first.run_requests] == ["publish_model"]
+    again = tick(env, instance, first.cursor)
+    assert again.run_requests == []
+
+    registry = Registry(open_store(env.settings.store))  # what the base's run leaves
+    registry.publish({"repo_id": LLAMA, "suffix": "v1", "hf_sha": head(env, LLAMA)})
+    registry.move_alias(LLAMA, "latest", "v1")
+    first = tick(env, instance, again.cursor)
     runs = {r.job_name: r for r in first.run_requests}
-    assert set(runs) == {"publish_model", "publish_adapter"}
+    assert set(runs) == {"publish_adapter"}
     key = runs["publish_adapter"].partition_key
     assert runs["publish_adapter"].run_key == f"adapter:{key}@{sha}"
     assert key in instance.get_dynamic_partitions("adapters")
@@ -205,3 +216,29 @@ def test_adapters_are_watched_too(env, instance):
     assert [(r.job_name, r.tags[SHA_TAG]) for r in second.run_requests] == [
         ("publish_adapter", new_sha)
     ]
+
+
+@pytest.mark.vllm
+def test_an_adapter_found_with_its_base_is_published_after_it(env, instance):
+    """The sensor's first tick for a new entry sees the base and its adapter at once: the
+    base runs first, and the next tick publishes the adapter against it."""
+    from dagster_project.demo import commit_tiny_adapter
+
+    adapter = "test-org/tiny-lora"
+    commit_tiny_adapter(env.mirror / adapter, env.mirror / LLAMA, LLAMA)
+    env.write_catalog(
+        catalog_yaml(env.mirror, [{"repo_id": LLAMA, "adapters": [{"repo_id": adapter}]}])
+    )
+    first = tick(env, instance)
+    [base_run] = first.run_requests
+    assert execute_request(env, instance, base_run).success
+    second = tick(env, instance, first.cursor)
+    [adapter_run] = second.run_requests
+    assert adapter_run.job_name == "publish_adapter"
+    assert execute_request(env, instance, adapter_run).success
+    record = Registry(open_store(env.settings.store)).resolve(adapter)
+    assert (record["kind"], record["base_repo_id"], record["base_suffix"]) == (
+        "adapter",
+        LLAMA,
+        "v1",
+    )

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from resources import tensorize
-from resources.keys import KeyStoreError, open_key_store
-from resources.roundtrip import describe_load_error
+from resources.storage.keys import KeyStoreError, open_key_store
 from tests.conftest import LLAMA, OPT
 
 
@@ -56,7 +55,7 @@ def test_wrong_key_is_refused_with_a_clear_error(weights, tmp_path):
     tensorize.serialize(weights, path, EncryptionParams.random().key)
     with pytest.raises(Exception) as info:
         tensorize.deserialize(str(path), EncryptionParams.random().key)
-    message = describe_load_error(info.value, str(path), "org__m/v1")
+    message = tensorize.describe_load_error(info.value, str(path), "org__m/v1")
     assert message.startswith(f"key 'org__m/v1' does not decrypt {path}")
 
 
@@ -70,7 +69,7 @@ def test_one_flipped_byte_is_caught(weights, tmp_path, encrypt):
     flip_byte(path)
     with pytest.raises(Exception) as info:
         tensorize.deserialize(str(path), key)
-    message = describe_load_error(info.value, str(path), "k")
+    message = tensorize.describe_load_error(info.value, str(path), "k")
     assert ("is corrupted" in message) or ("modified after publishing" in message)
 
 

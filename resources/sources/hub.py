@@ -15,15 +15,13 @@ import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from resources.errors import ModelpubError
+
 SHA_LEN = 40
 
 
-class HubError(RuntimeError):
+class HubError(ModelpubError):
     """The hub could not answer; `transient` says whether a retry may help."""
-
-    def __init__(self, message: str, transient: bool = False):
-        super().__init__(message)
-        self.transient = transient
 
 
 class Hub(ABC):

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resources import tensorize
+from resources.errors import ModelpubError
 from resources.layout import ADAPTER_TENSORS_FILE
-from resources.roundtrip import describe_load_error
-from resources.store import ObjectStore
+from resources.storage.store import ObjectStore
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -36,7 +36,7 @@ LORA_DIMS = {
 }
 
 
-class AdapterError(RuntimeError):
+class AdapterError(ModelpubError):
     """An adapter that cannot be published or restored; the message says why and what to do."""
 
 
@@ -171,7 +171,7 @@ def restore_adapter(
                     tensors = tensorize.deserialize(str(path), key)
                 except Exception as exc:  # noqa: BLE001 - reported with what it means
                     uri = store.uri(f"{prefix}/{name}")
-                    raise AdapterError(describe_load_error(exc, uri, key_id)) from None
+                    raise AdapterError(tensorize.describe_load_error(exc, uri, key_id)) from None
                 save_file(tensors, staged / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         with contextlib.suppress(FileNotFoundError):
             dest.rmdir()

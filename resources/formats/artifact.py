@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resources import tensorize, vllm_format
+from resources import tensorize
+from resources.errors import ModelpubError
 from resources.layout import TENSORS_FILE
-from resources.store import NotFound, ObjectStore, StoreError
+from resources.storage.store import NotFound, ObjectStore, StoreError
+from resources.vllm import tensorized as vllm_format
 
 
-class StagingFull(OSError):
+class StagingFull(ModelpubError):
     """The local staging disk filled up; retrying will not help until space is freed."""
 
 
@@ -72,7 +74,7 @@ def write_artifact(
     """Serialize the snapshot's weights to `tensors_file` and upload them with its other files.
 
     `dtype` None keeps the weights' own dtypes. `fmt` `vllm` has vLLM serialize its model
-    instead (resources/vllm_format.py), one file per rank, `tensors_file` then being the
+    instead (resources/vllm/tensorized.py), one file per rank, `tensors_file` then being the
     per-rank template. Staged tensors files are moved, not copied, into a store that can
     (a local store on the same filesystem). On failure, whatever was uploaded under
     `prefix` is removed again (best effort; nothing there is visible to serving code

@@ -7,7 +7,7 @@ then fails (`'QKVParallelLinear' object has no attribute 'cpu_linear'`). Registe
 under `vllm.general_plugins`, this wraps that path to make the missing call, and
 only where the installed vLLM lacks it.
 
-The publisher's vLLM-format serializer (resources/vllm_format.py) sets OFFLINE_ENV; the
+The publisher's vLLM-format serializer (resources/vllm/tensorized.py) sets OFFLINE_ENV; the
 plugin then skips vLLM's Hub download of config files in every process of that engine,
 tensor-parallel workers included (plugins load in each of them).
 """
@@ -25,7 +25,7 @@ def needs_fix(loader_cls: type) -> bool:
 
 
 def register() -> None:
-    from resources.vllm_format import OFFLINE_ENV, skip_hub_artifacts
+    from resources.vllm.tensorized import OFFLINE_ENV, skip_hub_artifacts
 
     if os.environ.get(OFFLINE_ENV):
         skip_hub_artifacts()

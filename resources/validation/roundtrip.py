@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from resources import tensorize, validation
-from resources.artifact import check_files
+from resources import tensorize
+from resources.formats.artifact import check_files
 from resources.layout import tensors_name
-from resources.store import ObjectStore
-from resources.vllm_format import tensors_files
-from resources.vllm_runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
+from resources.storage.store import ObjectStore
+from resources.validation import expectations
+from resources.vllm.runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
+from resources.vllm.tensorized import tensors_files
 
 
 @dataclass
@@ -87,20 +88,6 @@ class RoundTripReport:
         return {"passed": self.passed, "summary": self.summary(), **asdict(self)}
 
 
-def describe_load_error(exc: Exception, uri: str, key_id: str | None) -> str:
-    """Say what a failure to read the artifact means for the person who sees it."""
-    from tensorizer.serialization import CryptographyError, HashMismatchError
-
-    if isinstance(exc, CryptographyError):
-        return (
-            f"key {key_id!r} does not decrypt {uri}: the key is wrong or the file was "
-            f"modified after publishing ({exc})"
-        )
-    if isinstance(exc, HashMismatchError):
-        return f"{uri} is corrupted: a tensor's hash does not match its header ({exc})"
-    return f"cannot read {uri}: {type(exc).__name__}: {exc}"
-
-
 @dataclass
 class RoundTrip:
     """Everything needed to check one published artifact against its source snapshot."""
@@ -135,7 +122,7 @@ class RoundTrip:
                 else:
                     rows = tensorize.compare_published(source, published)
             except Exception as exc:  # noqa: BLE001 - any failure to read back fails the check
-                report.tensors_error = describe_load_error(exc, uri, self.key_id)
+                report.tensors_error = tensorize.describe_load_error(exc, uri, self.key_id)
                 return
             report.tensors += rows
         if source is None:
@@ -175,7 +162,7 @@ class RoundTrip:
         report = RoundTripReport()
         self.check_tensors(report)
         self.check_generations(report, generate)
-        report.expectations = validation.run_expectations(
+        report.expectations = expectations.run_expectations(
             report.tensors,
             report.generations,
             self.tolerance,

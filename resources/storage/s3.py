@@ -32,7 +32,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
-from resources.store import NotFound, ObjectStore, StoreError
+from resources.storage.store import NotFound, ObjectStore, StoreError
 
 ARTIFACT_ENV = "MODELPUB_S3"
 KEYS_ENV = "MODELPUB_KEYS_S3"

@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from resources.errors import ModelpubError
+
 ENGINE_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: faster start on CPU
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default would take a large slice of RAM
@@ -26,8 +28,8 @@ ENGINE_ENV = {
 }
 
 
-class VllmRunError(RuntimeError):
-    pass
+class VllmRunError(ModelpubError):
+    transient = True  # an engine that failed to start (memory, a port) may start next time
 
 
 @dataclass
@@ -98,7 +100,7 @@ def run_child(
 
 def generate(spec: GenerationSpec, timeout_s: float = 900) -> dict:
     """Start an engine in a child process and return its generations and timings."""
-    return run_child("resources.vllm_runner", asdict(spec), timeout_s)
+    return run_child("resources.vllm.runner", asdict(spec), timeout_s)
 
 
 def compare_generations(source: dict, published: dict, tolerance: float) -> list[dict]:

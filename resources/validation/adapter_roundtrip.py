@@ -14,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources import tensorize, validation
-from resources.adapter import AdapterError, restore_adapter
-from resources.artifact import check_files
-from resources.roundtrip import RoundTripReport
-from resources.store import ObjectStore
-from resources.vllm_runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
+from resources import tensorize
+from resources.formats.artifact import check_files
+from resources.formats.lora import AdapterError, restore_adapter
+from resources.storage.store import ObjectStore
+from resources.validation import expectations
+from resources.validation.roundtrip import RoundTripReport
+from resources.vllm.runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
 
 
 @dataclass
@@ -101,7 +102,7 @@ class AdapterRoundTrip:
             restored = Path(tmp) / "restored"
             self.check_tensors(report, restored)
             self.check_generations(report, restored, generate)
-        report.expectations = validation.run_expectations(
+        report.expectations = expectations.run_expectations(
             report.tensors,
             report.generations,
             self.tolerance,

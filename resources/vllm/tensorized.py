@@ -15,16 +15,17 @@ import sys
 import time
 from pathlib import Path
 
+from resources.errors import ModelpubError
 from resources.layout import tensors_name
 from resources.tensorize import TensorizeError
-from resources.vllm_runner import run_child
+from resources.vllm.runner import run_child
 
 # Set in the serializer's processes: the vLLM plugin then skips the Hub download of config
 # files that vLLM's serializer does after writing the tensors (see skip_hub_artifacts).
 OFFLINE_ENV = "MODELPUB_VLLM_SERIALIZE_OFFLINE"
 
 
-class FormatError(ValueError):
+class FormatError(ModelpubError):
     """A catalog entry asks for a format this host cannot write; says what to change."""
 
 
@@ -83,7 +84,7 @@ def write_vllm_tensors(
         if key is not None:
             keyfile.touch(mode=0o600)
             keyfile.write_bytes(key)
-        run_child("resources.vllm_format", payload, timeout_s, {OFFLINE_ENV: "1"})
+        run_child("resources.vllm.tensorized", payload, timeout_s, {OFFLINE_ENV: "1"})
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
             raise TensorizeError(f"vLLM's serializer did not write {', '.join(missing)}")
@@ -99,7 +100,7 @@ def write_vllm_tensors(
 def skip_hub_artifacts() -> None:
     """After the tensors, vLLM's serializer downloads config files from the Hub by model
     name: that cannot work offline or from a local snapshot. The artifact's config files
-    are copied from the snapshot instead (resources/artifact.py), so skip the download."""
+    are copied from the snapshot instead (resources/formats/artifact.py), so skip the download."""
     from vllm.model_executor.model_loader import tensorizer
 
     tensorizer.serialize_extra_artifacts = lambda *args, **kwargs: None

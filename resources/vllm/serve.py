@@ -6,8 +6,8 @@ import json
 import shlex
 
 from resources.layout import model_prefix, tensors_name
-from resources.store import LocalStore, ObjectStore
-from resources.vllm_runner import lora_rank_limit
+from resources.storage.store import LocalStore, ObjectStore
+from resources.vllm.runner import lora_rank_limit
 
 
 def serve_command(record: dict, store: ObjectStore, keyfile: str | None = None) -> str:

@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from resources import tensorize
-from resources.artifact import check_files
-from resources.keys import KeyStore
+from resources.formats.artifact import check_files
 from resources.layout import record_location
-from resources.roundtrip import describe_load_error
-from resources.store import ObjectStore
-from resources.vllm_format import rank_files
+from resources.storage.keys import KeyStore
+from resources.storage.store import ObjectStore
+from resources.vllm.tensorized import rank_files
 
 
 @dataclass
@@ -53,5 +52,5 @@ def verify_published(store: ObjectStore, keys: KeyStore, record: dict) -> Integr
             uri = store.uri(f"{prefix}/{name}")
             report.tensors += len(tensorize.deserialize(uri, key, store.stream_kwargs()))
     except Exception as exc:  # noqa: BLE001 - every way of failing to read back is a finding
-        report.error = describe_load_error(exc, uri, record.get("key_id"))
+        report.error = tensorize.describe_load_error(exc, uri, record.get("key_id"))
     return report

@@ -13,14 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resources.errors import ModelpubError
 from resources.layout import key_file
-from resources.store import LocalStore, NotFound, ObjectStore
+from resources.storage.store import LocalStore, NotFound, ObjectStore
 
 if TYPE_CHECKING:
     from dagster_aws.s3 import S3Resource
 
 
-class KeyStoreError(RuntimeError):
+class KeyStoreError(ModelpubError):
     pass
 
 
@@ -92,7 +93,7 @@ def open_key_store(uri: str, artifact_store_uri: str, s3: S3Resource | None = No
             "never sit beside the artifacts they open; set MODELPUB_KEYS elsewhere"
         )
     if uri.startswith("s3://"):
-        from resources.s3_store import ARTIFACT_ENV, KEYS_ENV, S3Store, s3_resource_from_env
+        from resources.storage.s3 import ARTIFACT_ENV, KEYS_ENV, S3Store, s3_resource_from_env
 
         resource = s3 or s3_resource_from_env(KEYS_ENV, fallback_prefix=ARTIFACT_ENV)
         return KeyStore(S3Store.from_uri(uri, resource=resource, env_prefix=KEYS_ENV))

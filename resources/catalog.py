@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from resources.errors import ModelpubError
+
 # Always `org/name`: the store layout (resources/layout.py) relies on two segments, so
 # that no repo id reads as another's path (`acme` at v2 would be `acme/v2`'s directory).
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -27,7 +29,7 @@ MAX_CATALOG_BYTES = 1 << 20
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
 
-class CatalogError(ValueError):
+class CatalogError(ModelpubError):
     """A catalog that cannot be used; the message names the file, entry and field."""
 
 

@@ -18,17 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resources.errors import ModelpubError
+
 if TYPE_CHECKING:
-    from dagster_aws.s3 import S3Resource
+    pass
 
 
-class StoreError(RuntimeError):
+class StoreError(ModelpubError):
     """The store refused or could not be reached; the message says what to check.
     `transient`: the server was unreachable or overloaded, so a retry may succeed."""
-
-    def __init__(self, message: str, transient: bool = False):
-        super().__init__(message)
-        self.transient = transient
 
 
 class NotFound(StoreError):
@@ -282,13 +280,3 @@ class LocalStore(ObjectStore):
         if not self.exists(key):
             raise NotFound(f"{self.uri(key)} does not exist")
         yield self.path(key)
-
-
-def open_store(uri: str, s3: S3Resource | None = None) -> ObjectStore:
-    """`s3://bucket/prefix` for S3 (configured by `s3`, else from the environment),
-    anything else is a local directory."""
-    if uri.startswith("s3://"):
-        from resources.s3_store import S3Store
-
-        return S3Store.from_uri(uri, resource=s3)
-    return LocalStore(uri)

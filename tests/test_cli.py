@@ -1,0 +1,131 @@
+"""The CLI as a person meets it: every domain error is one line and a non-zero exit, and
+read-only commands start fast (no torch, no vLLM)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dagster_project import cli
+from resources.catalog import CatalogError
+from resources.errors import ModelpubError
+from resources.formats.artifact import StagingFull
+from resources.formats.lora import AdapterError
+from resources.registry import Registry, RegistryError
+from resources.sources.hub import HubError
+from resources.storage.keys import KeyStoreError
+from resources.storage.store import LocalStore, StoreError
+from resources.tensorize import TensorizeError
+from resources.vllm.runner import VllmRunError
+from resources.vllm.tensorized import FormatError
+from tests.conftest import LLAMA
+
+DOMAIN_ERRORS = [
+    AdapterError,
+    CatalogError,
+    FormatError,
+    HubError,
+    KeyStoreError,
+    RegistryError,
+    StagingFull,
+    StoreError,
+    TensorizeError,
+    VllmRunError,
+    cli.PublishFailed,
+]
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dagster_project.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("modelpub: "), done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("error", DOMAIN_ERRORS, ids=lambda e: e.__name__)
+def test_every_domain_error_is_one_line_from_any_command(env, monkeypatch, capsys, error):
+    assert issubclass(error, ModelpubError)
+    message = "what went wrong, and what to do"
+    raised = error(message) if error is not cli.PublishFailed else error("k", "r", [], [message])
+
+    def fails(self):
+        raise raised
+
+    monkeypatch.setattr(Registry, "repos", fails)
+    assert cli.main(["list"]) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "expected"),
+    [
+        (["resolve", "org/none"], {}, "org/none: no alias 'latest'"),
+        (["resolve", "org/none@v3"], {}, "org/none@v3 is not published"),
+        (["publish", "org/unknown"], {}, "no catalog entry with key 'org__unknown'"),
+        (["publish", LLAMA], {"MODELPUB_EXECUTOR": "celery"}, "MODELPUB_EXECUTOR='celery'"),
+        (
+            ["publish", LLAMA],
+            {"MODELPUB_GPU_NODE_SELECTOR": "nvidia-l4"},
+            "MODELPUB_GPU_NODE_SELECTOR is not JSON",
+        ),
+        (["list"], {"MODELPUB_CATALOG": "/nonexistent/catalog.yaml"}, None),
+        (["verify", "org/none@v1"], {}, "org/none@v1 is not published"),
+    ],
+)
+def test_cli_errors_are_one_line(env, args, environ, expected):
+    done = run_cli(*args, **environ)
+    if expected is None:  # `list` needs no catalog
+        assert done.returncode == 0, done.stderr
+        return
+    assert expected in one_line_error(done)
+
+
+def test_a_malformed_catalog_is_one_line(env):
+    env.write_catalog("models: [{repo_id: acme}]\n")
+    assert "repo id like 'org/name'" in one_line_error(run_cli("publish", "acme"))
+
+
+def test_read_only_commands_import_neither_torch_nor_vllm(env):
+    """`list`, `resolve` and `serve-command` answer in well under a second: no torch."""
+    record = {
+        "repo_id": LLAMA,
+        "suffix": "v1",
+        "hf_sha": "a" * 40,
+        "dtype": "float32",
+        "format": "hf",
+        "encrypted": True,
+        "key_id": "k/v1",
+        "files": {},
+        "artifact_uri": "/srv/models/v1",
+        "published_at": "2026-12-01T00:00:00+00:00",
+    }  # a hand-written record: only what these commands read
+    registry = Registry(LocalStore(env.settings.store))
+    registry.publish(record)
+    registry.move_alias(LLAMA, "latest", "v1")
+    probe = (
+        "import json, sys; from dagster_project.cli import main; code = main(sys.argv[1:]); "
+        "print(json.dumps({'code': code, 'heavy': sorted({'torch', 'vllm', 'transformers'} "
+        "& set(sys.modules))}), file=sys.stderr)"
+    )
+    for args in (["list"], ["resolve", LLAMA], ["serve-command", f"{LLAMA}@v1"]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120
+        )
+        result = json.loads(done.stderr.strip().splitlines()[-1])
+        assert result == {"code": 0, "heavy": []}, (args, done.stderr)
