@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.real_parts import require
+
 USER, DATABASE = "modelpub", "dagster"
 MISSING = (
     "PostgreSQL server binaries not found (pg_ctl): install Debian's `postgresql` "
@@ -48,7 +50,7 @@ def postgres() -> Iterator[dict[str, str]]:
     """The server's connection as the DAGSTER_PG_* variables deploy/dagster.yaml reads."""
     bin_dir = bindir()
     if bin_dir is None:
-        pytest.skip(MISSING)
+        require("PostgreSQL", MISSING)
     as_user: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="modelpub-pg-"))
     password = secrets.token_hex(16)
@@ -58,7 +60,7 @@ def postgres() -> Iterator[dict[str, str]]:
             owner = pwd.getpwnam("postgres")
         except KeyError:
             shutil.rmtree(root)
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
+            require("PostgreSQL", "running as root and there is no `postgres` user")
         for path in (root, root / "pwfile"):
             os.chown(path, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]

@@ -14,7 +14,7 @@ from assets.state import PARTITION_TAG, SHA_TAG, VERIFY_TAG
 from dagster_project.cli import publish
 from dagster_project.definitions import build_definitions
 from resources.registry import Registry
-from resources.store import LocalStore
+from resources.storage import LocalStore
 from tests.conftest import LLAMA
 
 pytestmark = pytest.mark.vllm

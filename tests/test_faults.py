@@ -13,6 +13,7 @@ from dagster_project.cli import PublishFailed, main, publish
 from resources.registry import Registry, RegistryError
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
+from tests.real_parts import require
 
 pytestmark = pytest.mark.vllm
 
@@ -33,7 +34,7 @@ def tiny_staging_disk(env):
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        require("a tmpfs mount", f"cannot mount one here (needs root): {done.stderr.strip()}")
     yield staging
     subprocess.run(["umount", "-l", str(staging)], check=False)
 
