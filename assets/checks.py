@@ -121,7 +121,7 @@ def _results(
         check_name="tensors_match",
         passed=report.tensors_passed,
         severity=AssetCheckSeverity.ERROR,
-        description=report.tensors_error,
+        description=report.tensors_problem(),
         metadata={
             **version,
             "tensors_compared": len(report.tensors),
@@ -141,7 +141,7 @@ def _results(
         check_name="vllm_outputs_match",
         passed=report.generations_passed,
         severity=AssetCheckSeverity.ERROR,
-        description=report.generations_error,
+        description=report.generations_problem(),
         metadata={
             **version,
             "prompts": len(report.generations),
@@ -155,6 +155,7 @@ def _results(
         check_name="great_expectations",
         passed=report.expectations_passed,
         severity=AssetCheckSeverity.ERROR,
+        description=report.expectations_problem(),
         metadata={
             **version,
             "expectations": MetadataValue.md(

@@ -24,7 +24,7 @@ from resources import (
 )
 from resources.layout import model_prefix, tensors_name
 from resources.records import ModelSettings
-from resources.vllm.runner import cuda_available
+from resources.vllm.runner import PromptsTooLong, context_length, cuda_available
 from resources.vllm.serve import serve_command
 from resources.vllm.tensorized import FormatError, resolve_format
 
@@ -88,6 +88,11 @@ def tensorized_model(
         fmt = resolve_format(entry.format, cuda_available(), entry.tensor_parallel_size)
     except FormatError as exc:
         raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
+    source = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache)
+    try:  # refused before anything is reserved or uploaded
+        context_length(source, entry.prompts, entry.max_tokens)
+    except PromptsTooLong as exc:
+        raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
     return tensorize_step(
         context,
         repo_id=entry.repo_id,
@@ -99,7 +104,7 @@ def tensorized_model(
             tensor_parallel_size=entry.tensor_parallel_size,
         ),
         force=config.force,
-        snapshot=lambda: hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache),
+        snapshot=lambda: source,
         prefix=lambda suffix: model_prefix(entry.repo_id, suffix),
         cast=entry.dtype,
         tensors_file=tensors_name(entry.tensor_parallel_size),

@@ -39,7 +39,7 @@ def _tokenizer(dest: Path, vocab_size: int) -> None:
     ).save_pretrained(dest)
 
 
-def _config(arch: str, vocab_size: int):
+def _config(arch: str, vocab_size: int, context: int):
     from transformers import LlamaConfig, OPTConfig
 
     common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -51,7 +51,7 @@ def _config(arch: str, vocab_size: int):
             num_attention_heads=2,
             num_key_value_heads=2,
             head_dim=64,
-            max_position_embeddings=512,
+            max_position_embeddings=context,
             initializer_range=0.2,
             tie_word_embeddings=False,
             **common,
@@ -62,7 +62,7 @@ def _config(arch: str, vocab_size: int):
             ffn_dim=256,
             num_hidden_layers=2,
             num_attention_heads=2,
-            max_position_embeddings=512,
+            max_position_embeddings=context,
             word_embed_proj_dim=128,
             init_std=0.2,
             **common,
@@ -70,14 +70,19 @@ def _config(arch: str, vocab_size: int):
     raise ValueError(f"unknown demo architecture {arch!r}")
 
 
-def write_tiny_model(dest: Path, arch: str = "llama", seed: int = 0, vocab_size: int = 384) -> None:
-    """Config, tokenizer and float32 safetensors weights of a tiny random model."""
+def write_tiny_model(
+    dest: Path, arch: str = "llama", seed: int = 0, vocab_size: int = 384, context: int = 512
+) -> None:
+    """Config, tokenizer and float32 safetensors weights of a tiny random model with a
+    context of `context` tokens."""
     import torch
     from transformers import AutoModelForCausalLM
 
     dest.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_config(arch, vocab_size), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(
+        _config(arch, vocab_size, context), dtype=torch.float32
+    )
     model.save_pretrained(dest, safe_serialization=True)
     _tokenizer(dest, vocab_size)
 
@@ -93,12 +98,14 @@ def commit_count(repo: Path) -> int:
     return int(git(repo, "rev-list", "--count", "HEAD")) if (repo / ".git").exists() else 0
 
 
-def commit_tiny_model(repo: Path, arch: str = "llama", seed: int = 0, message: str = "") -> str:
+def commit_tiny_model(
+    repo: Path, arch: str = "llama", seed: int = 0, message: str = "", context: int = 512
+) -> str:
     """(Re)write the model in the git repo at `repo` and commit it; returns the new sha."""
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)
         git(repo, "init", "-q", "-b", "main")
-    write_tiny_model(repo, arch=arch, seed=seed)
+    write_tiny_model(repo, arch=arch, seed=seed, context=context)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "--allow-empty", "-m", message or f"tiny {arch}, seed {seed}")
     return git(repo, "rev-parse", "HEAD")

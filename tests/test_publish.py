@@ -1,6 +1,7 @@
 """The publish job end to end, with real Dagster runs, real git mirrors and real vLLM."""
 
 import base64
+import hashlib
 import json
 import subprocess
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from dagster_project.demo import commit_tiny_model
 from resources.records import StagedArtifact
 from resources.registry import Registry
 from resources.storage.store import LocalStore
-from tests.conftest import LLAMA, OPT
+from tests.conftest import LLAMA, OPT, catalog_yaml
 
 pytestmark = pytest.mark.vllm
 
@@ -162,6 +163,45 @@ def test_wrong_key_fails_with_a_clear_error_and_publishes_nothing(env, monkeypat
     assert not result.success
     assert failed_checks(result)["tensors_match"].startswith(f"key '{KEY}/v1' does not decrypt")
     assert registry(env).versions(LLAMA) == []
+
+
+def test_outputs_that_differ_fail_only_the_vllm_check_and_publish_nothing(env, monkeypatch):
+    """A published config.json edited after upload, its sha256 recomputed: every tensor
+    and every file digest still matches, so only vLLM's outputs can tell."""
+
+    def edit_config(target: StagedArtifact) -> None:
+        path = Path(env.settings.store) / target.prefix / "config.json"
+        config = json.loads(path.read_text())
+        config["rms_norm_eps"] = 0.5
+        path.write_text(json.dumps(config))
+        target.files["config.json"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    tamper_before_checks(monkeypatch, edit_config)
+    with pytest.raises(PublishFailed) as failed:
+        publish(env.settings, LLAMA)
+    lines = str(failed.value).splitlines()
+    vllm_line = [line for line in lines if "check failed: vllm_outputs_match" in line]
+    assert len(vllm_line) == 1 and "differ" in vllm_line[0], lines
+    assert not any("tensors_match" in line for line in lines), lines
+    assert not any("see the check metadata" in line for line in lines), lines
+    assert registry(env).versions(LLAMA) == []
+
+
+def test_a_model_with_a_short_context_publishes_and_prompts_beyond_it_are_refused(env):
+    short = "test-org/short-llama"
+    commit_tiny_model(env.mirror / short, context=96)
+    too_long = {"repo_id": "test-org/short-llama-b", "max_tokens": 95}
+    commit_tiny_model(env.mirror / too_long["repo_id"], context=96)
+    env.write_catalog(catalog_yaml(env.mirror, [{"repo_id": short}, too_long]))
+
+    record = publish(env.settings, short)  # max_model_len 96: at most the model's own
+    assert record["validation"]["generations"]["passed"]
+
+    with pytest.raises(PublishFailed, match="beyond the model's context of 96 tokens"):
+        publish(env.settings, too_long["repo_id"])
+    registry_ = registry(env)
+    assert registry_.versions(too_long["repo_id"]) == []
+    assert registry_.reservation(too_long["repo_id"], "v1") is None  # refused before upload
 
 
 def test_missing_revision_fails_before_anything_is_written(env):

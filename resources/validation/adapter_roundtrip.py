@@ -20,7 +20,14 @@ from resources.formats.lora import AdapterError, restore_adapter
 from resources.storage.store import ObjectStore
 from resources.validation import expectations
 from resources.validation.roundtrip import RoundTripReport
-from resources.vllm.runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
+from resources.vllm.runner import (
+    GenerationSpec,
+    PromptsTooLong,
+    VllmRunError,
+    compare_generations,
+    context_length,
+    runtime_dtype,
+)
 
 
 @dataclass
@@ -59,23 +66,24 @@ class AdapterRoundTrip:
         if not report.tensors_passed:
             report.generations_error = "not run: the tensor check failed"
             return
-        spec = GenerationSpec(
-            model=str(self.base_model),
-            prompts=self.prompts,
-            max_tokens=self.max_tokens,
-            dtype=runtime_dtype(self.dtype),
-            tensorizer=self.base_loader,
-            adapters=[
-                {"name": "original", "path": str(self.snapshot), "rank": self.rank},
-                {"name": "restored", "path": str(restored), "rank": self.rank},
-                None,
-            ],
-        )
-        if self.tensor_parallel_size > 1:
-            spec.extra_engine_args = {"tensor_parallel_size": self.tensor_parallel_size}
         try:
+            spec = GenerationSpec(
+                model=str(self.base_model),
+                prompts=self.prompts,
+                max_tokens=self.max_tokens,
+                max_model_len=context_length(self.base_model, self.prompts, self.max_tokens),
+                dtype=runtime_dtype(self.dtype),
+                tensorizer=self.base_loader,
+                adapters=[
+                    {"name": "original", "path": str(self.snapshot), "rank": self.rank},
+                    {"name": "restored", "path": str(restored), "rank": self.rank},
+                    None,
+                ],
+            )
+            if self.tensor_parallel_size > 1:
+                spec.extra_engine_args = {"tensor_parallel_size": self.tensor_parallel_size}
             out = generate(spec)
-        except VllmRunError as exc:
+        except (VllmRunError, PromptsTooLong) as exc:
             report.generations_error = str(exc)
             return
         original, published, base = ({"results": run} for run in out["runs"])

@@ -22,7 +22,14 @@ from resources.formats.artifact import check_files
 from resources.layout import tensors_name
 from resources.storage.store import ObjectStore
 from resources.validation import expectations
-from resources.vllm.runner import GenerationSpec, VllmRunError, compare_generations, runtime_dtype
+from resources.vllm.runner import (
+    GenerationSpec,
+    PromptsTooLong,
+    VllmRunError,
+    compare_generations,
+    context_length,
+    runtime_dtype,
+)
 from resources.vllm.tensorized import tensors_files
 
 
@@ -61,6 +68,59 @@ class RoundTripReport:
     @property
     def passed(self) -> bool:
         return self.tensors_passed and self.generations_passed and self.expectations_passed
+
+    def tensors_problem(self) -> str | None:
+        """Why `tensors_match` failed, in one line a person can act on; None if it passed."""
+        if self.tensors_passed:
+            return None
+        if self.tensors_error:
+            return self.tensors_error
+        changed = [r["file"] for r in self.files if not (r["present"] and r["sha256_matches"])]
+        if changed:
+            return f"files missing or changed since upload: {', '.join(changed)}"
+        unequal = [r["name"] for r in self.tensors if not r["equal"]]
+        if unequal:
+            return (
+                f"{len(unequal)} of {len(self.tensors)} tensors differ from the source "
+                f"(first: {unequal[0]})"
+            )
+        return "no tensors were compared"
+
+    def generations_problem(self) -> str | None:
+        """Why `vllm_outputs_match` failed, in one line; None if it passed."""
+        if self.generations_passed:
+            return None
+        if self.generations_error:
+            return self.generations_error
+        if not self.generations:
+            return "no prompt was generated"
+        rows = self.generations
+        problems = []
+        tokens = [r for r in rows if not r["tokens_equal"]]
+        if tokens:
+            problems.append(
+                f"greedy tokens differ from the source model's on {len(tokens)} of {len(rows)} "
+                f"prompts (first: {tokens[0]['prompt']!r})"
+            )
+        logprobs = [r for r in rows if not r["within_tolerance"]]
+        if logprobs:
+            worst = max(r["max_abs_logprob_diff"] for r in logprobs)
+            problems.append(
+                f"logprobs differ by up to {worst:.3g}, beyond the tolerance, on "
+                f"{len(logprobs)} of {len(rows)} prompts"
+            )
+        return "; ".join(problems)
+
+    def expectations_problem(self) -> str | None:
+        """Why `great_expectations` failed, in one line; None if it passed."""
+        if self.expectations_passed:
+            return None
+        failed = [
+            f"{r['table']}.{r['expectation']}" + (f"({r['column']})" if r.get("column") else "")
+            for r in self.expectations.get("results", [])
+            if not r["success"]
+        ]
+        return f"failed expectations: {', '.join(failed)}" if failed else "the suite did not run"
 
     def summary(self) -> dict:
         return {
@@ -140,16 +200,21 @@ class RoundTrip:
         )
         if self.keyfile is not None:
             loader["encryption_keyfile"] = str(self.keyfile)
-        common = dict(prompts=self.prompts, max_tokens=self.max_tokens, dtype=dtype)
-        if self.tensor_parallel_size > 1:
-            common["extra_engine_args"] = {"tensor_parallel_size": self.tensor_parallel_size}
         try:
+            common = dict(
+                prompts=self.prompts,
+                max_tokens=self.max_tokens,
+                dtype=dtype,
+                max_model_len=context_length(self.snapshot, self.prompts, self.max_tokens),
+            )
+            if self.tensor_parallel_size > 1:
+                common["extra_engine_args"] = {"tensor_parallel_size": self.tensor_parallel_size}
             source = generate(GenerationSpec(model=str(self.snapshot), **common))
             with self.store.config_dir(self.prefix, self.files) as model_dir:
                 published = generate(
                     GenerationSpec(model=str(model_dir), tensorizer=loader, **common)
                 )
-        except VllmRunError as exc:
+        except (VllmRunError, PromptsTooLong) as exc:
             report.generations_error = str(exc)
             return
         report.engine_start_s = {

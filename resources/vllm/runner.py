@@ -46,6 +46,35 @@ class GenerationSpec:
     extra_engine_args: dict = field(default_factory=dict)
 
 
+LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+MIN_MODEL_LEN = 512  # where the model allows: a length that fits any prompt set we check
+
+
+class PromptsTooLong(ModelpubError):
+    """The entry's prompts and max_tokens do not fit the model's context."""
+
+
+def context_length(model_dir: Path, prompts: list[str], max_tokens: int) -> int:
+    """The `max_model_len` a check needs: the longest prompt plus `max_tokens`, at least
+    MIN_MODEL_LEN, and never beyond the model's own limit (vLLM refuses a longer one).
+    Raises PromptsTooLong, naming the prompt, when they cannot fit."""
+    from transformers import AutoTokenizer
+
+    config = json.loads((model_dir / "config.json").read_text())
+    limit = next((config[f] for f in LENGTH_FIELDS if isinstance(config.get(f), int)), None)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    needed = max(lengths) + max_tokens
+    if limit is not None and needed > limit:
+        longest = prompts[lengths.index(max(lengths))]
+        raise PromptsTooLong(
+            f"prompt {longest[:40]!r} is {max(lengths)} tokens; with max_tokens {max_tokens} "
+            f"that needs {needed}, beyond the model's context of {limit} tokens: shorten the "
+            "catalog entry's prompts or lower its max_tokens"
+        )
+    return min(limit, max(needed, MIN_MODEL_LEN)) if limit else max(needed, MIN_MODEL_LEN)
+
+
 def cuda_available() -> bool:
     import torch
 
