@@ -95,7 +95,7 @@ def _run_publish(settings: Settings, partitions: str, run: Launch) -> dict:
     published = result.asset_materializations_for_node(publish_op)
     if not result.success or not published:
         errors = [
-            _root_cause(ev.event_specific_data.error)
+            f"{ev.step_key}: {_root_cause(ev.event_specific_data)}"
             for ev in result.all_events
             if ev.is_step_failure
         ]
@@ -103,8 +103,13 @@ def _run_publish(settings: Settings, partitions: str, run: Launch) -> dict:
     return published[0].metadata["record"].value
 
 
-def _root_cause(error) -> str:
-    """The innermost error's message, without Dagster's wrapping."""
+def _root_cause(failure) -> str:
+    """What a step failure means, in one line: the step's own `Failure` description (kept
+    when Dagster reports only "Exceeded max_retries"), else the innermost error's message."""
+    described = failure.user_failure_data.description if failure.user_failure_data else None
+    if described:
+        return described.strip()
+    error = failure.error
     while error.cause is not None:
         error = error.cause
     return re.sub(r"^[\w.]+: ", "", error.message.strip())

@@ -34,7 +34,8 @@ class FakeHub:
         # A slow or broken Hub, per repo id: seconds before answering, or HTTP 500.
         self.delays: dict[str, float] = {}
         self.failing: set[str] = set()
-        self.fail_next = 0  # answer this many requests with 503, as an overloaded Hub does
+        self.fail_next = 0  # answer this many requests with `fail_status`:
+        self.fail_status = 503  # 503 as an overloaded Hub does, 429 when rate-limiting
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -109,7 +110,7 @@ class FakeHub:
                 hub.requests.append(f"{self.command} {path}")
                 if hub.fail_next > 0:
                     hub.fail_next -= 1
-                    self._send(503, b"overloaded")
+                    self._send(hub.fail_status, b"overloaded")
                     return
                 for pattern, serve in (
                     (INFO, self._info),

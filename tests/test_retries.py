@@ -1,5 +1,6 @@
 """Transient hub errors are retried with backoff; permanent ones fail once, clearly."""
 
+import pytest
 from dagster import AssetSelection, DagsterEventType, DagsterInstance, materialize
 
 from assets.models import model_snapshot
@@ -51,3 +52,16 @@ def test_missing_revision_fails_once_without_retries(env):
     assert retries(result) == 0
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "revision 'no-such-tag' not found" in str(failure.event_specific_data.error.message)
+
+
+@pytest.mark.slow
+def test_a_hub_that_rate_limits_until_retries_run_out_fails_clearly(env, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with FakeHub(env.mirror) as hub:
+        hub.fail_next, hub.fail_status = 10**6, 429  # rate-limited for good
+        result = snapshot_run(env, hub.endpoint)
+    assert not result.success
+    assert retries(result) == 3  # TRANSIENT_RETRY's max_retries, then it gives up
+    failure = next(e for e in result.all_events if e.is_step_failure).event_specific_data
+    assert "answered 429" in failure.user_failure_data.description  # what the CLI prints
+    assert not list((env.root / "store").rglob("*.json"))  # nothing reserved or published
