@@ -68,6 +68,9 @@ def test_publish_verify_and_republish(env, capsys):
     again = publish(env.settings, LLAMA)
     assert again["suffix"] == "v1"
     assert [r["suffix"] for r in registry(env).versions(LLAMA)] == ["v1"]
+    reports = sorted((Path(env.settings.store) / f"validation/{LLAMA}/v1").glob("*.json"))
+    assert len(reports) == 2  # the second run checked v1 again, and passed
+    assert all(json.loads(p.read_text())["passed"] for p in reports)
 
     # A new commit on the tracked branch: v2, and `latest` moves to it.
     new_sha = commit_tiny_model(env.mirror / LLAMA, seed=1)
@@ -202,6 +205,19 @@ def test_a_model_with_a_short_context_publishes_and_prompts_beyond_it_are_refuse
     registry_ = registry(env)
     assert registry_.versions(too_long["repo_id"]) == []
     assert registry_.reservation(too_long["repo_id"], "v1") is None  # refused before upload
+
+
+def test_a_key_gone_before_the_checks_fails_clearly_and_publishes_nothing(env, monkeypatch):
+    def lose_key(target: StagedArtifact) -> None:
+        (Path(env.settings.keys) / f"{target.key_id}.key").unlink()
+
+    tamper_before_checks(monkeypatch, lose_key)
+    with pytest.raises(PublishFailed) as failed:
+        publish(env.settings, LLAMA)
+    message = str(failed.value)
+    assert f"roundtrip_checks: key '{KEY}/v1' is not in the key store" in message, message
+    assert "Traceback" not in message
+    assert registry(env).versions(LLAMA) == []
 
 
 def test_missing_revision_fails_before_anything_is_written(env):

@@ -44,8 +44,30 @@ def test_suffixes_are_allocated_in_order_and_skip_reservations(registry):
     assert registry.reservation("org/m", "v1").run_id == "run-1"
 
 
-def test_concurrent_reservations_get_distinct_suffixes(registry):
+def test_concurrent_reservations_get_distinct_suffixes(registry, monkeypatch):
+    """Every thread first reads the same taken suffixes (a barrier after the listing), so
+    all 16 race for v1: the create-once write is what keeps them apart."""
     got: list[str] = []
+    barrier = threading.Barrier(16)
+    listed = registry._suffixes
+    lost = []
+
+    def listing_then_wait(repo_id, kind):
+        found = listed(repo_id, kind)
+        if kind == "versions":
+            barrier.wait(timeout=30)
+        return found
+
+    monkeypatch.setattr(registry, "_suffixes", listing_then_wait)
+    create = registry.store.create
+
+    def counting_create(key, data):
+        created = create(key, data)
+        if not created:
+            lost.append(key)
+        return created
+
+    monkeypatch.setattr(registry.store, "create", counting_create)
     threads = [
         threading.Thread(
             target=lambda i=i: got.append(registry.reserve_suffix("org/m", f"run-{i}"))
@@ -57,6 +79,7 @@ def test_concurrent_reservations_get_distinct_suffixes(registry):
     for t in threads:
         t.join()
     assert sorted(got, key=lambda s: int(s[1:])) == [f"v{i}" for i in range(1, 17)]
+    assert len(lost) >= 15  # the collisions happened: all but one lost the race for v1
 
 
 def test_alias_moves_forward_and_resolves(registry):
