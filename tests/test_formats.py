@@ -124,12 +124,15 @@ def test_sharded_round_trip_hands_vllm_the_rank_template(tmp_path):
         asked.append(spec)
         return {"engine_start_s": 0.0, "results": []}
 
-    store = LocalStore(tmp_path)
+    from dagster_project.demo import write_tiny_model
+
+    store = LocalStore(tmp_path / "store")
+    write_tiny_model(tmp_path / "snapshot")  # the source's config and tokenizer
     roundtrip = RoundTrip(
         store=store,
         prefix=f"vllm/{REPO}/v3",
         files={},
-        snapshot=tmp_path,
+        snapshot=tmp_path / "snapshot",
         dtype="float16",
         key_id=None,
         key=None,
@@ -148,6 +151,7 @@ def test_sharded_round_trip_hands_vllm_the_rank_template(tmp_path):
     assert source.tensorizer is None
     assert published.tensorizer["tensorizer_uri"] == store.uri(f"vllm/{REPO}/v3/{RANK_TEMPLATE}")
     assert source.extra_engine_args == published.extra_engine_args == {"tensor_parallel_size": 2}
+    assert source.max_model_len == published.max_model_len == 512  # the model's context
 
 
 def set_entry(env, **fields) -> None:
