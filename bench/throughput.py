@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from bench.figures import Figure, throughput, timed
-from bench.s3server import S3Server
 from resources import tensorize
 from resources.formats.artifact import write_artifact
 from resources.layout import TENSORS_FILE
 from resources.storage.store import LocalStore
+from tests.s3_server import SeaweedS3
 
 RAW_WRITE = "raw write + fsync"
 RAW_READ = "raw read"
@@ -165,7 +165,7 @@ def publish_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: in
     return throughput("publish (local disk)", model, size, runs, RAW_WRITE, {PUBLISH: 0.85}, notes)
 
 
-def publish_s3(model: str, snapshot: Path, work: Path, key: bytes, s3: S3Server) -> list[Figure]:
+def publish_s3(model: str, snapshot: Path, work: Path, key: bytes, s3: SeaweedS3) -> list[Figure]:
     """Figure 1, S3: tensorizer's own S3 writer against boto3 uploading the same bytes."""
     from tensorizer import EncryptionParams, TensorSerializer
     from tensorizer.stream_io import open_stream
@@ -246,7 +246,7 @@ def load_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: int) 
     )
 
 
-def load_s3(model: str, key: bytes, s3: S3Server) -> list[Figure]:
+def load_s3(model: str, key: bytes, s3: SeaweedS3) -> list[Figure]:
     """Figure 2, S3: the pipeline's read-back against one boto3 GET of the same object."""
     client = s3.client()
     size = client.head_object(Bucket="bench", Key="model.tensors")["ContentLength"]

@@ -106,6 +106,16 @@ class SeaweedS3:
             config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
         )
 
+    def stream_kwargs(self, identity: str = "admin") -> dict:
+        """tensorizer `open_stream` arguments for this server."""
+        who = IDENTITIES[identity]
+        return {
+            "s3_endpoint": self.endpoint,
+            "s3_access_key_id": who.access_key,
+            "s3_secret_access_key": who.secret_key,
+            "force_http": True,
+        }
+
     def _write_identities(self) -> Path:
         path = self.root / "identities.json"
         path.write_text(
