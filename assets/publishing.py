@@ -267,11 +267,17 @@ def publish_step(
     report_key = _report_key(context, store, staged)
     report = json.loads(store.get_bytes(report_key))
     if not report["passed"]:
-        raise Failure(f"round-trip validation of {staged.reference} failed; not publishing")
+        raise Failure(
+            f"round-trip validation of {staged.reference} failed; not publishing",
+            allow_retries=False,
+        )
     aliases = run_aliases(context)
     bad = [a for a in aliases if not ALIAS.match(a)]
     if bad:
-        raise Failure(f"run tag {bad!r}: not alias names like 'latest'; not publishing")
+        raise Failure(
+            f"run tag {bad!r}: not alias names like 'latest'; not publishing",
+            allow_retries=False,
+        )
     if staged.reused:
         record = reg.version(repo_id, suffix)
     else:
