@@ -121,6 +121,7 @@ class PublishFailed(ModelpubError):
         lines += [f"  check failed: {c}" for c in failed_checks]
         lines += [f"  error: {e}" for e in errors]
         super().__init__("\n".join(lines))
+        self.run_id = run_id
 
 
 def _print(obj) -> None:

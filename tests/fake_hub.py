@@ -31,6 +31,7 @@ class FakeHub:
         self.root = root
         self.token = token
         self.requests: list[str] = []
+        self.answered: list[str] = []  # the same, once the answer has been sent
         # A slow or broken Hub, per repo id: seconds before answering, or HTTP 500.
         self.delays: dict[str, float] = {}
         self.failing: set[str] = set()
@@ -81,6 +82,7 @@ class FakeHub:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
+                hub.answered.append(f"{self.command} {unquote(urlparse(self.path).path)}")
 
             def _resolve(self, repo: str, rev: str) -> str | None:
                 time.sleep(hub.delays.get(repo, hub.delays.get("*", 0.0)))

@@ -122,6 +122,11 @@ def test_publish_steps_run_in_separate_processes_on_postgres(env, postgres, monk
 
 
 def test_helm_values_render_the_same_instance():
+    """What is checked: the values in deploy/values.yaml that Dagster's Helm chart turns
+    into dagster.yaml (run coordinator, concurrency, run launcher, storage) equal those in
+    deploy/dagster.yaml, value by value. The chart itself is not rendered: Helm is not to
+    be had from the package registries this project installs from, so a template change
+    in a new chart version would not show here."""
     values, instance = helm_values(), instance_config()
     coordinator = values["dagsterDaemon"]["runCoordinator"]
     assert coordinator["enabled"] and coordinator["type"] == instance["run_coordinator"]["class"]

@@ -120,10 +120,19 @@ def test_schedule_settings_come_from_the_catalog_and_bad_ones_are_refused(env):
 
 def test_gpu_steps_are_in_the_gpu_pool(env):
     defs = build_definitions(env.settings)
-    for job in ("publish_model", "reverify_model"):
-        pools = {n.name: n.definition.pool for n in defs.resolve_job_def(job).graph.nodes}
-        assert pools["roundtrip_checks"] == "gpu", job
-    assert pools.keys() == {"roundtrip_checks"}
+    pools = {
+        job: {n.name: n.definition.pool for n in defs.resolve_job_def(job).graph.nodes}
+        for job in ("publish_model", "reverify_model")
+    }
+    assert pools == {
+        "publish_model": {
+            "model_snapshot": None,
+            "tensorized_model": "gpu",
+            "roundtrip_checks": "gpu",
+            "published_version": None,
+        },
+        "reverify_model": {"roundtrip_checks": "gpu"},
+    }
 
 
 @pytest.mark.vllm

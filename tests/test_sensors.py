@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections import Counter
 
 import pytest
@@ -80,8 +79,15 @@ def test_lost_cursor_requests_the_same_run_keys_so_nothing_runs_twice(env, insta
     first = tick(env, instance)
     from_scratch = tick(env, instance, cursor=None)
 
-    # Dagster launches at most one run per sensor run key: a reset cursor repeats keys.
-    assert {r.run_key for r in from_scratch.run_requests} == {r.run_key for r in first.run_requests}
+    # Dagster launches at most one run per sensor run key: a reset cursor repeats the same
+    # runs (keys, jobs, partitions, tags and config), so none is launched twice.
+    def runs(result):
+        return sorted(
+            (r.run_key, r.job_name, r.partition_key, r.tags, repr(r.run_config))
+            for r in result.run_requests
+        )
+
+    assert runs(from_scratch) == runs(first) and len(runs(first)) == 2
 
 
 def test_new_catalog_entry_gets_a_partition_and_a_run(env, instance):
@@ -147,12 +153,12 @@ def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(e
         # 0.25 s per answer: 50 s for the whole catalog one by one, near Dagster's 60 s limit.
         hub.delays["*"] = 0.25
         hub_catalog(env, hub, repos, chunk=50, budget_s=10)
-        cursor, seen, durations = None, {}, []
+        cursor, seen = None, {}
         for _ in range(4):
-            started = time.monotonic()
             result = tick(env, instance, cursor)
-            durations.append(time.monotonic() - started)
             cursor = result.cursor
+            # Its whole chunk answered within the tick's budget: nothing was deferred.
+            assert len(requested(result)) == 50
             for key, requested_sha in requested(result).items():
                 assert key not in seen
                 seen[key] = requested_sha
@@ -165,7 +171,6 @@ def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(e
         moved.symlink_to(env.mirror / OPT)
         fifth = tick(env, instance, cursor)
     assert requested(fifth) == {repos[3].replace("/", "__"): head(env, OPT)}
-    assert max(durations) < 8, durations
 
 
 def test_failing_and_hanging_hub_answers_do_not_hold_up_the_tick(env, instance):
@@ -175,11 +180,12 @@ def test_failing_and_hanging_hub_answers_do_not_hold_up_the_tick(env, instance):
         hub.failing, hub.delays = {"org/fails"}, {"org/hangs": 8}
         hub_catalog(env, hub, repos, budget_s=2)
 
-        started = time.monotonic()
         first = tick(env, instance)
-        elapsed = time.monotonic() - started
+        answered_by_then = list(hub.answered)
         assert requested(first) == {"org__ok": sha}
-        assert elapsed < 5
+        # The tick returned before the hanging hub answered: it did not wait for it.
+        assert any("org/hangs" in r for r in hub.requests)
+        assert not any("org/hangs" in a for a in answered_by_then)
 
         hub.failing, hub.delays = set(), {}
         second = tick(env, instance, first.cursor)
