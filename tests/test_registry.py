@@ -95,9 +95,29 @@ def test_alias_moves_forward_and_resolves(registry):
     assert registry.aliases("org/m") == {"latest": "v2", "stable": "v1"}
 
 
-def test_concurrent_alias_moves_lose_no_update(registry):
+def test_concurrent_alias_moves_lose_no_update(registry, monkeypatch):
+    """All 12 movers read the alias before any writes (a barrier after the first read),
+    so their compare-and-swap writes collide: the losers retry, and none is lost."""
     for n in range(1, 13):
         registry.publish(record(f"v{n}"))
+    barrier, first_read, lost = threading.Barrier(12), threading.local(), []
+    read, create = registry.store.read_versioned, registry.store.create
+
+    def read_then_wait(key):
+        found = read(key)
+        if not getattr(first_read, "done", False):
+            first_read.done = True
+            barrier.wait(timeout=30)
+        return found
+
+    def counting_create(key, data):
+        created = create(key, data)
+        if not created:
+            lost.append(key)
+        return created
+
+    monkeypatch.setattr(registry.store, "read_versioned", read_then_wait)
+    monkeypatch.setattr(registry.store, "create", counting_create)
     threads = [
         threading.Thread(target=registry.move_alias, args=("org/m", "latest", f"v{n}"))
         for n in range(1, 13)
@@ -107,6 +127,7 @@ def test_concurrent_alias_moves_lose_no_update(registry):
     for t in threads:
         t.join()
     assert registry.resolve("org/m@latest")["suffix"] == "v12"
+    assert len(lost) == 11  # every mover but one lost the race to create the alias
 
 
 def test_unknown_references_explain_themselves(registry):
