@@ -187,7 +187,39 @@ def step_durations() -> dict[str, float]:
     return out
 
 
-KINDS = {"publish_step": publish_step, "plain_run": plain_run, "dagster_run": dagster_run}
+def publish_model_job():
+    """The publish job as a code location builds it, for `reconstructable`."""
+    from dagster_project.definitions import build_definitions
+    from dagster_project.settings import Settings
+
+    return build_definitions(Settings.from_env()).resolve_job_def("publish_model")
+
+
+def dagster_multiprocess_run(spec: dict) -> dict:
+    """The job the way the daemon's run worker runs it: the multiprocess executor, every
+    step in a process of its own (imports and resources paid per step)."""
+    from dagster import DagsterInstance, execute_job, reconstructable
+
+    from resources.catalog import partition_key
+
+    key = partition_key(spec["repo_id"])
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions("models", [key])
+    start = time.perf_counter()
+    with execute_job(
+        reconstructable(publish_model_job), instance=instance, tags={"dagster/partition": key}
+    ) as result:
+        if not result.success:
+            raise RuntimeError("the multiprocess publish run failed")
+    return {"seconds": time.perf_counter() - start, "steps": step_durations()}
+
+
+KINDS = {
+    "publish_step": publish_step,
+    "plain_run": plain_run,
+    "dagster_run": dagster_run,
+    "dagster_multiprocess_run": dagster_multiprocess_run,
+}
 
 
 def run_child(kind: str, spec: dict, env: dict | None = None, timeout_s: float = 1200) -> dict:

@@ -31,6 +31,8 @@ SERIALIZE = "pipeline serialize + encrypt (streamed batches)"
 PUBLISH = "publish step: write_artifact, encrypted"
 PREVIOUS = "publish step before this change (tensors only)"
 DESERIALIZE = "deserialize: decrypt + verify_hash (pipeline)"
+# What the blocking tensor check reads with: one tensor at a time, one reader.
+ITERATE = "iter_deserialized: decrypt + verify_hash, streamed (the tensor check's read)"
 COLD = " (cold: file evicted from the page cache)"
 DTYPE = "float16"
 
@@ -217,12 +219,14 @@ def load_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: int) 
 
     files = sorted(snapshot.glob("*.safetensors"))
     read_encrypted = partial(read_all, encrypted)
-    deserialize = partial(tensorize.deserialize, str(encrypted), key)
+    source = (str(encrypted), key)
+    deserialize = partial(tensorize.deserialize, *source)
     warm = {
         RAW_READ: best(repeat, read_encrypted),
         "tensorizer load": best(repeat, tensorizer_load(False)),
         "tensorizer load + verify_hash": best(repeat, tensorizer_load(True)),
         DESERIALIZE: best(repeat, deserialize),
+        ITERATE: best(repeat, lambda: sum(1 for _ in tensorize.iter_deserialized(*source))),
         "safetensors load_file": best(
             repeat, lambda: [load_file(f, backend="pread") for f in files]
         ),

@@ -53,3 +53,7 @@ def test_smoke_bench_reports_every_figure_with_its_baseline(tmp_path: Path):
     assert table in done.stdout
     assert all(f"| {f['name']} |" in table for f in figures)
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
+    names = [f["name"] for f in figures]
+    # the paths the pipeline really takes are timed, each labelled by its code path
+    for path in ("iter_deserialized", "multiprocess executor", "vLLM engine of the round trip"):
+        assert any(path in name for name in names), (path, names)

@@ -179,7 +179,21 @@ def _run_engine(spec: GenerationSpec) -> dict:
         for number, adapter in enumerate(spec.adapters, start=1)
     ]
     generated = time.perf_counter() - start
-    return {"engine_start_s": started, "generate_s": generated, "results": runs[0], "runs": runs}
+    return {
+        "engine_start_s": started,
+        "generate_s": generated,
+        "peak_rss": _peak_rss(),
+        "results": runs[0],
+        "runs": runs,
+    }
+
+
+def _peak_rss() -> int | None:
+    """This engine process's high-water resident memory in bytes (Linux), else None."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def _lora_request(adapter: dict | None, number: int):
