@@ -9,9 +9,11 @@ from pathlib import Path
 from dagster import DagsterRunStatus, materialize
 
 from assets.models import model_snapshot, tensorized_model
-from assets.state import PARTITION_TAG
+from assets.state import PARTITION_TAG, VERIFY_TAG
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import git
+from resources.registry import Registry
+from resources.storage import LocalStore
 from tests.conftest import LLAMA
 from tests.processes import dagster_home, free_port, start, stop, wait_for
 
@@ -112,6 +114,20 @@ def test_webserver_shows_asset_graph_latest_metadata_and_checks_per_partition(
         resources=defs.resources,
     )
     assert written.success
+    # The version as a publish would record it (a hand-written record from what the run
+    # staged: publishing for real would add two vLLM engines to this test).
+    staged = written.asset_materializations_for_node("tensorized_model")[0].metadata["staged"]
+    staged = staged.value
+    Registry(LocalStore(env.settings.store)).publish(
+        {
+            "repo_id": staged["repo_id"],
+            "suffix": staged["suffix"],
+            "hf_sha": staged["sha"],
+            "key_id": staged["key_id"],
+            "files": staged["files"],
+            **staged["settings"],
+        }
+    )
     # Bit rot in the store after publishing: the checks-only job must catch it (cheaply:
     # the tensor check fails before any vLLM engine starts).
     tensors = next(Path(env.settings.store).rglob("model.tensors"))
@@ -137,7 +153,12 @@ def test_webserver_shows_asset_graph_latest_metadata_and_checks_per_partition(
                     "repositoryName": "__repository__",
                     "jobName": "reverify_model",
                 },
-                "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": KEY}]},
+                "executionMetadata": {
+                    "tags": [
+                        {"key": PARTITION_TAG, "value": KEY},
+                        {"key": VERIFY_TAG, "value": staged["suffix"]},
+                    ]
+                },
             },
         )["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
