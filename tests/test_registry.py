@@ -21,6 +21,21 @@ def record(suffix: str, sha: str = "a" * 40, **extra) -> dict:
     }
 
 
+def lost_creates(registry: Registry, monkeypatch) -> list[str]:
+    """The keys of every create-once write that found its key taken, from now on."""
+    lost: list[str] = []
+    create = registry.store.create
+
+    def counting_create(key, data):
+        created = create(key, data)
+        if not created:
+            lost.append(key)
+        return created
+
+    monkeypatch.setattr(registry.store, "create", counting_create)
+    return lost
+
+
 @pytest.fixture
 def registry(tmp_path) -> Registry:
     return Registry(LocalStore(tmp_path / "store"))
@@ -50,7 +65,6 @@ def test_concurrent_reservations_get_distinct_suffixes(registry, monkeypatch):
     got: list[str] = []
     barrier = threading.Barrier(16)
     listed = registry._suffixes
-    lost = []
 
     def listing_then_wait(repo_id, kind):
         found = listed(repo_id, kind)
@@ -59,15 +73,7 @@ def test_concurrent_reservations_get_distinct_suffixes(registry, monkeypatch):
         return found
 
     monkeypatch.setattr(registry, "_suffixes", listing_then_wait)
-    create = registry.store.create
-
-    def counting_create(key, data):
-        created = create(key, data)
-        if not created:
-            lost.append(key)
-        return created
-
-    monkeypatch.setattr(registry.store, "create", counting_create)
+    lost = lost_creates(registry, monkeypatch)
     threads = [
         threading.Thread(
             target=lambda i=i: got.append(registry.reserve_suffix("org/m", f"run-{i}"))
@@ -100,8 +106,8 @@ def test_concurrent_alias_moves_lose_no_update(registry, monkeypatch):
     so their compare-and-swap writes collide: the losers retry, and none is lost."""
     for n in range(1, 13):
         registry.publish(record(f"v{n}"))
-    barrier, first_read, lost = threading.Barrier(12), threading.local(), []
-    read, create = registry.store.read_versioned, registry.store.create
+    barrier, first_read = threading.Barrier(12), threading.local()
+    read = registry.store.read_versioned
 
     def read_then_wait(key):
         found = read(key)
@@ -110,14 +116,8 @@ def test_concurrent_alias_moves_lose_no_update(registry, monkeypatch):
             barrier.wait(timeout=30)
         return found
 
-    def counting_create(key, data):
-        created = create(key, data)
-        if not created:
-            lost.append(key)
-        return created
-
     monkeypatch.setattr(registry.store, "read_versioned", read_then_wait)
-    monkeypatch.setattr(registry.store, "create", counting_create)
+    lost = lost_creates(registry, monkeypatch)
     threads = [
         threading.Thread(target=registry.move_alias, args=("org/m", "latest", f"v{n}"))
         for n in range(1, 13)
