@@ -231,7 +231,8 @@ def adapter_roundtrip_checks(
     adapter = cat.adapter(op.partition_key)
     target = staged_artifact(op, "tensorized_adapter")
     settings = target.settings
-    assert isinstance(settings, AdapterSettings), target.reference
+    if not isinstance(settings, AdapterSettings):
+        raise Failure(f"{target.reference} is not an adapter version", allow_retries=False)
     snapshot = hub.hub(cat.hubs[adapter.hub]).snapshot(
         adapter.adapter.repo_id, target.sha, hub.cache
     )

@@ -79,14 +79,14 @@ def snapshot_metadata(repo_id: str, ref: str, sha: str, path: Path) -> dict:
 def _earlier_run_of_same_build(
     context: AssetExecutionContext,
     reg: Registry,
-    staged: tuple[str, str, str],
+    build: tuple[str, str, str],
     settings: ModelSettings | AdapterSettings,
     poll_s: float = 2.0,
 ) -> dict | None:
     """The rule for two unforced runs of one build (same sha, same settings) in flight at
     once: the lower suffix goes on, the higher waits for it and reuses its version. If the
     earlier run ends without publishing, this one goes on with its own suffix."""
-    repo_id, sha, suffix = staged
+    repo_id, sha, suffix = build  # what this run builds, and the suffix it reserved
     announced = set()
     states = partial(run_state, context.instance)
     ours = set(run_lineage(context))
