@@ -15,10 +15,12 @@ from resources.catalog import load_catalog, partition_key
 from resources.errors import ModelpubError
 
 if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
     from dagster_project.launch import Launch
 
 
-def _instance():
+def _instance() -> DagsterInstance:
     from dagster import DagsterInstance
 
     home = Path(
@@ -63,6 +65,20 @@ def publish_adapter(settings: Settings, name: str, force: bool = False) -> dict:
 PUBLISH_STEP = {"publish_model": "published_version", "publish_adapter": "published_adapter"}
 
 
+def _ensure_partition(instance: DagsterInstance, partitions: str, key: str) -> None:
+    """Add the entry's dynamic partition; a concurrent publish of the same entry may add it
+    between the check and the insert, which is the same outcome, not an error."""
+    from sqlalchemy.exc import IntegrityError
+
+    if instance.has_dynamic_partition(partitions, key):
+        return
+    try:
+        instance.add_dynamic_partitions(partitions, [key])
+    except IntegrityError:
+        if not instance.has_dynamic_partition(partitions, key):
+            raise
+
+
 def _run_publish(settings: Settings, partitions: str, run: Launch) -> dict:
     """Run a publish job in-process for one partition; returns the published record."""
     from dagster_project.definitions import build_definitions
@@ -77,8 +93,7 @@ def _run_publish(settings: Settings, partitions: str, run: Launch) -> dict:
 
     defs = build_definitions(settings)
     instance = _instance()
-    if not instance.has_dynamic_partition(partitions, run.partition_key):
-        instance.add_dynamic_partitions(partitions, [run.partition_key])
+    _ensure_partition(instance, partitions, run.partition_key)
     result = defs.resolve_job_def(run.job_name).execute_in_process(
         instance=instance,
         partition_key=run.partition_key,

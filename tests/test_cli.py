@@ -129,3 +129,17 @@ def test_read_only_commands_import_neither_torch_nor_vllm(env):
         )
         result = json.loads(done.stderr.strip().splitlines()[-1])
         assert result == {"code": 0, "heavy": []}, (args, done.stderr)
+
+
+def test_a_publish_that_loses_the_partition_race_still_runs(instance, monkeypatch):
+    """Two publishes of a new entry both see its partition missing; the one that inserts
+    second must carry on (this failed a concurrent publish in CI)."""
+    key = LLAMA.replace("/", "__")
+    instance.add_dynamic_partitions("models", [key])  # the other publish won the race
+    seen = iter([False])  # ... after this one had checked
+    real_check = instance.has_dynamic_partition
+    monkeypatch.setattr(
+        instance, "has_dynamic_partition", lambda *a: next(seen, None) or real_check(*a)
+    )
+    cli._ensure_partition(instance, "models", key)
+    assert instance.get_dynamic_partitions("models") == [key]
