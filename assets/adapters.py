@@ -32,15 +32,16 @@ from resources import (
 from resources.catalog import AdapterTarget
 from resources.formats.lora import AdapterError, AdapterInfo, check_compatible
 from resources.layout import ADAPTER_TENSORS_FILE, adapter_prefix
-from resources.records import AdapterSettings
+from resources.records import AdapterSettings, AdapterVersion, VersionRecord
 from resources.registry import Registry, RegistryError
+from resources.storage.store import ObjectStore
 from resources.vllm.serve import adapter_serve_command
 
 
 def latest_base(registry: Registry, base_repo_id: str) -> str:
     """The suffix of the base's `latest` version; a clear failure if there is none yet."""
     try:
-        return registry.resolve(f"{base_repo_id}@latest")["suffix"]
+        return registry.resolve(f"{base_repo_id}@latest").suffix
     except RegistryError:
         raise Failure(
             f"the base model {base_repo_id} has no published version yet: publish it first "
@@ -50,7 +51,7 @@ def latest_base(registry: Registry, base_repo_id: str) -> str:
 
 
 def fetch_checked(
-    target: AdapterTarget, catalog: CatalogResource, hub: HubResource, base: dict, sha: str
+    target: AdapterTarget, catalog: CatalogResource, hub: HubResource, base: VersionRecord, sha: str
 ) -> tuple[Path, AdapterInfo]:
     """The adapter's snapshot at `sha`, refused unless it fits the base version `base`.
 
@@ -61,7 +62,7 @@ def fetch_checked(
     with classified_errors():
         path = hub.hub(hubs[target.hub]).snapshot(target.adapter.repo_id, sha, hub.cache)
         base_dir = hub.hub(hubs[target.base.hub]).snapshot(
-            target.base.repo_id, base["hf_sha"], hub.cache
+            target.base.repo_id, base.hf_sha, hub.cache
         )
     try:
         return path, check_compatible(path, target.base.repo_id, base_dir)
@@ -106,7 +107,7 @@ def adapter_snapshot(
             **snapshot_metadata(target.adapter.repo_id, target.adapter.ref, sha, path),
             "base": f"{target.base.repo_id}@{base_suffix}",
             "base_suffix": base_suffix,
-            "base_sha": base["hf_sha"],
+            "base_sha": base.hf_sha,
             "rank": info.rank,
             "dtype": info.dtype,
             "target_modules": ", ".join(info.target_modules),
@@ -153,7 +154,7 @@ def tensorized_adapter(
             encrypted=target.base.encrypt,
             base_repo_id=target.base.repo_id,
             base_suffix=base_suffix,
-            base_hf_sha=base["hf_sha"],
+            base_hf_sha=base.hf_sha,
         ),
         force=config.force,
         snapshot=lambda: path,
@@ -192,8 +193,8 @@ def published_adapter(
     target = catalog.load().adapter(context.partition_key)
     reg = registry.open()
 
-    def serve(record: dict, store) -> str:
-        base = reg.version(record["base_repo_id"], record["base_suffix"])
+    def serve(record: AdapterVersion, store: ObjectStore) -> str:
+        base = reg.version(record.base_repo_id, record.base_suffix)
         return adapter_serve_command(record, base, store)
 
     return publish_step(

@@ -23,7 +23,7 @@ from assets.gpu import GPU_OP_TAGS
 from assets.metadata import md_table
 from assets.models import tensorized_model
 from assets.partitions import adapters_partitions, models_partitions
-from assets.state import VERIFY_TAG, staged_artifact, staged_from_record
+from assets.state import VERIFY_TAG, staged_artifact
 from resources import (
     CatalogResource,
     HubResource,
@@ -32,7 +32,7 @@ from resources import (
     RegistryResource,
     VllmResource,
 )
-from resources.layout import model_prefix, tensors_name, validation_key
+from resources.layout import validation_key
 from resources.records import AdapterSettings, StagedArtifact
 from resources.registry import RegistryError
 from resources.storage.store import ObjectStore
@@ -73,7 +73,7 @@ def check_target(
     if not suffix:
         return staged_artifact(op, "tensorized_model")
     try:
-        return staged_from_record(registry.open().version(repo_id, suffix))
+        return StagedArtifact.of_version(registry.open().version(repo_id, suffix))
     except RegistryError as exc:
         raise Failure(f"cannot re-verify: {exc}", allow_retries=False) from None
 
@@ -237,16 +237,13 @@ def adapter_roundtrip_checks(
         adapter.adapter.repo_id, target.sha, hub.cache
     )
     base = registry.open().version(settings.base_repo_id, settings.base_suffix)
-    base_prefix = model_prefix(base["repo_id"], base["suffix"])
+    base_prefix, base_tensors = base.location
     store = object_store.open()
     keys = key_store.open()
-    base_parallel = base.get("tensor_parallel_size", 1)
-    loader = store.vllm_loader_options(
-        f"{base_prefix}/{tensors_name(base_parallel)}", with_secrets=True
-    )
+    loader = store.vllm_loader_options(f"{base_prefix}/{base_tensors}", with_secrets=True)
     with ExitStack() as stack:
-        if base["key_id"]:
-            loader["encryption_keyfile"] = str(stack.enter_context(keys.keyfile(base["key_id"])))
+        if base.key_id:
+            loader["encryption_keyfile"] = str(stack.enter_context(keys.keyfile(base.key_id)))
         report = AdapterRoundTrip(
             store=store,
             prefix=target.prefix,
@@ -255,12 +252,12 @@ def adapter_roundtrip_checks(
             key_id=target.key_id,
             key=keys.get(target.key_id) if target.key_id else None,
             rank=settings.rank,
-            base_model=stack.enter_context(store.config_dir(base_prefix, base["files"])),
+            base_model=stack.enter_context(store.config_dir(base_prefix, base.files)),
             base_loader=loader,
-            dtype=base["dtype"],
+            dtype=base.dtype,
             prompts=adapter.prompts,
             max_tokens=adapter.max_tokens,
             tolerance=adapter.base.logprob_tolerance,
-            tensor_parallel_size=base_parallel,
+            tensor_parallel_size=base.tensor_parallel_size,
         ).run(vllm.generate)
     yield from _finish(context, store, target, report, ADAPTER_COLUMNS)

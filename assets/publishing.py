@@ -27,7 +27,6 @@ from assets.state import (
     run_lineage,
     run_state,
     run_worker,
-    staged_from_record,
 )
 from resources import (
     KeyStoreResource,
@@ -42,7 +41,9 @@ from resources.records import (
     AdapterSettings,
     ModelSettings,
     StagedArtifact,
+    VersionRecord,
     now,
+    parse_version,
 )
 from resources.registry import ALIAS, Registry, suffix_number
 from resources.storage.store import ObjectStore
@@ -82,7 +83,7 @@ def _earlier_run_of_same_build(
     build: tuple[str, str, str],
     settings: ModelSettings | AdapterSettings,
     poll_s: float = 2.0,
-) -> dict | None:
+) -> VersionRecord | None:
     """The rule for two unforced runs of one build (same sha, same settings) in flight at
     once: the lower suffix goes on, the higher waits for it and reuses its version. If the
     earlier run ends without publishing, this one goes on with its own suffix."""
@@ -111,8 +112,8 @@ def _earlier_run_of_same_build(
         time.sleep(poll_s)
 
 
-def _reused(context: AssetExecutionContext, record: dict) -> MaterializeResult:
-    staged = staged_from_record(record)
+def _reused(context: AssetExecutionContext, record: VersionRecord) -> MaterializeResult:
+    staged = StagedArtifact.of_version(record)
     context.log.info(
         f"{staged.repo_id}@{staged.sha[:12]} is already published as {staged.suffix}; "
         "re-verifying it instead of publishing again"
@@ -253,7 +254,7 @@ def publish_step(
     staged: StagedArtifact,
     registry: RegistryResource,
     object_store: ObjectStoreResource,
-    serve: Callable[[dict, ObjectStore], str],
+    serve: Callable[[VersionRecord, ObjectStore], str],
 ) -> MaterializeResult:
     """Write the immutable record of a verified version and move its aliases to it
     (`latest`, or those named in the run's aliases tag).
@@ -288,25 +289,27 @@ def publish_step(
                 "`modelpub gc`?); not publishing, publish again",
                 allow_retries=False,
             )
-        record = {
-            "schema": SCHEMA,
-            "repo_id": repo_id,
-            "catalog_key": context.partition_key,
-            "hf_ref": ref,
-            "hf_sha": staged.sha,
-            "suffix": suffix,
-            **staged.settings.model_dump(),
-            "key_id": staged.key_id,
-            "artifact_uri": store.uri(staged.prefix),
-            "tensors_uri": store.uri(f"{staged.prefix}/{staged.tensors_file}"),
-            "files": staged.files,
-            "versions": package_versions(),
-            "validation": report["summary"],
-            "validation_report": store.uri(report_key),
-            "dagster_run_id": context.run.run_id,
-            "published_at": now(),
-            "rotated_from": context.run.tags.get(ROTATED_FROM_TAG),
-        }
+        record = parse_version(
+            {
+                "schema": SCHEMA,
+                "repo_id": repo_id,
+                "catalog_key": context.partition_key,
+                "hf_ref": ref,
+                "hf_sha": staged.sha,
+                "suffix": suffix,
+                **staged.settings.model_dump(),
+                "key_id": staged.key_id,
+                "artifact_uri": store.uri(staged.prefix),
+                "tensors_uri": store.uri(f"{staged.prefix}/{staged.tensors_file}"),
+                "files": staged.files,
+                "versions": package_versions(),
+                "validation": report["summary"],
+                "validation_report": store.uri(report_key),
+                "dagster_run_id": context.run.run_id,
+                "published_at": now(),
+                "rotated_from": context.run.tags.get(ROTATED_FROM_TAG),
+            }
+        )
         reg.publish(record)
         for alias in aliases:
             reg.move_alias(repo_id, alias, suffix)
@@ -315,7 +318,7 @@ def publish_step(
         metadata={
             "reference": f"{repo_id}@{suffix}",
             "suffix": suffix,
-            "sha": record["hf_sha"],
+            "sha": record.hf_sha,
             "newly_published": not staged.reused,
             "aliases": MetadataValue.md(
                 md_table(
@@ -325,6 +328,6 @@ def publish_step(
             ),
             "record_uri": MetadataValue.url(store.uri(registry_key(repo_id, "versions", suffix))),
             "serve_command": MetadataValue.md(f"```\n{serve(record, store)}\n```"),
-            "record": MetadataValue.json(record),
+            "record": MetadataValue.json(record.to_dict()),
         }
     )

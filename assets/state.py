@@ -24,8 +24,7 @@ from dagster import (
     RunsFilter,
 )
 
-from resources.layout import record_location
-from resources.records import RunState, StagedArtifact, Worker, settings_of
+from resources.records import RunState, StagedArtifact, Worker
 
 SHA_TAG = "modelpub/sha"
 # Run tags that steer a run (set by sensors, schedules, or by hand in the launchpad):
@@ -85,22 +84,6 @@ def run_output(context: Context, asset: str) -> dict[str, Any]:
 def staged_artifact(context: Context, asset: str) -> StagedArtifact:
     """The artifact this run's `asset` step staged (or reuses)."""
     return StagedArtifact.model_validate(run_output(context, asset)[STAGED])
-
-
-def staged_from_record(record: dict[str, Any]) -> StagedArtifact:
-    """An already published version, as the checks and publish steps take it."""
-    prefix, tensors_file = record_location(record)
-    return StagedArtifact(
-        repo_id=record["repo_id"],
-        suffix=record["suffix"],
-        sha=record["hf_sha"],
-        prefix=prefix,
-        tensors_file=tensors_file,
-        key_id=record["key_id"],
-        files=record["files"],
-        reused=True,
-        settings=settings_of(record),
-    )
 
 
 def pin_tag(context: AssetExecutionContext, tag: str, resolve: Callable[[], str]) -> str:

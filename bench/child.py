@@ -163,7 +163,7 @@ def dagster_run(spec: dict) -> dict:
         "seconds": seconds,
         "import_s": imports,
         "steps": step_durations(),
-        "suffix": record["suffix"],
+        "suffix": record.suffix,
         "peak_rss": peak_rss(),
     }
 

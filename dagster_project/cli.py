@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 from dagster_project.settings import Settings
 from resources.catalog import load_catalog, partition_key
 from resources.errors import ModelpubError
+from resources.records import VersionRecord, parse_version
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -41,7 +41,7 @@ def _registry(settings: Settings):
     return Registry(open_store(settings.store))
 
 
-def publish(settings: Settings, key: str, force: bool = False) -> dict:
+def publish(settings: Settings, key: str, force: bool = False) -> VersionRecord:
     """Run the publish job in-process for one catalog entry; returns the version record."""
     from dagster_project import launch
 
@@ -51,7 +51,7 @@ def publish(settings: Settings, key: str, force: bool = False) -> dict:
     )
 
 
-def publish_adapter(settings: Settings, name: str, force: bool = False) -> dict:
+def publish_adapter(settings: Settings, name: str, force: bool = False) -> VersionRecord:
     """Publish a catalog adapter (repo id or partition key) against its base's `latest`."""
     from dagster_project import launch
 
@@ -79,7 +79,7 @@ def _ensure_partition(instance: DagsterInstance, partitions: str, key: str) -> N
             raise
 
 
-def _run_publish(settings: Settings, partitions: str, run: Launch) -> dict:
+def _run_publish(settings: Settings, partitions: str, run: Launch) -> VersionRecord:
     """Run a publish job in-process for one partition; returns the published record."""
     from dagster_project.definitions import build_definitions
 
@@ -115,7 +115,7 @@ def _run_publish(settings: Settings, partitions: str, run: Launch) -> dict:
             if ev.is_step_failure
         ]
         raise PublishFailed(key, result.run_id, failed_checks, errors)
-    return published[0].metadata["record"].value
+    return parse_version(published[0].metadata["record"].value)
 
 
 def _root_cause(failure) -> str:
@@ -139,8 +139,8 @@ class PublishFailed(ModelpubError):
         self.run_id = run_id
 
 
-def _print(obj) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True))
+def _print(record: VersionRecord) -> None:
+    print(record.to_json().decode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,10 +209,10 @@ def _cmd_list(settings: Settings, args) -> int:
     for repo in [args.repo_id] if args.repo_id else registry.repos():
         aliases = registry.aliases(repo)
         for record in registry.versions(repo):
-            names = sorted(a for a, s in aliases.items() if s == record["suffix"])
+            names = sorted(a for a, s in aliases.items() if s == record.suffix)
             rows.append(
-                f"{repo}@{record['suffix']}\t{record['hf_sha'][:12]}\t"
-                f"{record['dtype']}\t{record['published_at']}\t{','.join(names)}"
+                f"{record.reference}\t{record.hf_sha[:12]}\t"
+                f"{record.dtype}\t{record.published_at}\t{','.join(names)}"
             )
     print("\n".join(rows) if rows else "nothing published yet")
     return 0
@@ -223,22 +223,24 @@ def _cmd_resolve(settings: Settings, args) -> int:
     return 0
 
 
-def _keyfile(settings: Settings, record: dict) -> str | None:
+def _keyfile(settings: Settings, record: VersionRecord) -> str | None:
+    from resources.layout import key_file
     from resources.storage.keys import LocalStore, open_key_store
 
     keys = open_key_store(settings.keys, settings.store)
-    if record.get("key_id") and isinstance(keys.store, LocalStore):
-        return str(keys.store.path(f"{record['key_id']}.key"))
+    if record.key_id and isinstance(keys.store, LocalStore):
+        return str(keys.store.path(key_file(record.key_id)))
     return None
 
 
 def _cmd_serve_command(settings: Settings, args) -> int:
+    from resources.records import AdapterVersion
     from resources.vllm.serve import adapter_serve_command, serve_command
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
-    if record.get("kind") == "adapter":
-        base = registry.version(record["base_repo_id"], record["base_suffix"])
+    if isinstance(record, AdapterVersion):
+        base = registry.version(record.base_repo_id, record.base_suffix)
         keyfile = _keyfile(settings, base)
         print(adapter_serve_command(record, base, registry.store, base_keyfile=keyfile))
         return 0
@@ -266,23 +268,22 @@ def _cmd_verify(settings: Settings, args) -> int:
 
 def _cmd_fetch_adapter(settings: Settings, args) -> int:
     from resources.formats.lora import AdapterError, restore_adapter
-    from resources.layout import record_location
+    from resources.records import AdapterVersion
     from resources.storage.keys import open_key_store
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
-    if record.get("kind") != "adapter":
+    if not isinstance(record, AdapterVersion):
         raise AdapterError(
             f"{args.reference} is a model, not an adapter; serve it with "
             f"`modelpub serve-command {args.reference}`"
         )
-    key_id = record["key_id"]
+    key_id = record.key_id
     key = open_key_store(settings.keys, settings.store).get(key_id) if key_id else None
-    prefix, _ = record_location(record)
-    dest = restore_adapter(registry.store, prefix, record["files"], key_id, key, args.dir)
+    prefix, _ = record.location
+    dest = restore_adapter(registry.store, prefix, record.files, key_id, key, args.dir)
     print(
-        f"restored {record['repo_id']}@{record['suffix']} (for {record['base_repo_id']}@"
-        f"{record['base_suffix']}) to {dest}",
+        f"restored {record.reference} (for {record.base_reference}) to {dest}",
         file=sys.stderr,
     )
     print(dest)
@@ -301,7 +302,7 @@ def _cmd_demo(settings: Settings, args) -> int:
     print("published:", file=sys.stderr)
     _print(record)
     print("\nserve it with:", file=sys.stderr)
-    args.reference = f"{DEMO_REPO}@{record['suffix']}"
+    args.reference = record.reference
     _cmd_serve_command(settings, args)
     return _demo_adapter(settings, args, catalog, repo)
 
@@ -321,23 +322,21 @@ def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
         commit_tiny_adapter(repo, base_repo, DEMO_REPO)
     record = publish_adapter(settings, DEMO_ADAPTER)
     print(
-        f"\npublished adapter {DEMO_ADAPTER}@{record['suffix']} for "
-        f"{record['base_repo_id']}@{record['base_suffix']}; serve it with:",
+        f"\npublished adapter {record.reference} for {record.base_reference}; serve it with:",
         file=sys.stderr,
     )
-    args.reference = f"{DEMO_ADAPTER}@{record['suffix']}"
+    args.reference = record.reference
     return _cmd_serve_command(settings, args)
 
 
 def _cmd_fetch_config(settings: Settings, args) -> int:
     from resources.formats.artifact import fetch_config
-    from resources.layout import model_prefix
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
-    prefix = model_prefix(record["repo_id"], record["suffix"])
-    written = fetch_config(registry.store, prefix, record["files"], Path(args.dest))
-    print(f"wrote {len(written)} files for {record['repo_id']}@{record['suffix']} to {args.dest}")
+    prefix, _ = record.location
+    written = fetch_config(registry.store, prefix, record.files, Path(args.dest))
+    print(f"wrote {len(written)} files for {record.reference} to {args.dest}")
     return 0
 
 

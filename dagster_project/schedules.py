@@ -23,13 +23,14 @@ from dagster_project import launch
 from dagster_project.jobs import publish_model_job, reverify_model_job
 from resources import CatalogResource, RegistryResource
 from resources.catalog import Catalog, ModelEntry, RepublishSpec
+from resources.records import VersionRecord
 from resources.registry import Registry, RegistryError
 from resources.storage.store import StoreError
 
 
 def alias_targets(
     catalog: Catalog, registry: Registry, aliases: list[str], log: DagsterLogManager
-) -> list[tuple[ModelEntry, dict, list[str]]]:
+) -> list[tuple[ModelEntry, VersionRecord, list[str]]]:
     """(entry, version record, which of `aliases` point at it), one per distinct version.
 
     An entry the registry cannot answer for is logged and left out, not fatal.
@@ -51,8 +52,8 @@ def _status(spec: RepublishSpec) -> DefaultScheduleStatus:
     return DefaultScheduleStatus.RUNNING if spec.running else DefaultScheduleStatus.STOPPED
 
 
-def _run_key(entry: ModelEntry, record: dict, context: ScheduleEvaluationContext) -> str:
-    return f"{entry.key}@{record['suffix']}/{context.scheduled_execution_time.isoformat()}"
+def _run_key(entry: ModelEntry, record: VersionRecord, context: ScheduleEvaluationContext) -> str:
+    return f"{entry.key}@{record.suffix}/{context.scheduled_execution_time.isoformat()}"
 
 
 def build_reverify_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefinition:
@@ -73,7 +74,7 @@ def build_reverify_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefin
         if not targets:
             yield SkipReason(f"no published version behind {', '.join(spec.aliases)}")
         for entry, record, _ in targets:
-            run = launch.reverify_model(entry, record["suffix"], record["hf_sha"], executor)
+            run = launch.reverify_model(entry, record.suffix, record.hf_sha, executor)
             yield run.run_request(_run_key(entry, record, context))
 
     return reverify_published
@@ -97,7 +98,7 @@ def build_rotate_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefinit
         targets = [
             t
             for t in alias_targets(catalog.load(), registry.open(), spec.aliases, context.log)
-            if t[1]["encrypted"]
+            if t[1].encrypted
         ]
         if not targets:
             yield SkipReason(f"no encrypted version behind {', '.join(spec.aliases)}")
@@ -105,10 +106,10 @@ def build_rotate_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefinit
             run = launch.publish_model(
                 entry,
                 executor,
-                sha=record["hf_sha"],
+                sha=record.hf_sha,
                 force=True,
                 aliases=names,
-                rotated_from=record["suffix"],
+                rotated_from=record.suffix,
             )
             yield run.run_request(_run_key(entry, record, context))
 

@@ -128,7 +128,7 @@ def build_revision_sensor(
                 result.cursor.seen[item.name] = previous.seen.get(item.name, "")
                 continue
             if published is not None:
-                context.log.info(f"{item.name}@{sha[:12]} is already {published['suffix']}")
+                context.log.info(f"{item.name}@{sha[:12]} is already {published.suffix}")
                 continue
             if item.job == publish_adapter_job.name:
                 target = cat.adapter(item.partition)

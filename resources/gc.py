@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from resources import layout
-from resources.layout import record_location
 from resources.records import Reservation, RunState
 from resources.registry import Registry
 from resources.storage.keys import KeyStore
@@ -85,7 +84,7 @@ def find_orphans(
     published = set(registry.published())
     owners: dict[str, Version] = {}
     for repo_id, suffix in published:
-        owners[record_location(registry.version(repo_id, suffix))[0]] = (repo_id, suffix)
+        owners[registry.version(repo_id, suffix).location[0]] = (repo_id, suffix)
     reservations = {
         v: r
         for v in registry.reservations()

@@ -39,18 +39,6 @@ def adapter_prefix(base_repo_id: str, base_suffix: str, repo_id: str, suffix: st
     return f"{model_prefix(base_repo_id, base_suffix)}/adapters/{repo_id}/{suffix}"
 
 
-def record_location(record: dict) -> tuple[str, str]:
-    """(prefix, tensors file) of the files a version record describes, model or adapter."""
-    if record.get("kind") == "adapter":
-        prefix = adapter_prefix(
-            record["base_repo_id"], record["base_suffix"], record["repo_id"], record["suffix"]
-        )
-        return prefix, ADAPTER_TENSORS_FILE
-    return model_prefix(record["repo_id"], record["suffix"]), tensors_name(
-        record.get("tensor_parallel_size", 1)
-    )
-
-
 def tensors_name(tensor_parallel_size: int) -> str:
     """The tensors file name vLLM's `tensorizer_uri` takes: a per-rank template when sharded."""
     return TENSORS_FILE if tensor_parallel_size == 1 else RANK_TEMPLATE

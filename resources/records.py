@@ -6,6 +6,7 @@ reads as schema 1 with the fields it has.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from resources import layout
 
 SCHEMA = 2
 RunState = Literal["running", "finished"] | None  # None: not known to this Dagster instance
@@ -93,12 +96,91 @@ class AdapterSettings(BaseModel):
 
 
 ArtifactSettings = Annotated[ModelSettings | AdapterSettings, Field(discriminator="kind")]
-_SETTINGS = TypeAdapter(ArtifactSettings)
 
 
-def settings_of(record: dict[str, Any]) -> ModelSettings | AdapterSettings:
-    """The settings a version record was made with (records before `kind` are models)."""
-    return _SETTINGS.validate_python({"kind": "model", **record})
+class _Published(BaseModel):
+    """What every version record holds besides the settings it was made with."""
+
+    schema_: int = Field(1, alias="schema")  # records before the field existed: schema 1
+    repo_id: str
+    suffix: str
+    hf_sha: str
+    hf_ref: str | None = None
+    catalog_key: str | None = None
+    key_id: str | None = None
+    artifact_uri: str
+    tensors_uri: str
+    files: dict[str, dict[str, Any]]  # name -> {size, sha256}
+    versions: dict[str, str] = Field(default_factory=dict)  # packages that made it
+    validation: dict[str, Any] = Field(default_factory=dict)  # the round trip's summary
+    validation_report: str | None = None
+    dagster_run_id: str | None = None
+    published_at: str | None = None
+    rotated_from: str | None = None
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repo_id}@{self.suffix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as it is stored, shown in the UI and printed by the CLI."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True).encode()
+
+
+# Records are immutable once written: fields a newer writer added are kept, not dropped.
+_RECORD_CONFIG = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+
+class ModelVersion(ModelSettings, _Published):
+    """A published model version: its files under `vllm/<repo>/<suffix>/`."""
+
+    model_config = _RECORD_CONFIG
+
+    @property
+    def settings(self) -> ModelSettings:
+        fields = set(ModelSettings.model_fields)
+        return ModelSettings.model_validate(self.model_dump(include=fields))
+
+    @property
+    def location(self) -> tuple[str, str]:
+        """(prefix, tensors file) of its files in the store."""
+        prefix = layout.model_prefix(self.repo_id, self.suffix)
+        return prefix, layout.tensors_name(self.tensor_parallel_size)
+
+
+class AdapterVersion(AdapterSettings, _Published):
+    """A published LoRA adapter version: its files under the base version it fits."""
+
+    model_config = _RECORD_CONFIG
+
+    @property
+    def settings(self) -> AdapterSettings:
+        fields = set(AdapterSettings.model_fields)
+        return AdapterSettings.model_validate(self.model_dump(include=fields))
+
+    @property
+    def location(self) -> tuple[str, str]:
+        prefix = layout.adapter_prefix(
+            self.base_repo_id, self.base_suffix, self.repo_id, self.suffix
+        )
+        return prefix, layout.ADAPTER_TENSORS_FILE
+
+    @property
+    def base_reference(self) -> str:
+        return f"{self.base_repo_id}@{self.base_suffix}"
+
+
+VersionRecord = ModelVersion | AdapterVersion
+_VERSION = TypeAdapter(Annotated[VersionRecord, Field(discriminator="kind")])
+
+
+def parse_version(data: bytes | dict[str, Any]) -> VersionRecord:
+    """A version record read from the registry (records before `kind` are models)."""
+    raw = json.loads(data) if isinstance(data, bytes) else data
+    return _VERSION.validate_python({"kind": "model", **raw})
 
 
 class StagedArtifact(BaseModel):
@@ -121,6 +203,22 @@ class StagedArtifact(BaseModel):
     @property
     def reference(self) -> str:
         return f"{self.repo_id}@{self.suffix}"
+
+    @classmethod
+    def of_version(cls, record: VersionRecord) -> StagedArtifact:
+        """An already published version, as the checks and publish steps take it."""
+        prefix, tensors_file = record.location
+        return cls(
+            repo_id=record.repo_id,
+            suffix=record.suffix,
+            sha=record.hf_sha,
+            prefix=prefix,
+            tensors_file=tensors_file,
+            key_id=record.key_id,
+            files=record.files,
+            reused=True,
+            settings=record.settings,
+        )
 
     def to_metadata(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

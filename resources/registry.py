@@ -23,9 +23,10 @@ from resources.records import (
     AdapterSettings,
     ModelSettings,
     Reservation,
+    VersionRecord,
     Worker,
     now,
-    settings_of,
+    parse_version,
 )
 from resources.storage.store import NotFound, ObjectStore
 
@@ -124,23 +125,29 @@ class Registry:
     def is_published(self, repo_id: str, suffix: str) -> bool:
         return self.store.exists(self._version_key(repo_id, suffix))
 
-    def publish(self, record: dict) -> None:
+    def publish(self, record: VersionRecord) -> None:
         """Create the version record; a record is written once and never replaced."""
-        key = self._version_key(record["repo_id"], record["suffix"])
-        data = json.dumps(record, indent=2, sort_keys=True).encode()
-        if not self.store.create(key, data):
+        key = self._version_key(record.repo_id, record.suffix)
+        if not self.store.create(key, record.to_json()):
             raise RegistryError(
-                f"{record['repo_id']}@{record['suffix']} is already published; versions are "
-                "immutable, publish a new suffix instead"
+                f"{record.reference} is already published; versions are immutable, "
+                "publish a new suffix instead"
             )
 
-    def version(self, repo_id: str, suffix: str) -> dict:
+    def version(self, repo_id: str, suffix: str) -> VersionRecord:
         try:
-            return json.loads(self.store.get_bytes(self._version_key(repo_id, suffix)))
+            data = self.store.get_bytes(self._version_key(repo_id, suffix))
         except NotFound:
             raise RegistryError(f"{repo_id}@{suffix} is not published") from None
+        try:
+            return parse_version(data)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise RegistryError(
+                f"{repo_id}@{suffix}: its record in the registry is not a version record this "
+                f"modelpub can read ({str(exc).splitlines()[0]}); upgrade modelpub"
+            ) from None
 
-    def versions(self, repo_id: str) -> list[dict]:
+    def versions(self, repo_id: str) -> list[VersionRecord]:
         return [self.version(repo_id, s) for s in self._suffixes(repo_id, "versions")]
 
     def repos(self) -> list[str]:
@@ -148,10 +155,10 @@ class Registry:
 
     def find_by_sha(
         self, repo_id: str, sha: str, settings: ModelSettings | AdapterSettings | None = None
-    ) -> dict | None:
+    ) -> VersionRecord | None:
         """The newest version of `repo_id` built from `sha` (with the same settings)."""
         for record in reversed(self.versions(repo_id)):
-            if record["hf_sha"] == sha and (settings is None or settings_of(record) == settings):
+            if record.hf_sha == sha and (settings is None or record.settings == settings):
                 return record
         return None
 
@@ -204,7 +211,7 @@ class Registry:
                 return
         raise RegistryError(f"{repo_id}: alias {alias!r} kept changing; gave up after retries")
 
-    def resolve(self, reference: str) -> dict:
+    def resolve(self, reference: str) -> VersionRecord:
         """`repo_id`, `repo_id@alias` or `repo_id@vN` -> the version record."""
         repo_id, _, name = reference.partition("@")
         name = name or "latest"

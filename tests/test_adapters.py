@@ -219,7 +219,7 @@ def test_publish_restore_and_serve_an_adapter(published_base: Env, tmp_path, cap
 
     with pytest.raises(CryptographyError, match="Tensor is encrypted"):  # no key, no tensors
         tensorize.deserialize(store.uri(f"{prefix}/{ADAPTER_TENSORS_FILE}"), None)
-    assert Registry(store).resolve(f"{LORA}@latest")["suffix"] == "v1"
+    assert Registry(store).resolve(f"{LORA}@latest").suffix == "v1"
 
     # vLLM: restored == original on every prompt, and != the base on at least one
     report = json.loads(Path(record["validation_report"]).read_text())

@@ -23,6 +23,7 @@ from resources.tensorize import TensorizeError
 from resources.vllm.runner import VllmRunError
 from resources.vllm.tensorized import FormatError
 from tests.conftest import LLAMA
+from tests.records import version_record
 
 DOMAIN_ERRORS = [
     AdapterError,
@@ -103,18 +104,9 @@ def test_a_malformed_catalog_is_one_line(env):
 
 def test_read_only_commands_import_neither_torch_nor_vllm(env):
     """`list`, `resolve` and `serve-command` answer in well under a second: no torch."""
-    record = {
-        "repo_id": LLAMA,
-        "suffix": "v1",
-        "hf_sha": "a" * 40,
-        "dtype": "float32",
-        "format": "hf",
-        "encrypted": True,
-        "key_id": "k/v1",
-        "files": {},
-        "artifact_uri": "/srv/models/v1",
-        "published_at": "2026-12-01T00:00:00+00:00",
-    }  # a hand-written record: only what these commands read
+    record = version_record(
+        LLAMA, "v1", dtype="float32", encrypted=True, key_id="k/v1", artifact_uri="/srv/models/v1"
+    )
     registry = Registry(LocalStore(env.settings.store))
     registry.publish(record)
     registry.move_alias(LLAMA, "latest", "v1")

@@ -53,15 +53,15 @@ def test_two_forced_publishes_of_one_entry_both_publish_their_own_suffix(env, in
 
     registry = Registry(LocalStore(env.settings.store))
     records = registry.versions(LLAMA)
-    assert [r["suffix"] for r in records] == ["v1", "v2"]
-    runs = [r["dagster_run_id"] for r in records]
+    assert [r.suffix for r in records] == ["v1", "v2"]
+    runs = [r.dagster_run_id for r in records]
     assert len(set(runs)) == 2
     assert_overlapped(instance, runs)
     for record in records:  # each validated exactly the suffix it wrote, in its own run
-        assert record["validation_report"].endswith(
-            f"validation/{LLAMA}/{record['suffix']}/{record['dagster_run_id']}.json"
+        assert record.validation_report.endswith(
+            f"validation/{LLAMA}/{record.suffix}/{record.dagster_run_id}.json"
         )
-        assert registry.reservation(LLAMA, record["suffix"]).run_id == record["dagster_run_id"]
+        assert registry.reservation(LLAMA, record.suffix).run_id == record.dagster_run_id
     assert registry.aliases(LLAMA) == {"latest": "v2"}
 
 
@@ -72,7 +72,7 @@ def test_two_unforced_publishes_of_one_sha_make_one_version(env, instance):
         finish(worker)
 
     registry = Registry(LocalStore(env.settings.store))
-    assert [r["suffix"] for r in registry.versions(LLAMA)] == ["v1"]
+    assert [r.suffix for r in registry.versions(LLAMA)] == ["v1"]
     # Both reserved before either published, so the waiting path was the one taken.
     waiter = registry.reservation(LLAMA, "v2")
     assert waiter is not None and not registry.is_published(LLAMA, "v2")

@@ -16,6 +16,7 @@ from resources.registry import Registry
 from resources.storage import open_store
 from tests.conftest import LLAMA, PROMPTS
 from tests.processes import dagster_home, start, stop, wait_for
+from tests.records import version_record
 
 TRACKED = "test-org/tiny-llama-tracked"
 KEY = TRACKED.replace("/", "__")
@@ -49,7 +50,7 @@ def test_daemon_publishes_a_new_commit_as_a_new_suffix_exactly_once(env, tmp_pat
     )
     # What was published before the sensor was switched on: the sensor must not redo it.
     registry = Registry(open_store(env.settings.store))
-    registry.publish({"repo_id": TRACKED, "suffix": "v1", "hf_sha": old_sha})
+    registry.publish(version_record(TRACKED, "v1", hf_sha=old_sha))
     home = dagster_home()
     with DagsterInstance.get() as instance:
         instance.event_log_storage.set_concurrency_slots("gpu", 1)
@@ -72,11 +73,11 @@ def test_daemon_publishes_a_new_commit_as_a_new_suffix_exactly_once(env, tmp_pat
             stop(daemon)
 
         record = registry.resolve(f"{TRACKED}@latest")
-        assert (record["suffix"], record["hf_sha"]) == ("v2", new_sha)
+        assert (record.suffix, record.hf_sha) == ("v2", new_sha)
         runs = instance.get_runs(RunsFilter(tags={SHA_TAG: new_sha}))
         assert len(runs) == 1
         assert runs[0].status == DagsterRunStatus.SUCCESS
         assert runs[0].tags["dagster/run_key"] == f"{KEY}@{new_sha}"
         assert len(instance.get_runs()) == 1
-        assert record["dagster_run_id"] == runs[0].run_id
+        assert record.dagster_run_id == runs[0].run_id
     print(f"new commit published {published_s:.0f}s after it was made ({Path(home)})")

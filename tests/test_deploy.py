@@ -115,8 +115,8 @@ def test_publish_steps_run_in_separate_processes_on_postgres(env, postgres, monk
     assert orchestrator.records[0].event_log_entry.dagster_event.pid not in pids.values()
 
     record = Registry(LocalStore(env.settings.store)).resolve(LLAMA)
-    assert record["dagster_run_id"] == run.run_id and record["validation"]["passed"]
-    assert (record["format"], record["tensor_parallel_size"]) == ("hf", 1)
+    assert record.dagster_run_id == run.run_id and record.validation["passed"]
+    assert (record.format, record.tensor_parallel_size) == ("hf", 1)
     published = instance.fetch_materializations(AssetKey("published_version"), limit=1).records
     assert published[0].run_id == run.run_id and published[0].partition_key == KEY
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.vllm
 
 
 def versions(env) -> list[str]:
-    return [r["suffix"] for r in Registry(LocalStore(env.settings.store)).versions(LLAMA)]
+    return [r.suffix for r in Registry(LocalStore(env.settings.store)).versions(LLAMA)]
 
 
 @pytest.fixture
@@ -77,5 +77,5 @@ def test_killed_publish_leaves_nothing_visible_and_a_rerun_publishes(env, capsys
     assert f"orphaned: {LLAMA}@v1" in report, report
     assert f"(pid {worker.pid} on" in report and "is gone" in report
     record = publish(env.settings, LLAMA)
-    assert record["suffix"] == "v2" and record["validation"]["passed"]
-    assert Registry(LocalStore(env.settings.store)).resolve(LLAMA)["suffix"] == "v2"
+    assert record.suffix == "v2" and record.validation["passed"]
+    assert Registry(LocalStore(env.settings.store)).resolve(LLAMA).suffix == "v2"

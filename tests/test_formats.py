@@ -10,12 +10,14 @@ import pytest
 from dagster_project.cli import PublishFailed, main, publish
 from resources.formats.artifact import write_artifact
 from resources.layout import RANK_TEMPLATE, tensors_name
+from resources.records import VersionRecord
 from resources.registry import Registry
 from resources.storage.store import LocalStore
 from resources.validation.roundtrip import RoundTrip, RoundTripReport
 from resources.vllm.runner import cuda_available
 from resources.vllm.tensorized import FormatError, resolve_format, tensors_files
 from tests.conftest import LLAMA, PROMPTS
+from tests.records import version_record
 
 REPO = "org/sharded"
 
@@ -62,23 +64,22 @@ def test_rank_files_are_the_ones_vllm_fills_in():
     assert not TensorizerConfig(tensorizer_uri=f"/a/{tensors_name(1)}")._is_sharded
 
 
-def record(store: LocalStore, suffix: str, fmt: str, parallel: int) -> dict:
+def record(
+    store: LocalStore, suffix: str, fmt: str, parallel: int, files: dict | None = None
+) -> VersionRecord:
     prefix = f"vllm/{REPO}/{suffix}"
-    files = tensors_files(parallel) + ["config.json"]
-    return {
-        "repo_id": REPO,
-        "suffix": suffix,
-        "hf_sha": "0" * 40,
-        "format": fmt,
-        "tensor_parallel_size": parallel,
-        "dtype": "float16",
-        "encrypted": True,
-        "key_id": f"org__sharded/{suffix}",
-        "artifact_uri": store.uri(prefix),
-        "tensors_uri": store.uri(f"{prefix}/{tensors_name(parallel)}"),
-        "files": {name: {"size": 1, "sha256": "0" * 64} for name in files},
-        "published_at": "2026-11-25T00:00:00+00:00",
-    }
+    names = tensors_files(parallel) + ["config.json"]
+    return version_record(
+        REPO,
+        suffix,
+        format=fmt,
+        tensor_parallel_size=parallel,
+        encrypted=True,
+        key_id=f"org__sharded/{suffix}",
+        artifact_uri=store.uri(prefix),
+        tensors_uri=store.uri(f"{prefix}/{tensors_name(parallel)}"),
+        files=files or {name: {"size": 1, "sha256": "0" * 64} for name in names},
+    )
 
 
 def serve(reference: str, capsys) -> tuple[list[str], list[str], dict]:
@@ -237,8 +238,7 @@ def test_verify_reads_every_rank_file(env, capsys):
         tensorize.serialize(part, path, key)
         store.put_file(f"vllm/{REPO}/v1/{name}", path)
         rank_files[name] = {"size": path.stat().st_size, "sha256": tensorize.sha256_file(path)}
-    published = record(store, "v1", "vllm", 2) | {"files": rank_files}
-    Registry(store).publish(published)
+    Registry(store).publish(record(store, "v1", "vllm", 2, files=rank_files))
 
     assert main(["verify", f"{REPO}@v1"]) == 0
     assert f"{REPO}@v1: OK (2 files, {len(weights)} tensors verified)" in capsys.readouterr().out

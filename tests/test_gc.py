@@ -18,6 +18,7 @@ from resources.registry import Registry
 from resources.storage import open_store
 from resources.storage.keys import open_key_store
 from resources.storage.store import LocalStore
+from tests.records import version_record
 
 REPO = "org/model"
 RUNS = {"failed-run": "finished", "live-run": "running"}  # anything else: unknown
@@ -33,7 +34,7 @@ def _upload(registry: Registry, suffix: str, run_id: str | None, repo: str = REP
 
 def _publish(registry: Registry, repo: str, suffix: str, run_id: str, **record) -> None:
     _upload(registry, suffix, run_id, repo)
-    registry.publish({"repo_id": repo, "suffix": suffix, **record})
+    registry.publish(version_record(repo, suffix, **record))
 
 
 def _start_unfinished_upload(store, key: str) -> None:
@@ -158,8 +159,17 @@ def test_abandoned_adapter_upload_under_a_published_base_is_found(local):
     published = adapter_prefix("org/base", "v1", "org/lora", "v1")  # a published adapter...
     assert registry.reserve_suffix("org/lora", "ok-run", prefix=lambda s: published) == "v1"
     registry.store.create(f"{published}/adapter_model.tensors", b"lora")
-    adapter = {"kind": "adapter", "base_repo_id": "org/base", "base_suffix": "v1"}
-    registry.publish({"repo_id": "org/lora", "suffix": "v1", **adapter})
+    registry.publish(
+        version_record(
+            "org/lora",
+            "v1",
+            kind="adapter",
+            rank=8,
+            base_repo_id="org/base",
+            base_suffix="v1",
+            base_hf_sha="0" * 40,
+        )
+    )
     # ... and one whose run died after uploading, under the same published base.
     prefix = adapter_prefix("org/base", "v1", "org/lora", "v2")
     assert registry.reserve_suffix("org/lora", "failed-run", prefix=lambda s: prefix) == "v2"
@@ -222,7 +232,7 @@ def test_a_version_published_meanwhile_is_kept(local):
     _upload(registry, "v1", None)
     orphan = gc.find_orphans(registry, keys, RUNS.get, older_than=timedelta(0)).orphans[0]
 
-    registry.publish({"repo_id": REPO, "suffix": "v1", "key_id": "org__model/v1"})
+    registry.publish(version_record(REPO, "v1", key_id="org__model/v1"))
     assert not gc.remove(registry, keys, orphan)
     assert registry.store.list(model_prefix(REPO, "v1")) != []
     assert keys.exists("org__model/v1")

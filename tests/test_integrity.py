@@ -12,6 +12,7 @@ from resources.registry import Registry
 from resources.storage.keys import open_key_store
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
+from tests.records import version_record
 
 REF = f"{LLAMA}@v1"
 
@@ -31,16 +32,7 @@ def published(env) -> Path:
         store, prefix, env.mirror / LLAMA, "float16", keys.create(key_id), staging
     )
     registry.publish(
-        {
-            "repo_id": LLAMA,
-            "suffix": suffix,
-            "hf_sha": "0" * 40,
-            "format": "hf",
-            "dtype": "float16",
-            "encrypted": True,
-            "key_id": key_id,
-            "files": written.files,
-        }
+        version_record(LLAMA, suffix, encrypted=True, key_id=key_id, files=written.files)
     )
     registry.move_alias(LLAMA, "latest", suffix)
     return store.path(prefix)

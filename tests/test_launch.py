@@ -17,6 +17,7 @@ from resources.errors import ModelpubError
 from resources.registry import Registry
 from resources.storage import LocalStore
 from tests.conftest import LLAMA, catalog_yaml
+from tests.records import version_record
 
 KEY = LLAMA.replace("/", "__")
 
@@ -63,7 +64,7 @@ def test_sensor_and_cli_launch_a_tensor_parallel_entry_alike(k8s_env, instance, 
 
 def test_schedules_launch_with_the_same_gpu_config(k8s_env, instance):
     registry = Registry(LocalStore(k8s_env.settings.store))
-    registry.publish({"repo_id": LLAMA, "suffix": "v1", "hf_sha": "a" * 40, "encrypted": True})
+    registry.publish(version_record(LLAMA, "v1", hf_sha="a" * 40, encrypted=True))
     registry.move_alias(LLAMA, "latest", "v1")  # a hand-written record: what schedules read
     instance.add_dynamic_partitions("models", [KEY])
     defs = build_definitions(k8s_env.settings)

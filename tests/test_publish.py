@@ -42,17 +42,17 @@ def assert_no_key_material(key: bytes, roots: list[Path], captured) -> None:
 
 def test_publish_verify_and_republish(env, capsys):
     record = publish(env.settings, LLAMA)
-    assert record["suffix"] == "v1" and record["encrypted"]
-    assert record["validation"]["passed"]
-    assert record["validation"]["generations"]["max_abs_logprob_diff"] <= 0.01
+    assert record.suffix == "v1" and record.encrypted
+    assert record.validation["passed"]
+    assert record.validation["generations"]["max_abs_logprob_diff"] <= 0.01
     sha = subprocess.run(
         ["git", "-C", env.mirror / LLAMA, "rev-parse", "HEAD"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    assert record["hf_sha"] == sha
-    artifact = Path(record["artifact_uri"])
+    assert record.hf_sha == sha
+    artifact = Path(record.artifact_uri)
     assert {"model.tensors", "config.json", "tokenizer.json"} <= {
         p.name for p in artifact.iterdir()
     }
@@ -60,14 +60,14 @@ def test_publish_verify_and_republish(env, capsys):
     assert_no_key_material(
         key, [Path(env.settings.store), env.root / "dagster_home"], capsys.readouterr()
     )
-    report = json.loads(Path(record["validation_report"]).read_text())
+    report = json.loads(Path(record.validation_report).read_text())
     assert all(row["tokens_equal"] for row in report["generations"])
     v1_bytes = (Path(env.settings.store) / f"registry/{LLAMA}/versions/v1.json").read_bytes()
 
     # The same sha again: re-verified and reused, never a second suffix.
     again = publish(env.settings, LLAMA)
     assert again["suffix"] == "v1"
-    assert [r["suffix"] for r in registry(env).versions(LLAMA)] == ["v1"]
+    assert [r.suffix for r in registry(env).versions(LLAMA)] == ["v1"]
     reports = sorted((Path(env.settings.store) / f"validation/{LLAMA}/v1").glob("*.json"))
     assert len(reports) == 2  # the second run checked v1 again, and passed
     assert all(json.loads(p.read_text())["passed"] for p in reports)
@@ -76,7 +76,7 @@ def test_publish_verify_and_republish(env, capsys):
     new_sha = commit_tiny_model(env.mirror / LLAMA, seed=1)
     v2 = publish(env.settings, LLAMA)
     assert (v2["suffix"], v2["hf_sha"]) == ("v2", new_sha)
-    assert registry(env).resolve(LLAMA)["suffix"] == "v2"
+    assert registry(env).resolve(LLAMA).suffix == "v2"
     assert (
         Path(env.settings.store) / f"registry/{LLAMA}/versions/v1.json"
     ).read_bytes() == v1_bytes
@@ -98,8 +98,8 @@ def test_publish_a_second_architecture_unencrypted(env):
         .replace("repo_id: test-org/tiny-opt", "repo_id: test-org/tiny-opt\n  encrypt: false")
     )
     record = publish(env.settings, OPT)
-    assert record["suffix"] == "v1" and not record["encrypted"] and record["key_id"] is None
-    assert record["validation"]["tensors"]["count"] > 0
+    assert record.suffix == "v1" and not record.encrypted and record.key_id is None
+    assert record.validation["tensors"]["count"] > 0
 
 
 def tamper_before_checks(monkeypatch, tamper: Callable[[StagedArtifact], None]) -> None:
@@ -198,7 +198,7 @@ def test_a_model_with_a_short_context_publishes_and_prompts_beyond_it_are_refuse
     env.write_catalog(catalog_yaml(env.mirror, [{"repo_id": short}, too_long]))
 
     record = publish(env.settings, short)  # max_model_len 96: at most the model's own
-    assert record["validation"]["generations"]["passed"]
+    assert record.validation["generations"]["passed"]
 
     with pytest.raises(PublishFailed, match="beyond the model's context of 96 tokens"):
         publish(env.settings, too_long["repo_id"])

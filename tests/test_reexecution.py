@@ -49,6 +49,6 @@ def test_a_run_failed_at_the_publish_step_is_reexecuted_from_failure(env, instan
         ran = {e.step_key for e in again.all_events if e.is_step_success}
         assert ran == {"published_version"}  # nothing staged or checked again
     record = registry.resolve(LLAMA)
-    assert record["suffix"] == "v1" and record["dagster_run_id"] == again.run_id
-    assert record["validation_report"].endswith(f"/v1/{failed.run_id}.json")
-    assert record["validation"]["passed"]
+    assert record.suffix == "v1" and record.dagster_run_id == again.run_id
+    assert record.validation_report.endswith(f"/v1/{failed.run_id}.json")
+    assert record.validation["passed"]

@@ -4,21 +4,14 @@ import threading
 
 import pytest
 
-from resources.records import ModelSettings
+from resources.records import ModelSettings, VersionRecord
 from resources.registry import Registry, RegistryError
 from resources.storage.store import LocalStore
+from tests.records import version_record
 
 
-def record(suffix: str, sha: str = "a" * 40, **extra) -> dict:
-    return {
-        "repo_id": "org/m",
-        "suffix": suffix,
-        "hf_sha": sha,
-        "dtype": "float16",
-        "format": "hf",
-        "encrypted": True,
-        **extra,
-    }
+def record(suffix: str, sha: str = "a" * 40, **extra) -> VersionRecord:
+    return version_record("org/m", suffix, hf_sha=sha, encrypted=True, **extra)
 
 
 def lost_creates(registry: Registry, monkeypatch) -> list[str]:
@@ -48,7 +41,7 @@ def test_record_is_created_once_and_never_changed(registry, tmp_path):
     with pytest.raises(RegistryError, match="already published; versions are immutable"):
         registry.publish(record("v1", sha="b" * 40))
     assert path.read_bytes() == before
-    assert registry.version("org/m", "v1")["hf_sha"] == "a" * 40
+    assert registry.version("org/m", "v1").hf_sha == "a" * 40
 
 
 def test_suffixes_are_allocated_in_order_and_skip_reservations(registry):
@@ -93,11 +86,11 @@ def test_alias_moves_forward_and_resolves(registry):
         registry.publish(record(f"v{n}", sha=str(n) * 40))
     registry.move_alias("org/m", "latest", "v2")
     registry.move_alias("org/m", "latest", "v1")  # latest never moves backwards
-    assert registry.resolve("org/m")["suffix"] == "v2"
+    assert registry.resolve("org/m").suffix == "v2"
     registry.move_alias("org/m", "stable", "v3")
     registry.move_alias("org/m", "stable", "v1")  # other aliases move anywhere
-    assert registry.resolve("org/m@stable")["suffix"] == "v1"
-    assert registry.resolve("org/m@v3")["hf_sha"] == "3" * 40
+    assert registry.resolve("org/m@stable").suffix == "v1"
+    assert registry.resolve("org/m@v3").hf_sha == "3" * 40
     assert registry.aliases("org/m") == {"latest": "v2", "stable": "v1"}
 
 
@@ -126,7 +119,7 @@ def test_concurrent_alias_moves_lose_no_update(registry, monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    assert registry.resolve("org/m@latest")["suffix"] == "v12"
+    assert registry.resolve("org/m@latest").suffix == "v12"
     assert len(lost) == 11  # every mover but one lost the race to create the alias
 
 
@@ -143,7 +136,7 @@ def test_unknown_references_explain_themselves(registry):
 def test_find_by_sha_matches_settings(registry):
     registry.publish(record("v1", sha="c" * 40))
     same = ModelSettings(dtype="float16", encrypted=True)
-    assert registry.find_by_sha("org/m", "c" * 40, same)["suffix"] == "v1"
+    assert registry.find_by_sha("org/m", "c" * 40, same).suffix == "v1"
     other = ModelSettings(dtype="bfloat16", encrypted=True)
     assert registry.find_by_sha("org/m", "c" * 40, other) is None
     sharded = ModelSettings(dtype="float16", encrypted=True, tensor_parallel_size=2)

@@ -113,25 +113,25 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
         assert registry.reservation(WIDE, "v1") is not None  # the dead run's suffix stays taken
 
         record = cli.publish(env.settings, WIDE)
-        assert record["suffix"] == "v2"
-        assert record["tensors_uri"] == f"{store_uri}/vllm/{WIDE}/v2/model.tensors"
-        assert record["validation"]["passed"]
-        assert record["validation"]["generations"]["passed"]
+        assert record.suffix == "v2"
+        assert record.tensors_uri == f"{store_uri}/vllm/{WIDE}/v2/model.tensors"
+        assert record.validation["passed"]
+        assert record.validation["generations"]["passed"]
         assert registry.resolve(WIDE) == record
         assert registry.aliases(WIDE) == {"latest": "v2"}
 
         keys = open_key_store(env.settings.keys, store_uri)
         orphans = gc.find_orphans(registry, keys, cli._run_state).orphans
-        dead_key = record["key_id"].replace("/v2", "/v1")
+        dead_key = record.key_id.replace("/v2", "/v1")
         assert [(o.reference, o.unfinished, o.key_id) for o in orphans] == [
             (f"{WIDE}@v1", [f"vllm/{WIDE}/v1/model.tensors"], dead_key)
         ]
         assert "ended without publishing" in orphans[0].why
         assert gc.remove(registry, keys, orphans[0])
         assert gc.find_orphans(registry, keys, cli._run_state).orphans == []
-        assert not keys.exists(dead_key) and keys.exists(record["key_id"])
+        assert not keys.exists(dead_key) and keys.exists(record.key_id)
 
-        key = keys.get(record["key_id"])
+        key = keys.get(record.key_id)
         for name, body in artifact_bucket_objects(server).items():
             assert not name.endswith(".key"), name
             for form in (key, key.hex().encode(), base64.b64encode(key)):
@@ -147,7 +147,7 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
         assert cli.main(["serve-command", f"{WIDE}@latest"]) == 0
         command = capsys.readouterr().out
         assert f"modelpub fetch-config {WIDE}@v2" in command
-        assert server.endpoint in command and record["tensors_uri"] in command
+        assert server.endpoint in command and record.tensors_uri in command
         for identity in IDENTITIES.values():
             assert identity.secret_key not in command
     finally:

@@ -10,6 +10,7 @@ import pytest
 from resources.layout import model_prefix
 from resources.registry import Registry, suffix_number
 from resources.storage import open_store
+from tests.records import version_record
 
 pytestmark = pytest.mark.s3
 
@@ -29,7 +30,7 @@ def test_racing_publishers_get_distinct_suffixes_and_a_consistent_alias(s3_env):
         start.wait()
         suffix = registry.reserve_suffix(REPO, run_id=f"run-{i}")
         registry.store.create(f"{model_prefix(REPO, suffix)}/model.tensors", f"{i}".encode())
-        registry.publish({"repo_id": REPO, "suffix": suffix, "dagster_run_id": f"run-{i}"})
+        registry.publish(version_record(REPO, suffix, dagster_run_id=f"run-{i}"))
         registry.move_alias(REPO, "latest", suffix)
         registry.move_alias(REPO, "stable", suffix)
         return suffix
@@ -41,13 +42,13 @@ def test_racing_publishers_get_distinct_suffixes_and_a_consistent_alias(s3_env):
     registry = Registry(open_store(uri))
     for record in registry.versions(REPO):
         # each record is its own run's, and that run holds the suffix's reservation
-        run = record["dagster_run_id"]
-        assert registry.reservation(REPO, record["suffix"]).run_id == run
-        assert suffixes[int(run.removeprefix("run-"))] == record["suffix"]
+        run = record.dagster_run_id
+        assert registry.reservation(REPO, record.suffix).run_id == run
+        assert suffixes[int(run.removeprefix("run-"))] == record.suffix
     aliases = registry.aliases(REPO)
     assert aliases["latest"] == f"v{PUBLISHERS}"
     assert aliases["stable"] in suffixes
-    assert registry.resolve(f"{REPO}@stable")["suffix"] == aliases["stable"]
+    assert registry.resolve(f"{REPO}@stable").suffix == aliases["stable"]
 
 
 def test_compare_and_swap_loses_no_update(s3_env):

@@ -16,6 +16,7 @@ from resources.catalog import CatalogError, load_catalog
 from resources.registry import Registry
 from resources.storage import open_store
 from tests.conftest import LLAMA, OPT, catalog_yaml, execute_request
+from tests.records import version_record
 
 LLAMA_KEY, OPT_KEY = LLAMA.replace("/", "__"), OPT.replace("/", "__")
 TICK = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
@@ -46,7 +47,7 @@ def fake_versions(env) -> Registry:
         (LLAMA, "v2", "b" * 40, True),
         (OPT, "v1", "c" * 40, False),
     ]:
-        registry.publish({"repo_id": repo, "suffix": suffix, "hf_sha": sha, "encrypted": encrypted})
+        registry.publish(version_record(repo, suffix, hf_sha=sha, encrypted=encrypted))
     registry.move_alias(LLAMA, "latest", "v2")
     registry.move_alias(LLAMA, "stable", "v1")
     registry.move_alias(OPT, "latest", "v1")
@@ -145,18 +146,18 @@ def test_rotation_republishes_with_a_new_key_and_reverify_checks_the_aliased_ver
     )
     first = publish(env.settings, LLAMA)
     registry = Registry(open_store(env.settings.store))
-    registry.move_alias(LLAMA, "stable", first["suffix"])
+    registry.move_alias(LLAMA, "stable", first.suffix)
 
     [rotation] = evaluate(env, instance, "rotate_keys")
     assert execute_request(env, instance, rotation).success
 
     second = registry.resolve(f"{LLAMA}@stable")
-    assert (first["suffix"], second["suffix"]) == ("v1", "v2")
-    assert second["hf_sha"] == first["hf_sha"] and second["rotated_from"] == "v1"
-    assert second["key_id"] != first["key_id"]
+    assert (first.suffix, second.suffix) == ("v1", "v2")
+    assert second.hf_sha == first.hf_sha and second.rotated_from == "v1"
+    assert second.key_id != first.key_id
     keys = Path(env.settings.keys)
-    assert (keys / f"{first['key_id']}.key").read_bytes() != (
-        keys / f"{second['key_id']}.key"
+    assert (keys / f"{first.key_id}.key").read_bytes() != (
+        keys / f"{second.key_id}.key"
     ).read_bytes()
     assert registry.version(LLAMA, "v1") == first  # the old version is untouched
     assert registry.aliases(LLAMA) == {"latest": "v1", "stable": "v2"}  # only `stable` moved

@@ -22,6 +22,7 @@ from resources.registry import Registry
 from resources.storage import open_store
 from tests.conftest import LLAMA, OPT, catalog_yaml, execute_request
 from tests.fake_hub import FakeHub
+from tests.records import version_record
 
 LLAMA_KEY, OPT_KEY = LLAMA.replace("/", "__"), OPT.replace("/", "__")
 
@@ -118,9 +119,7 @@ def test_hub_error_skips_only_that_entry_until_it_resolves(env, instance):
 
 def test_sha_already_in_the_registry_is_not_requested(env, instance):
     sha = head(env, LLAMA)
-    Registry(open_store(env.settings.store)).publish(
-        {"repo_id": LLAMA, "suffix": "v1", "hf_sha": sha}
-    )
+    Registry(open_store(env.settings.store)).publish(version_record(LLAMA, "v1", hf_sha=sha))
 
     result = tick(env, instance)
 
@@ -208,7 +207,7 @@ def test_adapters_are_watched_too(env, instance):
     assert again.run_requests == []
 
     registry = Registry(open_store(env.settings.store))  # what the base's run leaves
-    registry.publish({"repo_id": LLAMA, "suffix": "v1", "hf_sha": head(env, LLAMA)})
+    registry.publish(version_record(LLAMA, "v1", hf_sha=head(env, LLAMA)))
     registry.move_alias(LLAMA, "latest", "v1")
     first = tick(env, instance, again.cursor)
     runs = {r.job_name: r for r in first.run_requests}
@@ -243,7 +242,7 @@ def test_an_adapter_found_with_its_base_is_published_after_it(env, instance):
     assert adapter_run.job_name == "publish_adapter"
     assert execute_request(env, instance, adapter_run).success
     record = Registry(open_store(env.settings.store)).resolve(adapter)
-    assert (record["kind"], record["base_repo_id"], record["base_suffix"]) == (
+    assert (record.kind, record.base_repo_id, record.base_suffix) == (
         "adapter",
         LLAMA,
         "v1",

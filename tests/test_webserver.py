@@ -16,6 +16,7 @@ from resources.registry import Registry
 from resources.storage import LocalStore
 from tests.conftest import LLAMA
 from tests.processes import dagster_home, free_port, start, stop, wait_for
+from tests.records import version_record
 
 KEY = LLAMA.replace("/", "__")
 
@@ -119,14 +120,14 @@ def test_webserver_shows_asset_graph_latest_metadata_and_checks_per_partition(
     staged = written.asset_materializations_for_node("tensorized_model")[0].metadata["staged"]
     staged = staged.value
     Registry(LocalStore(env.settings.store)).publish(
-        {
-            "repo_id": staged["repo_id"],
-            "suffix": staged["suffix"],
-            "hf_sha": staged["sha"],
-            "key_id": staged["key_id"],
-            "files": staged["files"],
+        version_record(
+            staged["repo_id"],
+            staged["suffix"],
+            hf_sha=staged["sha"],
+            key_id=staged["key_id"],
+            files=staged["files"],
             **staged["settings"],
-        }
+        )
     )
     # Bit rot in the store after publishing: the checks-only job must catch it (cheaply:
     # the tensor check fails before any vLLM engine starts).

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from resources import tensorize
 from resources.formats.artifact import check_files
-from resources.layout import record_location
+from resources.records import VersionRecord
 from resources.storage.keys import KeyStore
 from resources.storage.store import ObjectStore
 from resources.vllm.tensorized import rank_files
@@ -40,17 +40,16 @@ class IntegrityReport:
         return not self.problems
 
 
-def verify_published(store: ObjectStore, keys: KeyStore, record: dict) -> IntegrityReport:
-    reference = f"{record['repo_id']}@{record['suffix']}"
-    prefix, tensors_file = record_location(record)
-    report = IntegrityReport(reference, files=check_files(store, prefix, record["files"]))
-    names = rank_files(tensors_file, record.get("tensor_parallel_size", 1))
+def verify_published(store: ObjectStore, keys: KeyStore, record: VersionRecord) -> IntegrityReport:
+    prefix, tensors_file = record.location
+    report = IntegrityReport(record.reference, files=check_files(store, prefix, record.files))
+    names = rank_files(tensors_file, record.tensor_parallel_size)
     uri = store.uri(f"{prefix}/{names[0]}")
     try:
-        key = keys.get(record["key_id"]) if record.get("key_id") else None
+        key = keys.get(record.key_id) if record.key_id else None
         for name in names:
             uri = store.uri(f"{prefix}/{name}")
             report.tensors += len(tensorize.deserialize(uri, key, store.stream_kwargs()))
     except Exception as exc:  # noqa: BLE001 - every way of failing to read back is a finding
-        report.error = tensorize.describe_load_error(exc, uri, record.get("key_id"))
+        report.error = tensorize.describe_load_error(exc, uri, record.key_id)
     return report

@@ -5,33 +5,33 @@ from __future__ import annotations
 import json
 import shlex
 
-from resources.layout import model_prefix, tensors_name
+from resources.records import AdapterVersion, VersionRecord
 from resources.storage.store import LocalStore, ObjectStore
 from resources.vllm.runner import lora_rank_limit
 
 
-def serve_command(record: dict, store: ObjectStore, keyfile: str | None = None) -> str:
+def serve_command(record: VersionRecord, store: ObjectStore, keyfile: str | None = None) -> str:
     """The shell lines that serve a version record with vLLM.
 
     vLLM 0.33 refuses an `s3://` directory as the model (vLLM #32807), so the model is
     always a local directory of config files and `tensorizer_uri` points at the tensors:
     for a sharded vLLM-tensorized version, a `%03d` template vLLM fills with each rank.
     """
-    prefix = model_prefix(record["repo_id"], record["suffix"])
-    parallel = record.get("tensor_parallel_size", 1)
+    prefix, tensors_file = record.location
+    parallel = record.tensor_parallel_size
     lines = []
-    if record.get("format") == "vllm":
+    if record.format == "vllm":
         gpus = f" with {parallel} GPUs" if parallel > 1 else ""
         lines.append(f"# vLLM-tensorized: loads on a CUDA host{gpus}, straight onto the GPU")
     if isinstance(store, LocalStore):
-        model_dir = record["artifact_uri"]
+        model_dir = record.artifact_uri
     else:
-        model_dir = f"./{record['repo_id'].replace('/', '__')}-{record['suffix']}"
-        lines.append(f"modelpub fetch-config {record['repo_id']}@{record['suffix']} {model_dir}")
-    extra = store.vllm_loader_options(f"{prefix}/{tensors_name(parallel)}", with_secrets=False)
-    if record.get("encrypted"):
-        extra["encryption_keyfile"] = keyfile or f"<key file for key id {record['key_id']}>"
-    options = f"--load-format tensorizer --dtype {record['dtype']}"
+        model_dir = _local_dir(record)
+        lines.append(f"modelpub fetch-config {record.reference} {model_dir}")
+    extra = store.vllm_loader_options(f"{prefix}/{tensors_file}", with_secrets=False)
+    if record.encrypted:
+        extra["encryption_keyfile"] = keyfile or f"<key file for key id {record.key_id}>"
+    options = f"--load-format tensorizer --dtype {record.dtype}"
     if parallel > 1:
         options += f" --tensor-parallel-size {parallel}"
     lines.append(
@@ -42,18 +42,26 @@ def serve_command(record: dict, store: ObjectStore, keyfile: str | None = None) 
 
 
 def adapter_serve_command(
-    record: dict, base_record: dict, store: ObjectStore, base_keyfile: str | None = None
+    record: AdapterVersion,
+    base_record: VersionRecord,
+    store: ObjectStore,
+    base_keyfile: str | None = None,
 ) -> str:
     """The shell lines that serve an adapter version on the base version it was checked with.
 
     vLLM 0.32+ reads adapters only as local PEFT directories, so the first line restores
     it there (decrypting it); the adapter is then requested by its repo id as the model.
     """
-    adapter_dir = f"./{record['repo_id'].replace('/', '__')}-{record['suffix']}"
-    lora = f"{record['repo_id']}={adapter_dir}"
+    adapter_dir = _local_dir(record)
+    lora = f"{record.repo_id}={adapter_dir}"
     return (
-        f"modelpub fetch-adapter {record['repo_id']}@{record['suffix']} {adapter_dir}\n"
+        f"modelpub fetch-adapter {record.reference} {adapter_dir}\n"
         f"{serve_command(base_record, store, keyfile=base_keyfile)}"
-        f" --enable-lora --max-lora-rank {lora_rank_limit(record['rank'])}"
+        f" --enable-lora --max-lora-rank {lora_rank_limit(record.rank)}"
         f" --lora-modules {shlex.quote(lora)}"
     )
+
+
+def _local_dir(record: VersionRecord) -> str:
+    """Where the printed commands put a version's files on the serving host."""
+    return f"./{record.repo_id.replace('/', '__')}-{record.suffix}"
