@@ -34,8 +34,8 @@ from resources.formats.lora import AdapterError, AdapterInfo, check_compatible
 from resources.layout import ADAPTER_TENSORS_FILE, adapter_prefix
 from resources.records import AdapterSettings, AdapterVersion, VersionRecord
 from resources.registry import Registry, RegistryError
+from resources.serve import adapter_serve_command
 from resources.storage.store import ObjectStore
-from resources.vllm.serve import adapter_serve_command
 
 
 def latest_base(registry: Registry, base_repo_id: str) -> str:

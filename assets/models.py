@@ -22,11 +22,11 @@ from resources import (
     RegistryResource,
     TensorizerResource,
 )
+from resources.formats.format import FormatError, choose_format
 from resources.layout import model_prefix, tensors_name
 from resources.records import ModelSettings
+from resources.serve import serve_command
 from resources.vllm.runner import PromptsTooLong, context_length, cuda_available
-from resources.vllm.serve import serve_command
-from resources.vllm.tensorized import FormatError, resolve_format
 
 
 @asset(
@@ -85,7 +85,7 @@ def tensorized_model(
     entry = cat.entry(context.partition_key)
     sha = run_tag(context, SHA_TAG, "model_snapshot", "sha")
     try:
-        fmt = resolve_format(entry.format, cuda_available(), entry.tensor_parallel_size)
+        fmt = choose_format(entry.format, cuda_available(), entry.tensor_parallel_size)
     except FormatError as exc:
         raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
     source = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache)

@@ -235,7 +235,7 @@ def _keyfile(settings: Settings, record: VersionRecord) -> str | None:
 
 def _cmd_serve_command(settings: Settings, args) -> int:
     from resources.records import AdapterVersion
-    from resources.vllm.serve import adapter_serve_command, serve_command
+    from resources.serve import adapter_serve_command, serve_command
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)

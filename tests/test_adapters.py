@@ -193,7 +193,7 @@ def published_base(tmp_path_factory, mirror_template, adapter_template) -> Env:
     env.write_catalog(adapter_catalog(mirror, [LORA, ZERO, WRONG_NAME, OPT_LORA]))
     with pytest.MonkeyPatch.context() as monkeypatch:
         activate(monkeypatch, env.settings, root / "dagster_home")
-        assert publish(env.settings, LLAMA)["suffix"] == "v1"
+        assert publish(env.settings, LLAMA).suffix == "v1"
         yield env
 
 

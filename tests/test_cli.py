@@ -13,7 +13,7 @@ import pytest
 from dagster_project import cli
 from resources.catalog import CatalogError
 from resources.errors import ModelpubError
-from resources.formats.artifact import StagingFull
+from resources.formats.format import FormatError, StagingFull
 from resources.formats.lora import AdapterError
 from resources.registry import Registry, RegistryError
 from resources.sources.hub import HubError
@@ -21,7 +21,6 @@ from resources.storage.keys import KeyStoreError
 from resources.storage.store import LocalStore, StoreError
 from resources.tensorize import TensorizeError
 from resources.vllm.runner import VllmRunError
-from resources.vllm.tensorized import FormatError
 from tests.conftest import LLAMA
 from tests.records import version_record
 

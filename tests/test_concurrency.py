@@ -88,7 +88,7 @@ def test_a_publish_overlapping_a_reverify_of_the_same_entry(env, instance):
     defs = build_definitions(env.settings)
     reverify = defs.resolve_job_def("reverify_model").execute_in_process(
         instance=instance,
-        tags={PARTITION_TAG: KEY, VERIFY_TAG: "v1", SHA_TAG: v1["hf_sha"]},
+        tags={PARTITION_TAG: KEY, VERIFY_TAG: "v1", SHA_TAG: v1.hf_sha},
         raise_on_error=False,
     )
     finish(worker)
@@ -100,5 +100,5 @@ def test_a_publish_overlapping_a_reverify_of_the_same_entry(env, instance):
     registry = Registry(LocalStore(env.settings.store))
     v2 = registry.version(LLAMA, "v2")
     assert registry.version(LLAMA, "v1") == v1  # the re-verify changed nothing
-    assert_overlapped(instance, [reverify.run_id, v2["dagster_run_id"]])
+    assert_overlapped(instance, [reverify.run_id, v2.dagster_run_id])
     assert registry.aliases(LLAMA) == {"latest": "v2"}

@@ -45,7 +45,7 @@ def test_full_staging_disk_fails_clearly_and_a_rerun_publishes(env, tiny_staging
     assert versions(env) == []
     assert not list(Path(env.settings.store).glob("vllm/**/model.tensors"))
     subprocess.run(["umount", "-l", str(tiny_staging_disk)], check=True)
-    assert publish(env.settings, LLAMA)["suffix"] == "v2"  # v1 stays reserved by the failed run
+    assert publish(env.settings, LLAMA).suffix == "v2"  # v1 stays reserved by the failed run
     assert versions(env) == ["v2"]
 
 

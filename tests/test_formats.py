@@ -9,17 +9,30 @@ import pytest
 
 from dagster_project.cli import PublishFailed, main, publish
 from resources.formats.artifact import write_artifact
+from resources.formats.format import FORMATS, FormatError, artifact_format, choose_format
 from resources.layout import RANK_TEMPLATE, tensors_name
 from resources.records import VersionRecord
 from resources.registry import Registry
 from resources.storage.store import LocalStore
 from resources.validation.roundtrip import RoundTrip, RoundTripReport
 from resources.vllm.runner import cuda_available
-from resources.vllm.tensorized import FormatError, resolve_format, tensors_files
 from tests.conftest import LLAMA, PROMPTS
 from tests.records import version_record
 
 REPO = "org/sharded"
+
+
+def tensors_files(parallel: int) -> list[str]:
+    """The files of a vLLM-tensorized version sharded `parallel` ways."""
+    return artifact_format("vllm").tensors_files(tensors_name(parallel), parallel)
+
+
+def test_every_format_a_record_may_name_is_registered():
+    assert set(FORMATS) == {"hf", "vllm", "peft-lora"}
+    assert [f.load_format for f in FORMATS.values()] == ["tensorizer", "tensorizer", None]
+    assert [f.compares_with_source for f in FORMATS.values()] == [True, False, True]
+    with pytest.raises(FormatError, match="unknown artifact format 'gguf'"):
+        artifact_format("gguf")
 
 
 @pytest.mark.parametrize(
@@ -34,7 +47,7 @@ REPO = "org/sharded"
     ],
 )
 def test_format_choice(requested, cuda, parallel, written):
-    assert resolve_format(requested, cuda, parallel) == written
+    assert choose_format(requested, cuda, parallel) == written
 
 
 @pytest.mark.parametrize(
@@ -46,7 +59,7 @@ def test_format_choice(requested, cuda, parallel, written):
 )
 def test_what_this_host_cannot_write_is_refused(requested, parallel, message):
     with pytest.raises(FormatError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        resolve_format(requested, False, parallel)
+        choose_format(requested, False, parallel)
 
 
 def test_rank_files_are_the_ones_vllm_fills_in():

@@ -66,7 +66,7 @@ def test_publish_verify_and_republish(env, capsys):
 
     # The same sha again: re-verified and reused, never a second suffix.
     again = publish(env.settings, LLAMA)
-    assert again["suffix"] == "v1"
+    assert again.suffix == "v1"
     assert [r.suffix for r in registry(env).versions(LLAMA)] == ["v1"]
     reports = sorted((Path(env.settings.store) / f"validation/{LLAMA}/v1").glob("*.json"))
     assert len(reports) == 2  # the second run checked v1 again, and passed
@@ -75,7 +75,7 @@ def test_publish_verify_and_republish(env, capsys):
     # A new commit on the tracked branch: v2, and `latest` moves to it.
     new_sha = commit_tiny_model(env.mirror / LLAMA, seed=1)
     v2 = publish(env.settings, LLAMA)
-    assert (v2["suffix"], v2["hf_sha"]) == ("v2", new_sha)
+    assert (v2.suffix, v2.hf_sha) == ("v2", new_sha)
     assert registry(env).resolve(LLAMA).suffix == "v2"
     assert (
         Path(env.settings.store) / f"registry/{LLAMA}/versions/v1.json"

@@ -8,20 +8,14 @@ the file hashes and every tensor against the source checkpoint.
 from __future__ import annotations
 
 import contextlib
-import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from resources import tensorize
-from resources.errors import ModelpubError
+from resources.formats.format import artifact_format
 from resources.layout import TENSORS_FILE
 from resources.storage.store import NotFound, ObjectStore, StoreError
-from resources.vllm import tensorized as vllm_format
-
-
-class StagingFull(ModelpubError):
-    """The local staging disk filled up; retrying will not help until space is freed."""
 
 
 @dataclass
@@ -40,26 +34,6 @@ class WrittenArtifact:
         return sum(f["size"] for f in self.files.values())
 
 
-def _serialize(
-    snapshot: Path, dtype: str | None, key: bytes | None, tensors: Path
-) -> tensorize.SerializeStats:
-    """HF-format weights to the file `tensors`, streamed in batches and given up to the
-    serializer (a few hundred MB in memory at a time, not the model)."""
-    try:
-        weights = tensorize.iter_source_weights(snapshot, dtype)
-        return tensorize.serialize(weights, tensors, key, consume=True)
-    except OSError as exc:
-        tensors.unlink(missing_ok=True)
-        if exc.errno != errno.ENOSPC:
-            raise
-        need = sum(p.stat().st_size for p in snapshot.glob("*.safetensors"))
-        raise StagingFull(
-            f"no space left in the staging directory {tensors.parent} while serializing "
-            f"{need / 1e6:.1f} MB of tensors; free space there or point MODELPUB_CACHE at a "
-            "larger disk, then rerun"
-        ) from None
-
-
 def write_artifact(
     store: ObjectStore,
     prefix: str,
@@ -73,25 +47,18 @@ def write_artifact(
 ) -> WrittenArtifact:
     """Serialize the snapshot's weights to `tensors_file` and upload them with its other files.
 
-    `dtype` None keeps the weights' own dtypes. `fmt` `vllm` has vLLM serialize its model
-    instead (resources/vllm/tensorized.py), one file per rank, `tensors_file` then being the
-    per-rank template. Staged tensors files are moved, not copied, into a store that can
-    (a local store on the same filesystem). On failure, whatever was uploaded under
-    `prefix` is removed again (best effort; nothing there is visible to serving code
-    until a registry record points at it).
+    `dtype` None keeps the weights' own dtypes. `fmt` names the format that writes the
+    tensors (resources/formats/format.py): for `vllm`, vLLM serializes its model, one file
+    per rank, `tensors_file` then being the per-rank template. Staged tensors files are
+    moved, not copied, into a store that can (a local store on the same filesystem). On
+    failure, whatever was uploaded under `prefix` is removed again (best effort; nothing
+    there is visible to serving code until a registry record points at it).
     """
-    hashes: dict[str, str] = {}  # staged file name -> sha256 taken as it was written
-    if fmt == "vllm":
-        start = time.perf_counter()
-        tensors = vllm_format.write_vllm_tensors(
-            snapshot, staging, dtype, key, tensor_parallel_size
-        )
-        serialize_s = time.perf_counter() - start  # includes vLLM loading the model
-    else:
-        stats = _serialize(snapshot, dtype, key, staging / tensors_file)
-        tensors, serialize_s = [staging / tensors_file], stats.seconds
-        hashes[tensors_file] = stats.sha256
-    out = WrittenArtifact(serialize_s=serialize_s, tensors_files=[p.name for p in tensors])
+    written = artifact_format(fmt).write_tensors(
+        snapshot, staging, dtype, key, tensors_file, tensor_parallel_size
+    )
+    tensors, hashes = written.paths, written.sha256
+    out = WrittenArtifact(serialize_s=written.seconds, tensors_files=[p.name for p in tensors])
     uploads = [(p.name, p) for p in tensors] + [
         (str(p.relative_to(snapshot)), p) for p in tensorize.config_files(snapshot)
     ]

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from resources import tensorize
 from resources.formats.artifact import check_files
+from resources.formats.format import artifact_format
 from resources.records import VersionRecord
 from resources.storage.keys import KeyStore
 from resources.storage.store import ObjectStore
-from resources.vllm.tensorized import rank_files
 
 
 @dataclass
@@ -43,7 +43,7 @@ class IntegrityReport:
 def verify_published(store: ObjectStore, keys: KeyStore, record: VersionRecord) -> IntegrityReport:
     prefix, tensors_file = record.location
     report = IntegrityReport(record.reference, files=check_files(store, prefix, record.files))
-    names = rank_files(tensors_file, record.tensor_parallel_size)
+    names = artifact_format(record.format).tensors_files(tensors_file, record.tensor_parallel_size)
     uri = store.uri(f"{prefix}/{names[0]}")
     try:
         key = keys.get(record.key_id) if record.key_id else None

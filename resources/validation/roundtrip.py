@@ -19,6 +19,7 @@ from pathlib import Path
 
 from resources import tensorize
 from resources.formats.artifact import check_files
+from resources.formats.format import artifact_format
 from resources.layout import tensors_name
 from resources.storage.store import ObjectStore
 from resources.validation import expectations
@@ -30,7 +31,6 @@ from resources.vllm.runner import (
     context_length,
     runtime_dtype,
 )
-from resources.vllm.tensorized import tensors_files
 
 
 @dataclass
@@ -169,11 +169,13 @@ class RoundTrip:
     def check_tensors(self, report: RoundTripReport) -> None:
         report.files = check_files(self.store, self.prefix, self.files)
         source = None
-        if self.fmt != "vllm":
+        fmt = artifact_format(self.fmt)
+        if fmt.compares_with_source:
             # one tensor of each side in memory at a time, not two copies of the model
             source = tensorize.SourceCheckpoint(self.snapshot, self.dtype)
             report.source_tensors = len(source.names())
-        for name in tensors_files(self.tensor_parallel_size):  # one rank's file at a time
+        tensors_file = tensors_name(self.tensor_parallel_size)
+        for name in fmt.tensors_files(tensors_file, self.tensor_parallel_size):  # one at a time
             uri = self.store.uri(f"{self.prefix}/{name}")
             try:
                 published = tensorize.iter_deserialized(uri, self.key, self.store.stream_kwargs())
@@ -232,6 +234,6 @@ class RoundTrip:
             report.generations,
             self.tolerance,
             tensor_count=report.source_tensors,
-            against_source=self.fmt != "vllm",
+            against_source=artifact_format(self.fmt).compares_with_source,
         )
         return report

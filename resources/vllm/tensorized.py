@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-from resources.errors import ModelpubError
 from resources.layout import tensors_name
 from resources.tensorize import TensorizeError
 from resources.vllm.runner import run_child
@@ -25,53 +24,19 @@ from resources.vllm.runner import run_child
 OFFLINE_ENV = "MODELPUB_VLLM_SERIALIZE_OFFLINE"
 
 
-class FormatError(ModelpubError):
-    """A catalog entry asks for a format this host cannot write; says what to change."""
-
-
-def resolve_format(requested: str, cuda: bool, tensor_parallel_size: int = 1) -> str:
-    """`auto` | `hf` | `vllm` from the catalog -> the format written here: `hf` or `vllm`."""
-    if requested == "hf":
-        return "hf"
-    if cuda:
-        return "vllm"
-    if requested == "vllm":
-        raise FormatError(
-            "format 'vllm' (the vLLM-tensorized format) needs a CUDA host: vLLM serializes "
-            "it from a model loaded on the GPU and only loads it there. Publish from a GPU "
-            "node, or set format: auto (the HF-tensorized format on this host)"
-        )
-    if tensor_parallel_size > 1:
-        raise FormatError(
-            f"tensor_parallel_size {tensor_parallel_size} needs the vLLM-tensorized format "
-            "(one file per rank), which needs a CUDA host: publish from a GPU node with "
-            f"{tensor_parallel_size} GPUs, or set tensor_parallel_size: 1"
-        )
-    return "hf"
-
-
-def rank_files(name: str, tensor_parallel_size: int) -> list[str]:
-    """The files behind a `tensorizer_uri` name: itself, or each rank's for a template."""
-    if tensor_parallel_size == 1:
-        return [name]
-    return [name % rank for rank in range(tensor_parallel_size)]
-
-
-def tensors_files(tensor_parallel_size: int) -> list[str]:
-    return rank_files(tensors_name(tensor_parallel_size), tensor_parallel_size)
-
-
 def write_vllm_tensors(
     snapshot: Path,
     staging: Path,
     dtype: str,
     key: bytes | None,
     tensor_parallel_size: int,
+    names: list[str],
     timeout_s: float = 3600,
 ) -> list[Path]:
     """Load the snapshot with vLLM (on the GPUs) and serialize it with vLLM's serializer into
-    `staging`, one file per rank; returns the files. Config files are not written here."""
-    paths = [staging / name for name in tensors_files(tensor_parallel_size)]
+    `staging`, one file per rank (`names`); returns the files. Config files are not written
+    here."""
+    paths = [staging / name for name in names]
     keyfile = staging / ".modelpub-serialize.key"
     payload = {
         "model": str(snapshot),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 
+from resources.formats.format import artifact_format
 from resources.records import AdapterVersion, VersionRecord
 from resources.storage.store import LocalStore, ObjectStore
 from resources.vllm.runner import lora_rank_limit
@@ -20,9 +21,9 @@ def serve_command(record: VersionRecord, store: ObjectStore, keyfile: str | None
     prefix, tensors_file = record.location
     parallel = record.tensor_parallel_size
     lines = []
-    if record.format == "vllm":
-        gpus = f" with {parallel} GPUs" if parallel > 1 else ""
-        lines.append(f"# vLLM-tensorized: loads on a CUDA host{gpus}, straight onto the GPU")
+    note = artifact_format(record.format).serve_note(parallel)
+    if note:
+        lines.append(note)
     if isinstance(store, LocalStore):
         model_dir = record.artifact_uri
     else:
