@@ -32,6 +32,7 @@ from resources import (
     RegistryResource,
     VllmResource,
 )
+from resources.formats.access import vllm_loader_options
 from resources.layout import validation_key
 from resources.records import AdapterSettings, StagedArtifact
 from resources.registry import RegistryError
@@ -240,7 +241,7 @@ def adapter_roundtrip_checks(
     base_prefix, base_tensors = base.location
     store = object_store.open()
     keys = key_store.open()
-    loader = store.vllm_loader_options(f"{base_prefix}/{base_tensors}", with_secrets=True)
+    loader = vllm_loader_options(store, f"{base_prefix}/{base_tensors}", with_secrets=True)
     with ExitStack() as stack:
         if base.key_id:
             loader["encryption_keyfile"] = str(stack.enter_context(keys.keyfile(base.key_id)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 
+from resources.formats.access import vllm_loader_options
 from resources.formats.format import artifact_format
 from resources.records import AdapterVersion, VersionRecord
 from resources.storage.store import LocalStore, ObjectStore
@@ -29,7 +30,7 @@ def serve_command(record: VersionRecord, store: ObjectStore, keyfile: str | None
     else:
         model_dir = _local_dir(record)
         lines.append(f"modelpub fetch-config {record.reference} {model_dir}")
-    extra = store.vllm_loader_options(f"{prefix}/{tensors_file}", with_secrets=False)
+    extra = vllm_loader_options(store, f"{prefix}/{tensors_file}", with_secrets=False)
     if record.encrypted:
         extra["encryption_keyfile"] = keyfile or f"<key file for key id {record.key_id}>"
     options = f"--load-format tensorizer --dtype {record.dtype}"

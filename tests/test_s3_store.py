@@ -9,6 +9,7 @@ import torch
 
 from dagster_project.definitions import build_definitions
 from resources import tensorize
+from resources.formats.access import stream_kwargs
 from resources.storage import open_store
 from resources.storage.keys import KeyStoreError, open_key_store
 from resources.storage.s3 import S3Store
@@ -73,9 +74,9 @@ def test_tensorizer_streams_encrypted_tensors_from_s3(store, tmp_path):
     tensorize.serialize(weights, local, key)
     store.put_file("vllm/org/m/v1/model.tensors", local)
 
-    assert store.stream_kwargs()["force_http"] is True
+    assert stream_kwargs(store)["force_http"] is True
     back = tensorize.deserialize(
-        store.uri("vllm/org/m/v1/model.tensors"), key, store.stream_kwargs()
+        store.uri("vllm/org/m/v1/model.tensors"), key, stream_kwargs(store)
     )
     assert all(r["equal"] for r in tensorize.compare_weights(weights, back))
 

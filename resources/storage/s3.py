@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,7 +33,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
-from resources.storage.store import NotFound, ObjectStore, StoreError
+from resources.storage.store import NotFound, ObjectStore, S3Access, StoreError
 
 ARTIFACT_ENV = "MODELPUB_S3"
 KEYS_ENV = "MODELPUB_KEYS_S3"
@@ -122,7 +123,7 @@ class S3Store(ObjectStore):
         return f"s3://{self.bucket}/{self._full(key)}"
 
     def _credentials(self):
-        """The resolved credentials, for tensorizer and vLLM (which cannot take a client)."""
+        """The resolved credentials, for clients that cannot take a boto3 client."""
         import boto3
 
         r = self.resource
@@ -295,38 +296,14 @@ class S3Store(ObjectStore):
                 ]
         return sorted(found)
 
-    def _tensorizer_kwargs(self) -> dict:
-        """What tensorizer's S3 reader (presigned URLs fetched by curl) needs."""
+    def s3_access(self, with_credentials: bool = True) -> S3Access:
+        access = S3Access(endpoint=self.endpoint, region=self.region, env_prefix=self.env_prefix)
+        if not with_credentials:
+            return access
         credentials = self._credentials()
-        if credentials.token:
-            raise StoreError(
-                f"tensorizer cannot read {self.uri('')} with temporary (session-token) "
-                f"credentials; set {self.env_prefix}_ACCESS_KEY_ID and "
-                f"{self.env_prefix}_SECRET_ACCESS_KEY to long-lived keys"
-            )
-        return {
-            "s3_endpoint": self.endpoint,
-            "s3_access_key_id": credentials.access_key,
-            "s3_secret_access_key": credentials.secret_key,
-        }
-
-    def _plain_http(self) -> dict:
-        """tensorizer refuses http:// endpoints unless told to (`force_http`)."""
-        return {"force_http": True} if self.endpoint.startswith("http://") else {}
-
-    def stream_kwargs(self) -> dict:
-        return {**self._tensorizer_kwargs(), "s3_region_name": self.region, **self._plain_http()}
-
-    def vllm_loader_options(self, key: str, with_secrets: bool) -> dict:
-        """vLLM passes `s3_*` and `stream_kwargs` on to tensorizer's `open_stream`.
-
-        vLLM 0.32 does not fill the stream's credentials from its S3_* variables, so a
-        printed command without secrets relies on tensorizer's `~/.s3cfg` fallback.
-        """
-        options = {"tensorizer_uri": self.uri(key), "s3_endpoint": self.endpoint}
-        if with_secrets:
-            kwargs = self._tensorizer_kwargs()
-            options["s3_access_key_id"] = kwargs["s3_access_key_id"]
-            options["s3_secret_access_key"] = kwargs["s3_secret_access_key"]
-        options["stream_kwargs"] = {"s3_region_name": self.region, **self._plain_http()}
-        return options
+        return replace(
+            access,
+            access_key=credentials.access_key,
+            secret_key=credentials.secret_key,
+            session_token=credentials.token,
+        )

@@ -15,13 +15,23 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from resources.errors import ModelpubError
 
-if TYPE_CHECKING:
-    pass
+
+@dataclass(frozen=True)
+class S3Access:
+    """What another S3 client (tensorizer's reader, vLLM's loader) needs to read a store's
+    URIs itself, since neither takes a boto3 client. Credentials are None when not asked for."""
+
+    endpoint: str
+    region: str
+    env_prefix: str  # where its settings come from, for messages
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
 
 
 class StoreError(ModelpubError):
@@ -105,14 +115,9 @@ class ObjectStore(ABC):
                     self.get_file(f"{prefix}/{name}", dest)
             yield Path(tmp)
 
-    def stream_kwargs(self) -> dict:
-        """Keyword arguments for tensorizer's `open_stream` on this store's URIs."""
-        return {}
-
-    def vllm_loader_options(self, key: str, with_secrets: bool) -> dict:
-        """`model_loader_extra_config` entries for vLLM to read `key` with tensorizer;
-        without secrets, for printing."""
-        return {"tensorizer_uri": self.uri(key)}
+    def s3_access(self, with_credentials: bool = True) -> S3Access | None:
+        """How other clients reach this store over S3; None where its URIs are paths."""
+        return None
 
 
 def _fsync(path: Path) -> None:

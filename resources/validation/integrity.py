@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from resources import tensorize
+from resources.formats.access import stream_kwargs
 from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
 from resources.records import VersionRecord
@@ -49,7 +50,7 @@ def verify_published(store: ObjectStore, keys: KeyStore, record: VersionRecord) 
         key = keys.get(record.key_id) if record.key_id else None
         for name in names:
             uri = store.uri(f"{prefix}/{name}")
-            report.tensors += len(tensorize.deserialize(uri, key, store.stream_kwargs()))
+            report.tensors += len(tensorize.deserialize(uri, key, stream_kwargs(store)))
     except Exception as exc:  # noqa: BLE001 - every way of failing to read back is a finding
         report.error = tensorize.describe_load_error(exc, uri, record.key_id)
     return report

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from resources import tensorize
+from resources.formats.access import stream_kwargs, vllm_loader_options
 from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
 from resources.layout import tensors_name
@@ -178,7 +179,7 @@ class RoundTrip:
         for name in fmt.tensors_files(tensors_file, self.tensor_parallel_size):  # one at a time
             uri = self.store.uri(f"{self.prefix}/{name}")
             try:
-                published = tensorize.iter_deserialized(uri, self.key, self.store.stream_kwargs())
+                published = tensorize.iter_deserialized(uri, self.key, stream_kwargs(self.store))
                 if source is None:
                     rows = tensorize.describe_weights(dict(published), prefix=f"{name}:")
                 else:
@@ -197,8 +198,10 @@ class RoundTrip:
             report.generations_error = "not run: the tensor check failed"
             return
         dtype = runtime_dtype(self.dtype)
-        loader = self.store.vllm_loader_options(
-            f"{self.prefix}/{tensors_name(self.tensor_parallel_size)}", with_secrets=True
+        loader = vllm_loader_options(
+            self.store,
+            f"{self.prefix}/{tensors_name(self.tensor_parallel_size)}",
+            with_secrets=True,
         )
         if self.keyfile is not None:
             loader["encryption_keyfile"] = str(self.keyfile)
