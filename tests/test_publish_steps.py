@@ -1,0 +1,137 @@
+"""The publish step's decisions on plain, typed inputs (no Dagster run): what gets
+recorded, what is refused, and which earlier run of the same build a run waits for."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from resources.layout import model_prefix, validation_key
+from resources.publish import PublishPlan, PublishRefused, earlier_builds, publish_staged
+from resources.records import ModelSettings, ModelVersion, StagedArtifact
+from resources.registry import Registry, RegistryError
+from resources.storage.store import LocalStore
+
+REPO, SHA = "org/m", "a" * 40
+SETTINGS = ModelSettings(dtype="float16", encrypted=True)
+PLAN = PublishPlan(run_id="run-1", catalog_key="org__m", hf_ref="main")
+NOW = datetime.now(UTC)  # the reservations below are made just now: all in flight
+
+
+@pytest.fixture
+def registry(tmp_path) -> Registry:
+    return Registry(LocalStore(tmp_path / "store"))
+
+
+def stage(
+    registry: Registry, passed: bool = True, run_id: str = "run-1"
+) -> tuple[StagedArtifact, str]:
+    """A version as a run's tensorize step leaves it: reserved, files uploaded, and the
+    run's round-trip report written. Returns it and the report's key."""
+    suffix = registry.reserve_suffix(REPO, run_id, sha=SHA, settings=SETTINGS)
+    prefix = model_prefix(REPO, suffix)
+    files = {}
+    for name in ("model.tensors", "config.json"):
+        registry.store.create(f"{prefix}/{name}", b"bytes")
+        files[name] = {"size": 5, "sha256": "0" * 64}
+    report_key = validation_key(REPO, suffix, run_id)
+    summary = {"passed": passed, "tensors": {"passed": passed, "count": 3}}
+    registry.store.create(report_key, json.dumps({"passed": passed, "summary": summary}).encode())
+    staged = StagedArtifact(
+        repo_id=REPO,
+        suffix=suffix,
+        sha=SHA,
+        prefix=prefix,
+        tensors_file="model.tensors",
+        key_id=f"org__m/{suffix}",
+        files=files,
+        reused=False,
+        settings=SETTINGS,
+    )
+    return staged, report_key
+
+
+def test_a_verified_version_is_recorded_and_aliased(registry):
+    staged, report = stage(registry)
+    plan = PLAN.model_copy(update={"aliases": ["latest", "prod"], "rotated_from": "v0"})
+
+    record = publish_staged(registry, registry.store, staged, plan, report)
+
+    assert isinstance(record, ModelVersion) and record == registry.version(REPO, "v1")
+    assert (record.hf_sha, record.dagster_run_id, record.rotated_from) == (SHA, "run-1", "v0")
+    assert record.settings == SETTINGS and record.files == staged.files
+    assert record.validation["tensors"]["count"] == 3
+    assert record.validation_report == registry.store.uri(report)
+    assert registry.aliases(REPO) == {"latest": "v1", "prod": "v1"}
+
+
+@pytest.mark.parametrize(
+    ("passed", "aliases", "remove", "message"),
+    [
+        (False, ["latest"], None, "round-trip validation of org/m@v1 failed"),
+        (True, ["Latest!"], None, "not alias names like 'latest'"),
+        (True, ["latest"], "config.json", "config.json no longer in the store"),
+    ],
+)
+def test_what_must_not_be_published_is_refused_and_nothing_is_written(
+    registry, passed, aliases, remove, message
+):
+    staged, report = stage(registry, passed=passed)
+    if remove:
+        registry.store.delete(f"{staged.prefix}/{remove}")
+
+    plan = PLAN.model_copy(update={"aliases": aliases})
+    with pytest.raises(PublishRefused, match=message):
+        publish_staged(registry, registry.store, staged, plan, report)
+
+    assert registry.versions(REPO) == [] and registry.aliases(REPO) == {}
+
+
+def test_a_reused_version_keeps_its_record_and_moves_no_alias(registry):
+    staged, report = stage(registry)
+    first = publish_staged(registry, registry.store, staged, PLAN, report)
+    reused = StagedArtifact.of_version(first)
+    again = PLAN.model_copy(update={"run_id": "run-2", "aliases": ["prod"]})
+
+    assert publish_staged(registry, registry.store, reused, again, report) == first
+    assert registry.aliases(REPO) == {"latest": "v1"}
+
+
+def test_publishing_a_suffix_twice_is_refused_by_the_registry(registry):
+    staged, report = stage(registry)
+    publish_staged(registry, registry.store, staged, PLAN, report)
+    with pytest.raises(RegistryError, match="already published"):
+        publish_staged(registry, registry.store, staged, PLAN, report)
+
+
+def running(run_id: str) -> str:
+    return "running"
+
+
+def test_the_higher_suffix_waits_for_the_lower_and_not_the_other_way(registry):
+    first = registry.reserve_suffix(REPO, "run-1", sha=SHA, settings=SETTINGS)
+    second = registry.reserve_suffix(REPO, "run-2", sha=SHA, settings=SETTINGS)
+
+    waits = earlier_builds(registry, (REPO, SHA, second), SETTINGS, ["run-2"], running, NOW)
+    assert [r.run_id for r in waits] == ["run-1"]
+    assert earlier_builds(registry, (REPO, SHA, first), SETTINGS, ["run-1"], running, NOW) == []
+
+
+def test_no_wait_for_own_attempts_other_builds_or_ended_runs(registry):
+    registry.reserve_suffix(REPO, "parent", sha=SHA, settings=SETTINGS)  # re-executed run
+    registry.reserve_suffix(
+        REPO, "bf16", sha=SHA, settings=SETTINGS.model_copy(update={"dtype": "bfloat16"})
+    )
+    registry.reserve_suffix(REPO, "other-sha", sha="b" * 40, settings=SETTINGS)
+    registry.reserve_suffix(REPO, "ended", sha=SHA, settings=SETTINGS)
+    mine = registry.reserve_suffix(REPO, "child", sha=SHA, settings=SETTINGS)
+
+    def state(run_id: str) -> str:
+        return "finished" if run_id == "ended" else "running"
+
+    build = (REPO, SHA, mine)
+    assert earlier_builds(registry, build, SETTINGS, ["child", "parent"], state, NOW) == []
+    waits = earlier_builds(registry, build, SETTINGS, ["child"], state, NOW)
+    assert [r.run_id for r in waits] == ["parent"]
