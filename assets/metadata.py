@@ -5,13 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def human_size(num_bytes: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if num_bytes >= scale:
-            return f"{num_bytes / scale:.2f} {unit}"
-    return f"{int(num_bytes)} B"
-
-
 def rate(num_bytes: float, seconds: float) -> str:
     return f"{num_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue
 from pydantic import Field
 
-from assets.metadata import human_size, md_table, rate
+from assets.metadata import md_table, rate
 from assets.state import (
     ROTATED_FROM_TAG,
     STAGED,
@@ -42,6 +42,7 @@ from resources.records import (
 )
 from resources.registry import Registry
 from resources.storage.store import ObjectStore
+from resources.summary import COLUMNS, VersionSummary, human_size
 
 OWNERS = ["team:ml-platform"]
 
@@ -256,9 +257,12 @@ def publish_step(
     except PublishRefused as exc:
         raise Failure(str(exc), allow_retries=False) from None
     aliases = reg.aliases(repo_id)
+    summary = VersionSummary.of(record, aliases)
     return MaterializeResult(
         metadata={
             "reference": f"{repo_id}@{suffix}",
+            "version": MetadataValue.md(md_table([summary.cells()], COLUMNS)),
+            "size": human_size(summary.size),
             "suffix": suffix,
             "sha": record.hf_sha,
             "newly_published": not staged.reused,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -143,6 +144,14 @@ def _print(record: VersionRecord) -> None:
     print(record.to_json().decode())
 
 
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelpub", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,14 +162,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="publish a new suffix even if this sha is already published",
     )
-    p = sub.add_parser("list", help="published versions and aliases")
+    p = sub.add_parser("list", help="published versions and aliases, as a table")
     p.add_argument("repo_id", nargs="?")
-    p = sub.add_parser("resolve", help="the record for repo_id[@alias|@vN] as JSON")
+    _json_flag(p)
+    p = sub.add_parser("resolve", help="the record for repo_id[@alias|@vN] (always JSON)")
     p.add_argument("reference")
+    _json_flag(p)
     p = sub.add_parser("serve-command", help="the vllm serve command for repo_id[@alias|@vN]")
     p.add_argument("reference")
+    _json_flag(p)
     p = sub.add_parser("verify", help="check a published version's files, key and tensors")
     p.add_argument("reference", help="repo_id[@alias|@vN], default @latest")
+    _json_flag(p)
     p = sub.add_parser(
         "fetch-config", help="download a version's config/tokenizer files for `vllm serve`"
     )
@@ -168,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dest")
     p = sub.add_parser("gc", help="report (or --delete) files of publishes that never finished")
     p.add_argument("--delete", action="store_true", help="remove them instead of reporting")
+    _json_flag(p)
     p.add_argument(
         "--older-than",
         type=float,
@@ -204,17 +218,19 @@ def _cmd_publish(settings: Settings, args) -> int:
 
 
 def _cmd_list(settings: Settings, args) -> int:
+    from resources.summary import COLUMNS, VersionSummary, text_table
+
     registry = _registry(settings)
     rows = []
     for repo in [args.repo_id] if args.repo_id else registry.repos():
         aliases = registry.aliases(repo)
-        for record in registry.versions(repo):
-            names = sorted(a for a, s in aliases.items() if s == record.suffix)
-            rows.append(
-                f"{record.reference}\t{record.hf_sha[:12]}\t"
-                f"{record.dtype}\t{record.published_at}\t{','.join(names)}"
-            )
-    print("\n".join(rows) if rows else "nothing published yet")
+        rows += [VersionSummary.of(record, aliases) for record in registry.versions(repo)]
+    if args.json:
+        _print_json([row.model_dump() for row in rows])
+    else:
+        print(
+            text_table([row.cells() for row in rows], COLUMNS) if rows else "nothing published yet"
+        )
     return 0
 
 
@@ -242,9 +258,13 @@ def _cmd_serve_command(settings: Settings, args) -> int:
     if isinstance(record, AdapterVersion):
         base = registry.version(record.base_repo_id, record.base_suffix)
         keyfile = _keyfile(settings, base)
-        print(adapter_serve_command(record, base, registry.store, base_keyfile=keyfile))
-        return 0
-    print(serve_command(record, registry.store, keyfile=_keyfile(settings, record)))
+        command = adapter_serve_command(record, base, registry.store, base_keyfile=keyfile)
+    else:
+        command = serve_command(record, registry.store, keyfile=_keyfile(settings, record))
+    if args.json:
+        _print_json({"reference": record.reference, "commands": command.splitlines()})
+    else:
+        print(command)
     return 0
 
 
@@ -255,6 +275,17 @@ def _cmd_verify(settings: Settings, args) -> int:
     registry = _registry(settings)
     record = registry.resolve(args.reference)
     report = verify_published(registry.store, open_key_store(settings.keys, settings.store), record)
+    if args.json:
+        _print_json(
+            {
+                "reference": report.reference,
+                "ok": report.ok,
+                "files": len(report.files),
+                "tensors": report.tensors,
+                "problems": report.problems,
+            }
+        )
+        return 0 if report.ok else 2
     if report.ok:
         print(
             f"{report.reference}: OK ({len(report.files)} files, {report.tensors} tensors verified)"
@@ -355,11 +386,32 @@ def _cmd_gc(settings: Settings, args) -> int:
     registry = _registry(settings)
     keys = open_key_store(settings.keys, settings.store)
     found = gc.find_orphans(registry, keys, _run_state, timedelta(hours=args.older_than))
+    statuses = []
     for orphan in found.orphans:
         status = "orphaned"
         if args.delete:
             removed = gc.remove(registry, keys, orphan)
             status = "removed" if removed else "kept (published meanwhile)"
+        statuses.append(status)
+    if args.json:
+        _print_json(
+            {
+                "orphans": [
+                    {
+                        "reference": o.reference,
+                        "status": status,
+                        "why": o.why,
+                        "files": [registry.store.uri(k) for k in o.keys],
+                        "unfinished_uploads": [registry.store.uri(k) for k in o.unfinished],
+                        "key_id": o.key_id,
+                    }
+                    for o, status in zip(found.orphans, statuses, strict=True)
+                ],
+                "unclaimed": [registry.store.uri(k) for k in found.unclaimed],
+            }
+        )
+        return 0
+    for orphan, status in zip(found.orphans, statuses, strict=True):
         key = f", key {orphan.key_id}" if orphan.key_id else ""
         print(
             f"{status}: {orphan.reference} ({orphan.why}): "

@@ -134,3 +134,47 @@ def test_a_publish_that_loses_the_partition_race_still_runs(instance, monkeypatc
     )
     cli._ensure_partition(instance, "models", key)
     assert instance.get_dynamic_partitions("models") == [key]
+
+
+def test_list_is_an_aligned_table_and_json_for_scripts(env, capsys):
+    registry = Registry(LocalStore(env.settings.store))
+    files = {"model.tensors": {"size": 2_500_000, "sha256": "0" * 64}}
+    registry.publish(version_record(LLAMA, "v1", hf_sha="a" * 40, files=files))
+    registry.publish(
+        version_record(LLAMA, "v2", hf_sha="b" * 40, dtype="bfloat16", validation={"passed": True})
+    )
+    lora = dict(kind="adapter", rank=8, base_repo_id=LLAMA, base_suffix="v2", base_hf_sha="b" * 40)
+    registry.publish(version_record("org/lora", "v1", format="peft-lora", **lora))
+    registry.move_alias(LLAMA, "latest", "v2")
+    registry.move_alias(LLAMA, "stable", "v2")
+
+    assert cli.main(["list"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == [
+        c.upper()
+        for c in ("reference", "sha", "dtype", "format", "size", "published", "aliases", "verified")
+    ]
+    assert len(rows) == 3
+    starts = [header.index(c) for c in ("SHA", "DTYPE", "SIZE", "ALIASES")]
+    for row in rows:  # every column starts where its header does
+        assert all(row[s - 2 : s] == "  " and row[s] != " " for s in starts), row
+    v1, v2 = (r for r in rows if r.startswith(LLAMA))
+    assert v1.split()[1:5] == ["a" * 12, "float16", "hf", "2.50"] and v1.split()[-2:] == ["-", "no"]
+    assert v2.split()[-2:] == ["latest,stable", "yes"]
+    assert any(r.startswith(f"org/lora@v1 (on {LLAMA}@v2)") for r in rows)
+
+    assert cli.main(["list", LLAMA, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["reference"], v["size"], v["aliases"], v["verified"]) for v in listed] == [
+        (f"{LLAMA}@v1", 2_500_000, [], False),
+        (f"{LLAMA}@v2", 0, ["latest", "stable"], True),
+    ]
+
+
+def test_serve_command_in_json(env, capsys):
+    registry = Registry(LocalStore(env.settings.store))
+    registry.publish(version_record(LLAMA, "v1", artifact_uri="/srv/v1"))
+    assert cli.main(["serve-command", f"{LLAMA}@v1", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["reference"] == f"{LLAMA}@v1"
+    assert printed["commands"][-1].startswith("vllm serve /srv/v1 --load-format tensorizer")

@@ -122,6 +122,11 @@ def test_gc_command_reports_then_deletes(s3_registry, capsys):
     assert "key org__model/v1" in report
     assert "modelpub gc --delete" in report
 
+    assert cli.main(["gc", "--older-than", "0", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [o["reference"] for o in found["orphans"]] == [f"{REPO}@v{n}" for n in (1, 2, 3)]
+    assert {o["status"] for o in found["orphans"]} == {"orphaned"} and len(found["unclaimed"]) == 2
+
     assert cli.main(["gc", "--older-than", "0", "--delete"]) == 0
     assert "removed: org/model@v1" in capsys.readouterr().out
     assert cli.main(["gc", "--older-than", "0"]) == 0

@@ -91,3 +91,22 @@ def test_missing_key_is_a_clear_error(published, env, capsys):
         key.unlink()
     code, out = verify(capsys)
     assert code == 2 and "is not in the key store" in out
+
+
+def test_verify_answers_scripts_in_json(published, capsys):
+    assert main(["verify", LLAMA, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {
+        "reference": REF,
+        "ok": True,
+        "files": 5,
+        "tensors": report["tensors"],
+        "problems": [],
+    }
+    assert report["tensors"] > 0
+    (published / "config.json").write_text("{}")
+    assert main(["verify", LLAMA, "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and report["problems"] == [
+        "config.json: sha256 does not match the record"
+    ]
