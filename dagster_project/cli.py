@@ -200,6 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help="make the demo model and adapter repos (or a new commit) and publish them"
     )
     p.add_argument("--new-commit", action="store_true", help="commit new random weights first")
+    p = sub.add_parser("doctor", help="check what a publish needs, one line per check")
+    p.add_argument(
+        "--min-free-gib",
+        type=float,
+        default=1.0,
+        metavar="GIB",
+        help="the least free space the staging directory needs (default: 1)",
+    )
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](Settings.from_env(), args)
@@ -433,6 +441,21 @@ def _cmd_gc(settings: Settings, args) -> int:
     return 0
 
 
+def _cmd_doctor(settings: Settings, args) -> int:
+    from resources.doctor import run_checks
+
+    checks = run_checks(
+        settings.catalog,
+        settings.store,
+        settings.keys,
+        Path(settings.staging),
+        min_free=int(args.min_free_gib * (1 << 30)),
+    )
+    for check in checks:
+        print(check.line())
+    return 0 if all(c.ok for c in checks) else 1
+
+
 COMMANDS = {
     "publish": _cmd_publish,
     "list": _cmd_list,
@@ -443,6 +466,7 @@ COMMANDS = {
     "fetch-adapter": _cmd_fetch_adapter,
     "fetch-config": _cmd_fetch_config,
     "gc": _cmd_gc,
+    "doctor": _cmd_doctor,
 }
 
 if __name__ == "__main__":

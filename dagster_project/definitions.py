@@ -69,7 +69,7 @@ def build_definitions(settings: Settings) -> Definitions:
                 s3=dagster_s3_config(settings.keys, KEYS_ENV, fallback_prefix=ARTIFACT_ENV),
             ),
             "registry": RegistryResource(store=store),
-            "tensorizer": TensorizerResource(staging_dir=f"{settings.cache}/staging"),
+            "tensorizer": TensorizerResource(staging_dir=settings.staging),
             "vllm": VllmResource(),
         },
     )

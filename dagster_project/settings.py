@@ -16,6 +16,11 @@ class Settings:
     # (dagster-k8s's k8s_job_executor), GPU steps on GPU nodes (assets/gpu.py).
     executor: str = "multiprocess"
 
+    @property
+    def staging(self) -> str:
+        """Where serialization stages a model's files before the upload."""
+        return f"{self.cache}/staging"
+
     @classmethod
     def from_env(cls) -> Settings:
         home = os.environ.get("MODELPUB_HOME", ".modelpub")

@@ -25,7 +25,7 @@ def versions(env) -> list[str]:
 @pytest.fixture
 def tiny_staging_disk(env):
     """A 256 KiB tmpfs as the staging directory: too small for the model's tensors."""
-    staging = Path(env.settings.cache) / "staging"
+    staging = Path(env.settings.staging)
     staging.mkdir(parents=True)
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(staging)],

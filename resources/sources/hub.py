@@ -98,9 +98,12 @@ class GitMirrorHub(Hub):
 class HuggingFaceHub(Hub):
     """The Hugging Face Hub (or anything that speaks its API), through huggingface_hub."""
 
-    def __init__(self, endpoint: str | None = None, token: str | None = None):
+    def __init__(
+        self, endpoint: str | None = None, token: str | None = None, timeout_s: float | None = None
+    ):
         self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
         self.token = token or os.environ.get("HF_TOKEN") or None
+        self.timeout_s = timeout_s  # for `resolve`; None: huggingface_hub's default
 
     def _api(self):
         from huggingface_hub import HfApi
@@ -118,7 +121,7 @@ class HuggingFaceHub(Hub):
 
         where = self.endpoint or "the Hugging Face Hub"
         try:
-            return self._api().model_info(repo_id, revision=ref).sha
+            return self._api().model_info(repo_id, revision=ref, timeout=self.timeout_s).sha
         except RevisionNotFoundError:
             raise HubError(f"{repo_id}: revision {ref!r} not found on {where}") from None
         except GatedRepoError:

@@ -137,6 +137,10 @@ class S3Store(ObjectStore):
             raise StoreError(self._no_credentials())
         return credentials.get_frozen_credentials()
 
+    def access_key(self) -> str:
+        """The access key id this store signs with (its credentials resolved)."""
+        return self._credentials().access_key
+
     def _no_credentials(self) -> str:
         p = self.env_prefix
         return (
@@ -170,7 +174,7 @@ class S3Store(ObjectStore):
             )
         if code in BAD_CREDENTIALS | DENIED:
             try:
-                key_id = self._credentials().access_key
+                key_id = self.access_key()
             except StoreError:
                 key_id = "(none)"
             problem = (
