@@ -17,6 +17,7 @@ from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, M
 from pydantic import Field
 
 from assets.metadata import md_table, rate
+from assets.progress import step_progress
 from assets.state import (
     ROTATED_FROM_TAG,
     STAGED,
@@ -180,6 +181,7 @@ def tensorize_step(
         tensors_file,
         fmt=settings.format,
         tensor_parallel_size=settings.tensor_parallel_size,
+        progress=step_progress(context),
     )
     staged = StagedArtifact(
         repo_id=repo_id,

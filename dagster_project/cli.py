@@ -42,24 +42,27 @@ def _registry(settings: Settings):
     return Registry(open_store(settings.store))
 
 
-def publish(settings: Settings, key: str, force: bool = False) -> VersionRecord:
-    """Run the publish job in-process for one catalog entry; returns the version record."""
+def publish(
+    settings: Settings, key: str, force: bool = False, verbose: bool = False
+) -> VersionRecord:
+    """Run the publish job in-process for one catalog entry; returns the version record.
+    Prints a line per step and a summary to stderr; `verbose`: Dagster's event stream too."""
     from dagster_project import launch
 
     entry = load_catalog(settings.catalog).entry(partition_key(key))
-    return _run_publish(
-        settings, "models", launch.publish_model(entry, settings.executor, force=force)
-    )
+    run = launch.publish_model(entry, settings.executor, force=force)
+    return _run_publish(settings, "models", run, verbose)
 
 
-def publish_adapter(settings: Settings, name: str, force: bool = False) -> VersionRecord:
+def publish_adapter(
+    settings: Settings, name: str, force: bool = False, verbose: bool = False
+) -> VersionRecord:
     """Publish a catalog adapter (repo id or partition key) against its base's `latest`."""
     from dagster_project import launch
 
     adapter = load_catalog(settings.catalog).adapter(name)
-    return _run_publish(
-        settings, "adapters", launch.publish_adapter(adapter, settings.executor, force=force)
-    )
+    run = launch.publish_adapter(adapter, settings.executor, force=force)
+    return _run_publish(settings, "adapters", run, verbose)
 
 
 # job -> the step that writes the record
@@ -80,9 +83,10 @@ def _ensure_partition(instance: DagsterInstance, partitions: str, key: str) -> N
             raise
 
 
-def _run_publish(settings: Settings, partitions: str, run: Launch) -> VersionRecord:
+def _run_publish(settings: Settings, partitions: str, run: Launch, verbose: bool) -> VersionRecord:
     """Run a publish job in-process for one partition; returns the published record."""
     from dagster_project.definitions import build_definitions
+    from dagster_project.progress import StepLines, step_lines_logger
 
     if settings.executor == "k8s":
         raise ModelpubError(
@@ -95,13 +99,21 @@ def _run_publish(settings: Settings, partitions: str, run: Launch) -> VersionRec
     defs = build_definitions(settings)
     instance = _instance()
     _ensure_partition(instance, partitions, run.partition_key)
-    result = defs.resolve_job_def(run.job_name).execute_in_process(
-        instance=instance,
-        partition_key=run.partition_key,
-        tags=run.tags,
-        run_config=run.run_config,
-        raise_on_error=False,
-    )
+    job = defs.resolve_job_def(run.job_name)
+    lines = StepLines(sys.stderr, live=sys.stderr.isatty())
+    loggers = {**(job.loggers if verbose else {}), "modelpub_steps": step_lines_logger(lines)}
+    # Dagster starts the loggers the run config names, and its console one if none.
+    run_config = {**run.run_config, "loggers": dict.fromkeys(loggers, {})}
+    try:
+        result = job.with_logger_defs(loggers).execute_in_process(
+            instance=instance,
+            partition_key=run.partition_key,
+            tags=run.tags,
+            run_config=run_config,
+            raise_on_error=False,
+        )
+    finally:
+        lines.close()
     key, publish_op = run.partition_key, PUBLISH_STEP[run.job_name]
     failed_checks = [
         f"{e.check_name}: {e.description or 'see the check metadata in the Dagster UI'}"
@@ -116,7 +128,29 @@ def _run_publish(settings: Settings, partitions: str, run: Launch) -> VersionRec
             if ev.is_step_failure
         ]
         raise PublishFailed(key, result.run_id, failed_checks, errors)
-    return parse_version(published[0].metadata["record"].value)
+    record = parse_version(published[0].metadata["record"].value)
+    print(_summary(record, result.run_id), file=sys.stderr)
+    return record
+
+
+def _summary(record: VersionRecord, run_id: str) -> str:
+    """What a person wants after a publish: the version, its checks, how to serve it."""
+    from resources.summary import human_size
+
+    size = human_size(sum(f["size"] for f in record.files.values()))
+    how = "published" if record.dagster_run_id == run_id else "already published, re-verified:"
+    checks = ", ".join(
+        f"{name} {'ok' if part.get('passed') else 'FAILED'}"
+        for name, part in record.validation.items()
+        if isinstance(part, dict)
+    )
+    return (
+        f"\n{how} {record.reference}  (sha {record.hf_sha[:12]}, {record.dtype}, {size})\n"
+        f"checks: {checks}\n"
+        f"serve it: modelpub serve-command {record.reference}\n"
+        f"Dagster run {run_id}: its full event log is in the Dagster UI "
+        "(`dagster dev -w workspace.yaml`); add --verbose to see it here"
+    )
 
 
 def _root_cause(failure) -> str:
@@ -148,6 +182,15 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
+def _verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=os.environ.get("MODELPUB_LOG_LEVEL", "").upper() == "DEBUG",
+        help="print Dagster's event stream too (also: MODELPUB_LOG_LEVEL=DEBUG)",
+    )
+
+
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
@@ -162,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="publish a new suffix even if this sha is already published",
     )
+    _verbose_flag(p)
+    p.add_argument("--json", action="store_true", help="print the version record on stdout")
     p = sub.add_parser("list", help="published versions and aliases, as a table")
     p.add_argument("repo_id", nargs="?")
     _json_flag(p)
@@ -200,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help="make the demo model and adapter repos (or a new commit) and publish them"
     )
     p.add_argument("--new-commit", action="store_true", help="commit new random weights first")
+    _verbose_flag(p)
     p = sub.add_parser("doctor", help="check what a publish needs, one line per check")
     p.add_argument(
         "--min-free-gib",
@@ -221,7 +267,10 @@ def _cmd_publish(settings: Settings, args) -> int:
     adapter = partition_key(args.key) not in catalog.keys and any(
         args.key in (t.key, t.adapter.repo_id) for t in catalog.adapters
     )
-    _print((publish_adapter if adapter else publish)(settings, args.key, force=args.force))
+    publisher = publish_adapter if adapter else publish
+    record = publisher(settings, args.key, force=args.force, verbose=args.verbose)
+    if args.json:
+        _print(record)
     return 0
 
 
@@ -337,9 +386,7 @@ def _cmd_demo(settings: Settings, args) -> int:
     if args.new_commit or not repo.exists():
         print(f"committing a tiny random model to {repo}", file=sys.stderr)
         commit_tiny_model(repo, seed=commit_count(repo))
-    record = publish(settings, DEMO_REPO)
-    print("published:", file=sys.stderr)
-    _print(record)
+    record = publish(settings, DEMO_REPO, verbose=args.verbose)
     print("\nserve it with:", file=sys.stderr)
     args.reference = record.reference
     _cmd_serve_command(settings, args)
@@ -359,7 +406,7 @@ def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
     if not repo.exists():
         print(f"\ncommitting a tiny LoRA adapter to {repo}", file=sys.stderr)
         commit_tiny_adapter(repo, base_repo, DEMO_REPO)
-    record = publish_adapter(settings, DEMO_ADAPTER)
+    record = publish_adapter(settings, DEMO_ADAPTER, verbose=args.verbose)
     print(
         f"\npublished adapter {record.reference} for {record.base_reference}; serve it with:",
         file=sys.stderr,

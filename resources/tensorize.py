@@ -11,7 +11,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -210,6 +210,7 @@ def serialize(
     dest: Path,
     key: bytes | None,
     consume: bool = False,
+    written: Callable[[int], None] | None = None,
 ) -> SerializeStats:
     """Write `weights` (one mapping, or batches of them, each read while the one before
     is written) to the local file `dest`, encrypted with `key` when given; returns once
@@ -217,6 +218,7 @@ def serialize(
 
     With `consume`, the caller gives the tensors up: each batch is emptied once
     written and its tensors may be left encrypted, which saves a cipher pass.
+    `written` is told how many tensors each batch held, once it is written.
     """
     from tensorizer import EncryptionParams
 
@@ -234,6 +236,8 @@ def serialize(
                     # (views of one buffer; CryptographyError on load): copy them apart
                     batch, serializer.owned = {n: t.clone() for n, t in given.items()}, True
                 serializer.write_state_dict(batch)
+                if written is not None:
+                    written(len(batch))
                 if consume:
                     given.clear()
         finally:

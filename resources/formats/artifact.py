@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resources import tensorize
-from resources.formats.format import artifact_format
+from resources.formats.format import Progress, artifact_format, no_progress
 from resources.layout import TENSORS_FILE
 from resources.storage.store import NotFound, ObjectStore, StoreError
 
@@ -44,6 +44,7 @@ def write_artifact(
     tensors_file: str = TENSORS_FILE,
     fmt: str = "hf",
     tensor_parallel_size: int = 1,
+    progress: Progress = no_progress,
 ) -> WrittenArtifact:
     """Serialize the snapshot's weights to `tensors_file` and upload them with its other files.
 
@@ -55,7 +56,7 @@ def write_artifact(
     there is visible to serving code until a registry record points at it).
     """
     written = artifact_format(fmt).write_tensors(
-        snapshot, staging, dtype, key, tensors_file, tensor_parallel_size
+        snapshot, staging, dtype, key, tensors_file, tensor_parallel_size, progress
     )
     tensors, hashes = written.paths, written.sha256
     out = WrittenArtifact(serialize_s=written.seconds, tensors_files=[p.name for p in tensors])
@@ -64,7 +65,8 @@ def write_artifact(
     ]
     start = time.perf_counter()
     try:
-        for name, path in uploads:
+        for done, (name, path) in enumerate(uploads):
+            progress("upload", done, len(uploads))
             staged = path in tensors
             digest = hashes.get(name) if staged else None
             out.files[name] = {
@@ -80,6 +82,7 @@ def write_artifact(
     finally:
         for path in tensors:
             path.unlink(missing_ok=True)
+    progress("upload", len(uploads), len(uploads))
     out.upload_s = time.perf_counter() - start
     return out
 

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from resources.errors import ModelpubError
 from resources.layout import tensors_name
+
+# Told (stage, done, total) as a long write goes on: "serialize" in tensors, "upload" in files.
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    """Where nobody watches."""
 
 
 class FormatError(ModelpubError):
@@ -57,6 +65,7 @@ class ArtifactFormat:
         key: bytes | None,
         tensors_file: str,
         tensor_parallel_size: int,
+        progress: Progress = no_progress,
     ) -> StagedTensors:
         """Serialize the snapshot's weights (cast to `dtype`, None keeps theirs) into
         `staging/tensors_file`, streamed in batches."""
@@ -64,8 +73,18 @@ class ArtifactFormat:
 
         path = staging / tensors_file
         try:  # a few hundred MB in memory at a time, not the model
-            weights = tensorize.iter_source_weights(snapshot, dtype)
-            stats = tensorize.serialize(weights, path, key, consume=True)
+            checkpoint = tensorize.SourceCheckpoint(snapshot, dtype)
+            total, done = len(checkpoint.names()), 0
+
+            def written(count: int) -> None:
+                nonlocal done
+                done += count
+                progress("serialize", done, total)
+
+            progress("serialize", 0, total)
+            stats = tensorize.serialize(
+                checkpoint.batches(), path, key, consume=True, written=written
+            )
         except OSError as exc:
             path.unlink(missing_ok=True)
             if exc.errno != errno.ENOSPC:
@@ -103,6 +122,7 @@ class VllmTensorized(ArtifactFormat):
         key: bytes | None,
         tensors_file: str,
         tensor_parallel_size: int,
+        progress: Progress = no_progress,
     ) -> StagedTensors:
         from resources.vllm.tensorized import write_vllm_tensors
 

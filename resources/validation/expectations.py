@@ -53,7 +53,10 @@ def run_expectations(
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # a bar per metric
     source = context.data_sources.add_pandas("roundtrip")
     tables = {"tensors": pd.DataFrame(tensor_rows), "generations": pd.DataFrame(generation_rows)}
     results = []
