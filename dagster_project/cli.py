@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster_project.settings import Settings
 from resources.catalog import load_catalog, partition_key
 from resources.errors import ModelpubError
 from resources.records import VersionRecord, parse_version
+from resources.settings import Settings
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -20,25 +20,26 @@ if TYPE_CHECKING:
     from dagster_project.launch import Launch
 
 
-def _instance() -> DagsterInstance:
+def _instance(settings: Settings) -> DagsterInstance:
     from dagster import DagsterInstance
 
-    home = Path(
-        os.environ.setdefault(
-            "DAGSTER_HOME",
-            str(Path(os.environ.get("MODELPUB_HOME", ".modelpub")).resolve() / "dagster_home"),
-        )
-    )
+    home = Path(settings.dagster_home)
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()
-    return DagsterInstance.get()
+    return DagsterInstance.from_config(str(home))
 
 
 def _registry(settings: Settings):
     from resources.registry import Registry
     from resources.storage import open_store
 
-    return Registry(open_store(settings.store))
+    return Registry(open_store(settings.store, settings.store_s3))
+
+
+def _key_store(settings: Settings):
+    from resources.storage.keys import open_key_store
+
+    return open_key_store(settings.keys, settings.store, settings.keys_s3)
 
 
 def publish(settings: Settings, key: str, force: bool = False) -> VersionRecord:
@@ -92,7 +93,7 @@ def _run_publish(settings: Settings, partitions: str, run: Launch) -> VersionRec
         )
 
     defs = build_definitions(settings)
-    instance = _instance()
+    instance = _instance(settings)
     _ensure_partition(instance, partitions, run.partition_key)
     result = defs.resolve_job_def(run.job_name).execute_in_process(
         instance=instance,
@@ -225,9 +226,9 @@ def _cmd_resolve(settings: Settings, args) -> int:
 
 def _keyfile(settings: Settings, record: VersionRecord) -> str | None:
     from resources.layout import key_file
-    from resources.storage.keys import LocalStore, open_key_store
+    from resources.storage.store import LocalStore
 
-    keys = open_key_store(settings.keys, settings.store)
+    keys = _key_store(settings)
     if record.key_id and isinstance(keys.store, LocalStore):
         return str(keys.store.path(key_file(record.key_id)))
     return None
@@ -249,12 +250,11 @@ def _cmd_serve_command(settings: Settings, args) -> int:
 
 
 def _cmd_verify(settings: Settings, args) -> int:
-    from resources.storage.keys import open_key_store
     from resources.validation.integrity import verify_published
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
-    report = verify_published(registry.store, open_key_store(settings.keys, settings.store), record)
+    report = verify_published(registry.store, _key_store(settings), record)
     if report.ok:
         print(
             f"{report.reference}: OK ({len(report.files)} files, {report.tensors} tensors verified)"
@@ -269,7 +269,6 @@ def _cmd_verify(settings: Settings, args) -> int:
 def _cmd_fetch_adapter(settings: Settings, args) -> int:
     from resources.formats.lora import AdapterError, restore_adapter
     from resources.records import AdapterVersion
-    from resources.storage.keys import open_key_store
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -279,7 +278,7 @@ def _cmd_fetch_adapter(settings: Settings, args) -> int:
             f"`modelpub serve-command {args.reference}`"
         )
     key_id = record.key_id
-    key = open_key_store(settings.keys, settings.store).get(key_id) if key_id else None
+    key = _key_store(settings).get(key_id) if key_id else None
     prefix, _ = record.location
     dest = restore_adapter(registry.store, prefix, record.files, key_id, key, args.dir)
     print(
@@ -340,21 +339,16 @@ def _cmd_fetch_config(settings: Settings, args) -> int:
     return 0
 
 
-def _run_state(run_id: str):
-    from assets.state import run_state
-
-    return run_state(_instance(), run_id)
-
-
 def _cmd_gc(settings: Settings, args) -> int:
     from datetime import timedelta
 
+    from assets.state import run_state
     from resources import gc
-    from resources.storage.keys import open_key_store
 
     registry = _registry(settings)
-    keys = open_key_store(settings.keys, settings.store)
-    found = gc.find_orphans(registry, keys, _run_state, timedelta(hours=args.older_than))
+    keys = _key_store(settings)
+    runs = partial(run_state, _instance(settings))
+    found = gc.find_orphans(registry, keys, runs, timedelta(hours=args.older_than))
     for orphan in found.orphans:
         status = "orphaned"
         if args.delete:

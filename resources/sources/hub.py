@@ -99,8 +99,8 @@ class HuggingFaceHub(Hub):
     """The Hugging Face Hub (or anything that speaks its API), through huggingface_hub."""
 
     def __init__(self, endpoint: str | None = None, token: str | None = None):
-        self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-        self.token = token or os.environ.get("HF_TOKEN") or None
+        self.endpoint = endpoint or None
+        self.token = token or None
 
     def _api(self):
         from huggingface_hub import HfApi
