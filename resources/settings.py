@@ -70,7 +70,7 @@ class S3Env:
 NO_S3 = S3Env()  # nothing set: boto3's own chain decides
 
 
-def parse_node_selector(raw: str | None) -> dict[str, str]:
+def _node_selector(raw: str | None) -> dict[str, str]:
     """The labels of the cluster's GPU nodes: MODELPUB_GPU_NODE_SELECTOR, else NVIDIA's."""
     if not raw:
         return dict(DEFAULT_NODE_SELECTOR)
@@ -116,7 +116,7 @@ class Settings:
             cache=environ.get("MODELPUB_CACHE", f"{home}/cache"),
             dagster_home=environ.get("DAGSTER_HOME", str(Path(home).resolve() / "dagster_home")),
             executor=environ.get("MODELPUB_EXECUTOR", "multiprocess"),
-            gpu_node_selector=parse_node_selector(environ.get(NODE_SELECTOR_ENV)),
+            gpu_node_selector=_node_selector(environ.get(NODE_SELECTOR_ENV)),
             hf_endpoint=environ.get("HF_ENDPOINT") or None,
             hf_token=environ.get(HF_TOKEN_ENV) or None,
             store_s3=S3Env.from_env(environ, ARTIFACT_S3),
