@@ -16,42 +16,20 @@ run's own pod only, never to the step pods.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 
 from resources.catalog import ModelEntry
-from resources.errors import ModelpubError
+from resources.settings import Settings
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_RESOURCE = "nvidia.com/gpu"
-NODE_SELECTOR_ENV = "MODELPUB_GPU_NODE_SELECTOR"
-# Set by NVIDIA's GPU feature discovery (part of the GPU operator) on nodes with a GPU.
-DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 # GPU node pools are usually tainted so that only pods asking for GPUs land there.
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 GPU_STEPS = ("tensorized_model", "roundtrip_checks", "adapter_roundtrip_checks")
 
-
-def gpu_node_selector(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The labels of the cluster's GPU nodes: MODELPUB_GPU_NODE_SELECTOR, else NVIDIA's."""
-    raw = environ.get(NODE_SELECTOR_ENV)
-    if not raw:
-        return dict(DEFAULT_NODE_SELECTOR)
-    try:
-        labels = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ModelpubError(f"{NODE_SELECTOR_ENV} is not JSON ({exc}): {raw!r}") from None
-    if not isinstance(labels, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-    ):
-        raise ModelpubError(
-            f"{NODE_SELECTOR_ENV} must be a JSON object of label strings, e.g. "
-            f'{{"cloud.google.com/gke-accelerator": "nvidia-l4"}}; got {raw!r}'
-        )
-    return labels
-
-
-GPU_NODE_SELECTOR = gpu_node_selector()
+# Op tags are arguments of the asset decorators, so they are fixed when the code loads:
+# the settings are read for them here, once.
+GPU_NODE_SELECTOR = Settings.from_env().gpu_node_selector
 
 
 def k8s_gpu_config(count: int = 1, node_selector: Mapping[str, str] | None = None) -> dict:

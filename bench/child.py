@@ -60,12 +60,12 @@ def publish_step(spec: dict) -> dict:
 
 def plain_run(spec: dict) -> dict:
     """What `publish_model` does, step by step, without Dagster."""
-    from dagster_project.settings import Settings
     from resources.catalog import load_catalog, partition_key
     from resources.formats.artifact import write_artifact
     from resources.layout import model_prefix, validation_key
     from resources.records import now
     from resources.registry import Registry
+    from resources.settings import Settings
     from resources.sources.hub import make_hub
     from resources.storage import open_store
     from resources.storage.keys import open_key_store
@@ -79,14 +79,17 @@ def plain_run(spec: dict) -> dict:
     run_id = "plain-run"
 
     start = time.perf_counter()
-    hub = make_hub(spec_hub.kind, root=spec_hub.root)
+    hub = make_hub(
+        spec_hub.kind, spec_hub.root, endpoint=settings.hf_endpoint, token=settings.hf_token
+    )
     sha = hub.resolve(entry.repo_id, entry.ref)
     snapshot = hub.snapshot(entry.repo_id, sha, Path(settings.cache))
     steps["model_snapshot"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    store = open_store(settings.store)
-    registry, keys = Registry(store), open_key_store(settings.keys, settings.store)
+    store = open_store(settings.store, settings.store_s3)
+    registry = Registry(store)
+    keys = open_key_store(settings.keys, settings.store, settings.keys_s3)
     suffix = registry.reserve_suffix(entry.repo_id, run_id)
     key_id = f"{partition_key(entry.repo_id)}/{suffix}"
     key = keys.create(key_id)
@@ -153,7 +156,7 @@ def dagster_run(spec: dict) -> dict:
     start = time.perf_counter()
     import dagster_project.definitions  # noqa: F401
     from dagster_project.cli import publish
-    from dagster_project.settings import Settings
+    from resources.settings import Settings
 
     imports = time.perf_counter() - start
     start = time.perf_counter()
@@ -190,7 +193,7 @@ def step_durations() -> dict[str, float]:
 def publish_model_job():
     """The publish job as a code location builds it, for `reconstructable`."""
     from dagster_project.definitions import build_definitions
-    from dagster_project.settings import Settings
+    from resources.settings import Settings
 
     return build_definitions(Settings.from_env()).resolve_job_def("publish_model")
 

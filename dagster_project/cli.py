@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster_project.settings import Settings
 from resources.catalog import load_catalog, partition_key
 from resources.errors import ModelpubError
 from resources.records import VersionRecord, parse_version
+from resources.settings import Settings
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -21,25 +21,26 @@ if TYPE_CHECKING:
     from dagster_project.launch import Launch
 
 
-def _instance() -> DagsterInstance:
+def _instance(settings: Settings) -> DagsterInstance:
     from dagster import DagsterInstance
 
-    home = Path(
-        os.environ.setdefault(
-            "DAGSTER_HOME",
-            str(Path(os.environ.get("MODELPUB_HOME", ".modelpub")).resolve() / "dagster_home"),
-        )
-    )
+    home = Path(settings.dagster_home)
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()
-    return DagsterInstance.get()
+    return DagsterInstance.from_config(str(home))
 
 
 def _registry(settings: Settings):
     from resources.registry import Registry
     from resources.storage import open_store
 
-    return Registry(open_store(settings.store))
+    return Registry(open_store(settings.store, settings.store_s3))
+
+
+def _key_store(settings: Settings):
+    from resources.storage.keys import open_key_store
+
+    return open_key_store(settings.keys, settings.store, settings.keys_s3)
 
 
 def publish(
@@ -97,7 +98,7 @@ def _run_publish(settings: Settings, partitions: str, run: Launch, verbose: bool
         )
 
     defs = build_definitions(settings)
-    instance = _instance()
+    instance = _instance(settings)
     _ensure_partition(instance, partitions, run.partition_key)
     job = defs.resolve_job_def(run.job_name)
     lines = StepLines(sys.stderr, live=sys.stderr.isatty())
@@ -186,7 +187,6 @@ def _verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        default=os.environ.get("MODELPUB_LOG_LEVEL", "").upper() == "DEBUG",
         help="print Dagster's event stream too (also: MODELPUB_LOG_LEVEL=DEBUG)",
     )
 
@@ -268,7 +268,9 @@ def _cmd_publish(settings: Settings, args) -> int:
         args.key in (t.key, t.adapter.repo_id) for t in catalog.adapters
     )
     publisher = publish_adapter if adapter else publish
-    record = publisher(settings, args.key, force=args.force, verbose=args.verbose)
+    record = publisher(
+        settings, args.key, force=args.force, verbose=args.verbose or settings.verbose
+    )
     if args.json:
         _print(record)
     return 0
@@ -298,9 +300,9 @@ def _cmd_resolve(settings: Settings, args) -> int:
 
 def _keyfile(settings: Settings, record: VersionRecord) -> str | None:
     from resources.layout import key_file
-    from resources.storage.keys import LocalStore, open_key_store
+    from resources.storage.store import LocalStore
 
-    keys = open_key_store(settings.keys, settings.store)
+    keys = _key_store(settings)
     if record.key_id and isinstance(keys.store, LocalStore):
         return str(keys.store.path(key_file(record.key_id)))
     return None
@@ -326,12 +328,11 @@ def _cmd_serve_command(settings: Settings, args) -> int:
 
 
 def _cmd_verify(settings: Settings, args) -> int:
-    from resources.storage.keys import open_key_store
     from resources.validation.integrity import verify_published
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
-    report = verify_published(registry.store, open_key_store(settings.keys, settings.store), record)
+    report = verify_published(registry.store, _key_store(settings), record)
     if args.json:
         _print_json(
             {
@@ -357,7 +358,6 @@ def _cmd_verify(settings: Settings, args) -> int:
 def _cmd_fetch_adapter(settings: Settings, args) -> int:
     from resources.formats.lora import AdapterError, restore_adapter
     from resources.records import AdapterVersion
-    from resources.storage.keys import open_key_store
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -367,7 +367,7 @@ def _cmd_fetch_adapter(settings: Settings, args) -> int:
             f"`modelpub serve-command {args.reference}`"
         )
     key_id = record.key_id
-    key = open_key_store(settings.keys, settings.store).get(key_id) if key_id else None
+    key = _key_store(settings).get(key_id) if key_id else None
     prefix, _ = record.location
     dest = restore_adapter(registry.store, prefix, record.files, key_id, key, args.dir)
     print(
@@ -386,7 +386,7 @@ def _cmd_demo(settings: Settings, args) -> int:
     if args.new_commit or not repo.exists():
         print(f"committing a tiny random model to {repo}", file=sys.stderr)
         commit_tiny_model(repo, seed=commit_count(repo))
-    record = publish(settings, DEMO_REPO, verbose=args.verbose)
+    record = publish(settings, DEMO_REPO, verbose=args.verbose or settings.verbose)
     print("\nserve it with:", file=sys.stderr)
     args.reference = record.reference
     _cmd_serve_command(settings, args)
@@ -406,7 +406,7 @@ def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
     if not repo.exists():
         print(f"\ncommitting a tiny LoRA adapter to {repo}", file=sys.stderr)
         commit_tiny_adapter(repo, base_repo, DEMO_REPO)
-    record = publish_adapter(settings, DEMO_ADAPTER, verbose=args.verbose)
+    record = publish_adapter(settings, DEMO_ADAPTER, verbose=args.verbose or settings.verbose)
     print(
         f"\npublished adapter {record.reference} for {record.base_reference}; serve it with:",
         file=sys.stderr,
@@ -426,21 +426,16 @@ def _cmd_fetch_config(settings: Settings, args) -> int:
     return 0
 
 
-def _run_state(run_id: str):
-    from assets.state import run_state
-
-    return run_state(_instance(), run_id)
-
-
 def _cmd_gc(settings: Settings, args) -> int:
     from datetime import timedelta
 
+    from assets.state import run_state
     from resources import gc
-    from resources.storage.keys import open_key_store
 
     registry = _registry(settings)
-    keys = open_key_store(settings.keys, settings.store)
-    found = gc.find_orphans(registry, keys, _run_state, timedelta(hours=args.older_than))
+    keys = _key_store(settings)
+    runs = partial(run_state, _instance(settings))
+    found = gc.find_orphans(registry, keys, runs, timedelta(hours=args.older_than))
     statuses = []
     for orphan in found.orphans:
         status = "orphaned"
@@ -491,13 +486,7 @@ def _cmd_gc(settings: Settings, args) -> int:
 def _cmd_doctor(settings: Settings, args) -> int:
     from resources.doctor import run_checks
 
-    checks = run_checks(
-        settings.catalog,
-        settings.store,
-        settings.keys,
-        Path(settings.staging),
-        min_free=int(args.min_free_gib * (1 << 30)),
-    )
+    checks = run_checks(settings, min_free=int(args.min_free_gib * (1 << 30)))
     for check in checks:
         print(check.line())
     return 0 if all(c.ok for c in checks) else 1

@@ -1,8 +1,8 @@
-"""The Dagster Definitions: assets, checks, jobs and resources, configured from the environment."""
+"""The Dagster Definitions: assets, checks, jobs and resources, configured by `Settings`."""
 
 from __future__ import annotations
 
-from dagster import Definitions, ExecutorDefinition, multiprocess_executor
+from dagster import Definitions, EnvVar, ExecutorDefinition, multiprocess_executor
 
 from assets.adapters import adapter_snapshot, published_adapter, tensorized_adapter
 from assets.checks import adapter_roundtrip_checks, roundtrip_checks
@@ -10,7 +10,6 @@ from assets.models import model_snapshot, published_version, tensorized_model
 from dagster_project.jobs import publish_adapter_job, publish_model_job, reverify_model_job
 from dagster_project.schedules import build_reverify_schedule, build_rotate_schedule
 from dagster_project.sensors import build_revision_sensor
-from dagster_project.settings import Settings
 from resources import (
     CatalogResource,
     HubResource,
@@ -22,7 +21,8 @@ from resources import (
 )
 from resources.catalog import load_catalog
 from resources.errors import ModelpubError
-from resources.storage.s3 import ARTIFACT_ENV, KEYS_ENV, dagster_s3_config
+from resources.settings import HF_TOKEN_ENV, Settings
+from resources.storage.s3 import dagster_s3_config
 
 
 def executor_def(name: str) -> ExecutorDefinition:
@@ -40,7 +40,7 @@ def build_definitions(settings: Settings) -> Definitions:
     catalog = load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
     automation = catalog.automation
     store = ObjectStoreResource(
-        uri=settings.store, s3=dagster_s3_config(settings.store, ARTIFACT_ENV)
+        uri=settings.store, s3=dagster_s3_config(settings.store, settings.store_s3)
     )
     return Definitions(
         assets=[
@@ -61,12 +61,17 @@ def build_definitions(settings: Settings) -> Definitions:
         executor=executor_def(settings.executor),
         resources={
             "catalog": CatalogResource(path=settings.catalog),
-            "hub": HubResource(cache_dir=settings.cache),
+            "hub": HubResource(
+                cache_dir=settings.cache,
+                hf_endpoint=settings.hf_endpoint,
+                # a secret: the UI shows the variable's name, the run resolves it
+                hf_token=EnvVar(HF_TOKEN_ENV) if settings.hf_token else None,
+            ),
             "object_store": store,
             "key_store": KeyStoreResource(
                 uri=settings.keys,
                 artifact_store_uri=settings.store,
-                s3=dagster_s3_config(settings.keys, KEYS_ENV, fallback_prefix=ARTIFACT_ENV),
+                s3=dagster_s3_config(settings.keys, settings.keys_s3),
             ),
             "registry": RegistryResource(store=store),
             "tensorizer": TensorizerResource(staging_dir=settings.staging),

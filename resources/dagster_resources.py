@@ -29,13 +29,15 @@ class HubResource(ConfigurableResource):
     """Hubs named in the catalog, and the local cache of fetched snapshots."""
 
     cache_dir: str
-    hf_token: str | None = None
+    hf_endpoint: str | None = None  # HF_ENDPOINT: for hubs that name no endpoint
+    hf_token: str | None = None  # HF_TOKEN: for hubs whose token variable is unset
 
     def hub(self, spec: HubSpec) -> Hub:
-        import os
+        from resources.settings import hub_token
 
-        token = self.hf_token or os.environ.get(spec.token_env)
-        return make_hub(spec.kind, root=spec.root, endpoint=spec.endpoint, token=token)
+        token = hub_token(spec.token_env, self.hf_token)
+        endpoint = spec.endpoint or self.hf_endpoint
+        return make_hub(spec.kind, root=spec.root, endpoint=endpoint, token=token)
 
     @property
     def cache(self) -> Path:
@@ -49,7 +51,7 @@ class ObjectStoreResource(ConfigurableResource):
     s3: S3Resource | None = None  # endpoint and credentials for an s3:// uri
 
     def open(self) -> ObjectStore:
-        return open_store(self.uri, s3=self.s3)
+        return open_store(self.uri, resource=self.s3)
 
 
 class KeyStoreResource(ConfigurableResource):
@@ -60,7 +62,7 @@ class KeyStoreResource(ConfigurableResource):
     s3: S3Resource | None = None  # the key store's own endpoint and credentials
 
     def open(self) -> KeyStore:
-        return open_key_store(self.uri, self.artifact_store_uri, s3=self.s3)
+        return open_key_store(self.uri, self.artifact_store_uri, resource=self.s3)
 
 
 class RegistryResource(ConfigurableResource):

@@ -19,6 +19,7 @@ from packaging.utils import canonicalize_name
 
 from resources.catalog import Catalog, CatalogError, HubSpec, load_catalog
 from resources.errors import ModelpubError
+from resources.settings import Settings, hub_token
 from resources.sources.hub import HuggingFaceHub
 from resources.storage import open_store
 from resources.storage.keys import open_key_store
@@ -188,7 +189,9 @@ def _first_repo(catalog: Catalog, hub: str) -> tuple[str, str] | None:
     return next(((repo, ref) for repo, ref, h in items if h == hub), None)
 
 
-def check_hub(catalog: Catalog, name: str, spec: HubSpec, timeout_s: float) -> Check:
+def check_hub(
+    catalog: Catalog, name: str, spec: HubSpec, settings: Settings, timeout_s: float
+) -> Check:
     """A mirror is a directory; a Hugging Face hub must resolve the first ref it serves."""
     label = f"hub {name}"
     if spec.kind == "git_mirror":
@@ -204,7 +207,11 @@ def check_hub(catalog: Catalog, name: str, spec: HubSpec, timeout_s: float) -> C
     repo = _first_repo(catalog, name)
     if repo is None:
         return Check(label, True, "no entry uses it; not contacted")
-    hub = HuggingFaceHub(spec.endpoint, os.environ.get(spec.token_env), timeout_s=timeout_s)
+    hub = HuggingFaceHub(
+        spec.endpoint or settings.hf_endpoint,
+        hub_token(spec.token_env, settings.hf_token),
+        timeout_s=timeout_s,
+    )
     try:
         sha = hub.resolve(*repo)
     except ModelpubError as exc:
@@ -241,9 +248,9 @@ def _shares_credentials(store: ObjectStore, keys: ObjectStore) -> bool:
     )
 
 
-def _key_store_check(keys_uri: str, store: ObjectStore, store_uri: str) -> Check:
+def _key_store_check(settings: Settings, store: ObjectStore) -> Check:
     try:
-        keys = open_key_store(keys_uri, store_uri).store
+        keys = open_key_store(settings.keys, settings.store, settings.keys_s3).store
         if _shares_credentials(store, keys):
             return Check(
                 "key store",
@@ -257,14 +264,14 @@ def _key_store_check(keys_uri: str, store: ObjectStore, store_uri: str) -> Check
     return _probe("key store", keys)
 
 
-def check_stores(store_uri: str, keys_uri: str) -> list[Check]:
+def check_stores(settings: Settings) -> list[Check]:
     """Both stores reachable, and the keys kept from the artifacts: in a place of their
     own and, on S3, under credentials of their own."""
     try:
-        store = open_store(store_uri)
+        store = open_store(settings.store, settings.store_s3)
     except ModelpubError as exc:
         return [Check("object store", False, str(exc), "check MODELPUB_STORE")]
-    return [_probe("object store", store), _key_store_check(keys_uri, store, store_uri)]
+    return [_probe("object store", store), _key_store_check(settings, store)]
 
 
 def check_staging(staging: Path, min_free: int = MIN_FREE_BYTES) -> Check:
@@ -290,10 +297,7 @@ def _guarded(name: str, check: Callable[..., Check | list[Check]], *args) -> lis
 
 
 def run_checks(
-    catalog: str,
-    store: str,
-    keys: str,
-    staging: Path,
+    settings: Settings,
     lock: Path = LOCK,
     min_free: int = MIN_FREE_BYTES,
     hub_timeout_s: float = HUB_TIMEOUT_S,
@@ -303,10 +307,10 @@ def run_checks(
     results += _guarded("libsodium", check_libsodium)
     results += _guarded("curl", check_curl)
     results += _guarded("vllm plugin", check_vllm_plugin)
-    catalog_check, loaded = check_catalog(catalog)
+    catalog_check, loaded = check_catalog(settings.catalog)
     results.append(catalog_check)
     for name, spec in loaded.hubs.items() if loaded else ():
-        results += _guarded(f"hub {name}", check_hub, loaded, name, spec, hub_timeout_s)
-    results += _guarded("stores", check_stores, store, keys)
-    results += _guarded("staging space", check_staging, staging, min_free)
+        results += _guarded(f"hub {name}", check_hub, loaded, name, spec, settings, hub_timeout_s)
+    results += _guarded("stores", check_stores, settings)
+    results += _guarded("staging space", check_staging, Path(settings.staging), min_free)
     return results

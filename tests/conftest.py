@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dagster_project.demo import commit_tiny_model
-from dagster_project.settings import Settings
+from resources.settings import Settings
 from tests.s3_server import ARTIFACTS_BUCKET, IDENTITIES, KEYS_BUCKET, SeaweedS3
 
 LLAMA = "test-org/tiny-llama"
@@ -63,7 +63,7 @@ def env(tmp_path, mirror_template, monkeypatch) -> Env:
     mirror = tmp_path / "mirror"
     shutil.copytree(mirror_template, mirror, symlinks=True)
     settings = home_settings(tmp_path)
-    activate(monkeypatch, settings, tmp_path / "dagster_home")
+    activate(monkeypatch, settings)
     e = Env(root=tmp_path, mirror=mirror, settings=settings)
     e.write_catalog(catalog_yaml(mirror, [{"repo_id": LLAMA}, {"repo_id": OPT}]))
     return e
@@ -75,13 +75,14 @@ def home_settings(root: Path) -> Settings:
         store=str(root / "store"),
         keys=str(root / "keys"),
         cache=str(root / "cache"),
+        dagster_home=str(root / "dagster_home"),
     )
 
 
-def activate(monkeypatch: pytest.MonkeyPatch, settings: Settings, dagster_home: Path) -> None:
+def activate(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
     """Point the CLI and Dagster at `settings` (what `Settings.from_env` reads)."""
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    Path(settings.dagster_home).mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("DAGSTER_HOME", settings.dagster_home)
     for name, value in (
         ("MODELPUB_CATALOG", settings.catalog),
         ("MODELPUB_STORE", settings.store),
@@ -139,29 +140,30 @@ def use_s3(monkeypatch, env: Env, server: SeaweedS3) -> Env:
     import uuid
 
     prefix = uuid.uuid4().hex[:12]
-    env.settings = dataclasses.replace(
-        env.settings,
-        store=f"s3://{ARTIFACTS_BUCKET}/{prefix}",
-        keys=f"s3://{KEYS_BUCKET}/{prefix}",
-    )
     for name in ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "SESSION_TOKEN", "PROFILE"):
         monkeypatch.delenv(f"AWS_{name}", raising=False)
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_PROFILE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(env.root / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(env.root / "no-aws-credentials"))
     publisher, keykeeper = IDENTITIES["publisher"], IDENTITIES["keykeeper"]
-    for name, value in (
-        ("AWS_CONFIG_FILE", str(env.root / "no-aws-config")),
-        ("AWS_SHARED_CREDENTIALS_FILE", str(env.root / "no-aws-credentials")),
-        ("MODELPUB_STORE", env.settings.store),
-        ("MODELPUB_KEYS", env.settings.keys),
-        ("MODELPUB_S3_ENDPOINT_URL", server.endpoint),
-        ("MODELPUB_S3_REGION", "us-east-1"),
-        ("MODELPUB_S3_ACCESS_KEY_ID", publisher.access_key),
-        ("MODELPUB_S3_SECRET_ACCESS_KEY", publisher.secret_key),
-        ("MODELPUB_KEYS_S3_ACCESS_KEY_ID", keykeeper.access_key),
-        ("MODELPUB_KEYS_S3_SECRET_ACCESS_KEY", keykeeper.secret_key),
-    ):
+    # For the CLI's subprocesses and Dagster's EnvVars, and as the settings' own input.
+    variables = {
+        "MODELPUB_STORE": f"s3://{ARTIFACTS_BUCKET}/{prefix}",
+        "MODELPUB_KEYS": f"s3://{KEYS_BUCKET}/{prefix}",
+        "MODELPUB_S3_ENDPOINT_URL": server.endpoint,
+        "MODELPUB_S3_REGION": "us-east-1",
+        "MODELPUB_S3_ACCESS_KEY_ID": publisher.access_key,
+        "MODELPUB_S3_SECRET_ACCESS_KEY": publisher.secret_key,
+        "MODELPUB_KEYS_S3_ACCESS_KEY_ID": keykeeper.access_key,
+        "MODELPUB_KEYS_S3_SECRET_ACCESS_KEY": keykeeper.secret_key,
+    }
+    for name, value in variables.items():
         monkeypatch.setenv(name, value)
+    s3 = Settings.from_env(variables)
+    env.settings = dataclasses.replace(
+        env.settings, store=s3.store, keys=s3.keys, store_s3=s3.store_s3, keys_s3=s3.keys_s3
+    )
     return env
 
 

@@ -192,7 +192,7 @@ def published_base(tmp_path_factory, mirror_template, adapter_template) -> Env:
     env = Env(root=root, mirror=mirror, settings=home_settings(root))
     env.write_catalog(adapter_catalog(mirror, [LORA, ZERO, WRONG_NAME, OPT_LORA]))
     with pytest.MonkeyPatch.context() as monkeypatch:
-        activate(monkeypatch, env.settings, root / "dagster_home")
+        activate(monkeypatch, env.settings)
         assert publish(env.settings, LLAMA).suffix == "v1"
         yield env
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from assets.gpu import gpu_node_selector
 from resources.registry import Registry
+from resources.settings import Settings
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
 from tests.postgres import postgres  # noqa: F401 - the fixture
@@ -150,7 +150,7 @@ def test_helm_values_render_the_same_instance():
     assert code["dagsterApiGrpcArgs"] == ["-m", module["module_name"]]
     env = {e["name"]: e["value"] for e in code["env"]}
     assert env["MODELPUB_EXECUTOR"] == "k8s"
-    assert gpu_node_selector(env)  # parses as the GPU steps will read it
+    assert Settings.from_env(env).gpu_node_selector  # parses as the GPU steps will read it
 
 
 def test_readme_documents_deploy():

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import sys
-from pathlib import Path
 
 import pytest
 import tensorizer._crypt
 
 from resources import doctor
+from resources.settings import Settings
 from tests.conftest import LLAMA, catalog_yaml
 from tests.fake_hub import FakeHub
 from tests.test_cli import run_cli
@@ -31,8 +31,7 @@ CHECKS = [
 
 
 def run(env, **kwargs) -> list[doctor.Check]:
-    s = env.settings
-    return doctor.run_checks(s.catalog, s.store, s.keys, Path(s.staging), **kwargs)
+    return doctor.run_checks(env.settings, **kwargs)
 
 
 def only_failure(env, **kwargs) -> doctor.Check:
@@ -118,7 +117,10 @@ def test_s3_key_store_with_the_artifact_stores_credentials(env, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("MODELPUB_S3_ENDPOINT_URL", "http://127.0.0.1:9")
-    checks = {c.name: c for c in doctor.check_stores("s3://artifacts/p", "s3://keys/p")}
+    settings = dataclasses.replace(
+        Settings.from_env(), store="s3://artifacts/p", keys="s3://keys/p"
+    )  # what the variables above say
+    checks = {c.name: c for c in doctor.check_stores(settings)}
     assert not checks["object store"].ok and "cannot reach" in checks["object store"].detail
     assert not checks["key store"].ok
     assert "uses the artifact store's access key" in checks["key store"].detail

@@ -56,8 +56,9 @@ def _dead_pid() -> int:
 def s3_registry(s3_env) -> Registry:
     """v1: its run failed (with a key); v2: its run is running; v3: its run is unknown
     here; v4: published; v9: files that no run reserved."""
-    registry = Registry(open_store(s3_env.settings.store))
-    keys = open_key_store(s3_env.settings.keys, s3_env.settings.store)
+    settings = s3_env.settings
+    registry = Registry(open_store(settings.store, settings.store_s3))
+    keys = open_key_store(settings.keys, settings.store, settings.keys_s3)
     assert registry.reserve_suffix(REPO, "failed-run", key_id=lambda s: f"org__model/{s}") == "v1"
     keys.create("org__model/v1")
     _upload(registry, "v1", None)
@@ -72,8 +73,8 @@ def s3_registry(s3_env) -> Registry:
 
 @pytest.mark.s3
 def test_gc_finds_only_what_no_run_will_finish_and_removes_it(s3_registry, s3_env):
-    registry = s3_registry
-    keys = open_key_store(s3_env.settings.keys, s3_env.settings.store)
+    registry, settings = s3_registry, s3_env.settings
+    keys = open_key_store(settings.keys, settings.store, settings.keys_s3)
     found = gc.find_orphans(registry, keys, RUNS.get)
     assert [o.suffix for o in found.orphans] == ["v1"]
     assert found.unclaimed == [f"vllm/{REPO}/v9/config.json", f"vllm/{REPO}/v9/model.tensors"]

@@ -15,10 +15,11 @@ from dagster_k8s.job import (
     get_user_defined_k8s_config,
 )
 
-from assets.gpu import GPU_STEPS, K8S_CONFIG_TAG, gpu_node_selector, gpu_run_config
+from assets.gpu import GPU_STEPS, K8S_CONFIG_TAG, gpu_run_config
 from dagster_project.definitions import build_definitions
 from resources.catalog import load_catalog
 from resources.errors import ModelpubError
+from resources.settings import Settings
 from tests.conftest import LLAMA, OPT
 
 
@@ -91,12 +92,15 @@ def test_an_entrys_gpu_count_and_nodes_reach_its_gpu_step_pods(env):
 
 
 def test_gpu_node_labels_come_from_the_environment():
+    def labels(environ: dict) -> dict:
+        return Settings.from_env(environ).gpu_node_selector
+
     gke = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-    assert gpu_node_selector({"MODELPUB_GPU_NODE_SELECTOR": json.dumps(gke)}) == gke
-    assert gpu_node_selector({}) == {"nvidia.com/gpu.present": "true"}
+    assert labels({"MODELPUB_GPU_NODE_SELECTOR": json.dumps(gke)}) == gke
+    assert labels({}) == {"nvidia.com/gpu.present": "true"}
     for bad in ("nvidia-l4", '["a"]', '{"a": 1}'):
         with pytest.raises(ModelpubError, match="MODELPUB_GPU_NODE_SELECTOR"):
-            gpu_node_selector({"MODELPUB_GPU_NODE_SELECTOR": bad})
+            labels({"MODELPUB_GPU_NODE_SELECTOR": bad})
 
 
 def test_an_unknown_executor_is_refused(env):

@@ -14,15 +14,18 @@ import json
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
+from assets.state import run_state
 from dagster_project import cli
 from dagster_project.demo import commit_tiny_model, git
 from resources import gc
 from resources.registry import Registry
+from resources.settings import Settings
 from resources.storage import open_store
 from resources.storage.keys import open_key_store
 from resources.storage.s3 import parse_s3_uri
@@ -107,7 +110,7 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
         assert f"cannot reach the S3 endpoint {server.endpoint}" in summary
 
         server.start()  # same data directory, same ports
-        registry = Registry(open_store(store_uri))
+        registry = Registry(open_store(store_uri, env.settings.store_s3))
         assert registry.versions(WIDE) == []
         assert registry.aliases(WIDE) == {}
         assert registry.reservation(WIDE, "v1") is not None  # the dead run's suffix stays taken
@@ -120,15 +123,16 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
         assert registry.resolve(WIDE) == record
         assert registry.aliases(WIDE) == {"latest": "v2"}
 
-        keys = open_key_store(env.settings.keys, store_uri)
-        orphans = gc.find_orphans(registry, keys, cli._run_state).orphans
+        keys = open_key_store(env.settings.keys, store_uri, env.settings.keys_s3)
+        runs = partial(run_state, DagsterInstance.get())
+        orphans = gc.find_orphans(registry, keys, runs).orphans
         dead_key = record.key_id.replace("/v2", "/v1")
         assert [(o.reference, o.unfinished, o.key_id) for o in orphans] == [
             (f"{WIDE}@v1", [f"vllm/{WIDE}/v1/model.tensors"], dead_key)
         ]
         assert "ended without publishing" in orphans[0].why
         assert gc.remove(registry, keys, orphans[0])
-        assert gc.find_orphans(registry, keys, cli._run_state).orphans == []
+        assert gc.find_orphans(registry, keys, runs).orphans == []
         assert not keys.exists(dead_key) and keys.exists(record.key_id)
 
         key = keys.get(record.key_id)
@@ -178,7 +182,7 @@ def test_publish_with_a_wrong_secret_fails_before_any_upload(s3_env, monkeypatch
     assert variable.removesuffix("SECRET_ACCESS_KEY") in str(caught.value)
 
     monkeypatch.setenv(variable, right)
-    store = open_store(s3_env.settings.store)
+    store = open_store(s3_env.settings.store, s3_env.settings.store_s3)
     assert store.list("vllm") == []
     assert Registry(store).versions(LLAMA) == []
 
@@ -190,9 +194,9 @@ def test_unreachable_key_store_fails_clearly_and_publishes_nothing(s3_env, monke
     endpoint = f"http://127.0.0.1:{free_ports(1)[0]}"
     monkeypatch.setenv("MODELPUB_KEYS_S3_ENDPOINT_URL", endpoint)
     with pytest.raises(cli.PublishFailed) as caught:
-        cli.publish(s3_env.settings, LLAMA)
+        cli.publish(Settings.from_env(), LLAMA)
     assert "cannot reach the S3 endpoint" in str(caught.value)
     assert endpoint in str(caught.value)
-    store = open_store(s3_env.settings.store)
+    store = open_store(s3_env.settings.store, s3_env.settings.store_s3)
     assert Registry(store).versions(LLAMA) == []
     assert [k for k in store.list("vllm") if k.endswith(".tensors")] == []

@@ -22,11 +22,11 @@ def test_racing_publishers_get_distinct_suffixes_and_a_consistent_alias(s3_env):
     """Eight publishers of one repo start at the same instant, each with its own client
     (as separate machines would): every one gets its own suffix, every version is
     published, `latest` ends on the newest and `stable` on one of them."""
-    uri = s3_env.settings.store
+    uri, s3 = s3_env.settings.store, s3_env.settings.store_s3
     start = threading.Barrier(PUBLISHERS)
 
     def publish(i: int) -> str:
-        registry = Registry(open_store(uri))
+        registry = Registry(open_store(uri, s3))
         start.wait()
         suffix = registry.reserve_suffix(REPO, run_id=f"run-{i}")
         registry.store.create(f"{model_prefix(REPO, suffix)}/model.tensors", f"{i}".encode())
@@ -39,7 +39,7 @@ def test_racing_publishers_get_distinct_suffixes_and_a_consistent_alias(s3_env):
         suffixes = list(pool.map(publish, range(PUBLISHERS)))
 
     assert sorted(suffixes, key=suffix_number) == [f"v{n}" for n in range(1, PUBLISHERS + 1)]
-    registry = Registry(open_store(uri))
+    registry = Registry(open_store(uri, s3))
     for record in registry.versions(REPO):
         # each record is its own run's, and that run holds the suffix's reservation
         run = record.dagster_run_id
@@ -53,12 +53,12 @@ def test_racing_publishers_get_distinct_suffixes_and_a_consistent_alias(s3_env):
 
 def test_compare_and_swap_loses_no_update(s3_env):
     """Read-modify-write through `replace` from racing clients: no increment is lost."""
-    uri = s3_env.settings.store
-    open_store(uri).create("counter", b"0")
+    uri, s3 = s3_env.settings.store, s3_env.settings.store_s3
+    open_store(uri, s3).create("counter", b"0")
     start = threading.Barrier(PUBLISHERS)
 
     def bump(_: int) -> int:
-        store, conflicts = open_store(uri), 0
+        store, conflicts = open_store(uri, s3), 0
         start.wait()
         for _ in range(5):
             while True:
@@ -70,5 +70,5 @@ def test_compare_and_swap_loses_no_update(s3_env):
 
     with ThreadPoolExecutor(PUBLISHERS) as pool:
         conflicts = sum(pool.map(bump, range(PUBLISHERS)))
-    assert int(open_store(uri).get_bytes("counter")) == PUBLISHERS * 5
+    assert int(open_store(uri, s3).get_bytes("counter")) == PUBLISHERS * 5
     assert conflicts > 0  # the clients really did collide

@@ -10,6 +10,7 @@ import torch
 from dagster_project.definitions import build_definitions
 from resources import tensorize
 from resources.formats.access import stream_kwargs
+from resources.settings import Settings
 from resources.storage import open_store
 from resources.storage.keys import KeyStoreError, open_key_store
 from resources.storage.s3 import S3Store
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.s3
 
 @pytest.fixture
 def store(s3_env) -> S3Store:
-    store = open_store(s3_env.settings.store)
+    store = open_store(s3_env.settings.store, s3_env.settings.store_s3)
     assert isinstance(store, S3Store)
     return store
 
@@ -92,7 +93,7 @@ def count_requests(store) -> list[str]:
 
 def test_wrong_credentials_fail_fast_and_say_what_to_set(s3_env, monkeypatch):
     monkeypatch.setenv("MODELPUB_S3_SECRET_ACCESS_KEY", "not-the-secret")
-    store = open_store(s3_env.settings.store)
+    store = open_store(s3_env.settings.store, Settings.from_env().store_s3)
     attempts = count_requests(store)
     with pytest.raises(StoreError) as caught:
         store.list("registry")
@@ -109,7 +110,7 @@ def test_missing_bucket_is_named(s3_env, monkeypatch):
     admin = IDENTITIES["admin"]  # may see every bucket, so S3 says "no such bucket"
     monkeypatch.setenv("MODELPUB_S3_ACCESS_KEY_ID", admin.access_key)
     monkeypatch.setenv("MODELPUB_S3_SECRET_ACCESS_KEY", admin.secret_key)
-    store = open_store("s3://no-such-bucket/models")
+    store = open_store("s3://no-such-bucket/models", Settings.from_env().store_s3)
     with pytest.raises(StoreError, match="bucket 'no-such-bucket' does not exist"):
         store.create("registry/x.json", b"{}")
 
@@ -117,7 +118,7 @@ def test_missing_bucket_is_named(s3_env, monkeypatch):
 def test_unreachable_endpoint_is_named(s3_env, monkeypatch):
     endpoint = f"http://127.0.0.1:{free_ports(1)[0]}"
     monkeypatch.setenv("MODELPUB_S3_ENDPOINT_URL", endpoint)
-    store = open_store(s3_env.settings.store)
+    store = open_store(s3_env.settings.store, Settings.from_env().store_s3)
     attempts = count_requests(store)
     with pytest.raises(StoreError, match="cannot reach the S3 endpoint") as caught:
         store.get_bytes("registry/x.json")
@@ -130,7 +131,7 @@ def test_unreachable_endpoint_is_named(s3_env, monkeypatch):
 
 def test_key_store_has_its_own_credentials_and_hands_vllm_a_private_file(s3_env, monkeypatch):
     settings = s3_env.settings
-    keys = open_key_store(settings.keys, settings.store)
+    keys = open_key_store(settings.keys, settings.store, settings.keys_s3)
     key = keys.create("org__m/v1")
     with keys.keyfile("org__m/v1") as path:
         assert path.read_bytes() == key
@@ -139,11 +140,11 @@ def test_key_store_has_its_own_credentials_and_hands_vllm_a_private_file(s3_env,
 
     # The artifact store's credentials open nothing in the key store, and vice versa.
     with pytest.raises(StoreError, match="AccessDenied"):
-        open_store(settings.keys).get_bytes("org__m/v1.key")
+        open_store(settings.keys, settings.store_s3).get_bytes("org__m/v1.key")
     monkeypatch.delenv("MODELPUB_KEYS_S3_ACCESS_KEY_ID")
     monkeypatch.delenv("MODELPUB_KEYS_S3_SECRET_ACCESS_KEY")
     with pytest.raises(StoreError, match="MODELPUB_KEYS_S3_ACCESS_KEY_ID"):
-        open_key_store(settings.keys, settings.store).get("org__m/v1")
+        open_key_store(settings.keys, settings.store, Settings.from_env().keys_s3).get("org__m/v1")
 
 
 @pytest.mark.parametrize(
@@ -161,7 +162,7 @@ def test_key_store_inside_the_artifact_store_is_refused(keys, artifacts):
 
 def test_key_store_beside_the_artifact_store_is_allowed(s3_env):
     # "prod-keys" shares a string prefix with "prod", not a directory.
-    keys = open_key_store("s3://keys/prod-keys", "s3://keys/prod")
+    keys = open_key_store("s3://keys/prod-keys", "s3://keys/prod", s3_env.settings.keys_s3)
     assert keys.store.uri("k.key") == "s3://keys/prod-keys/k.key"
 
 

@@ -101,8 +101,8 @@ class HuggingFaceHub(Hub):
     def __init__(
         self, endpoint: str | None = None, token: str | None = None, timeout_s: float | None = None
     ):
-        self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-        self.token = token or os.environ.get("HF_TOKEN") or None
+        self.endpoint = endpoint or None
+        self.token = token or None
         self.timeout_s = timeout_s  # for `resolve`; None: huggingface_hub's default
 
     def _api(self):

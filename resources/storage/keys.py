@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from resources.errors import ModelpubError
 from resources.layout import key_file
+from resources.settings import KEYS_S3, NO_S3, S3Env
 from resources.storage.store import LocalStore, NotFound, ObjectStore
 
 if TYPE_CHECKING:
@@ -80,12 +81,14 @@ def _overlaps(uri: str, artifact_store_uri: str) -> bool:
     return k.startswith(a) or a.startswith(k)
 
 
-def open_key_store(uri: str, artifact_store_uri: str, s3: S3Resource | None = None) -> KeyStore:
+def open_key_store(
+    uri: str, artifact_store_uri: str, s3: S3Env = NO_S3, resource: S3Resource | None = None
+) -> KeyStore:
     """The key store at `uri`, refused if it sits inside the artifact store.
 
-    An s3:// key store takes its own credentials (`s3`, else `MODELPUB_KEYS_S3_*`, else
-    boto3's default chain), never the `MODELPUB_S3_*` ones: whoever holds only the
-    artifact credentials cannot read the keys.
+    An s3:// key store is configured by `s3` (the settings' `keys_s3`, whose credentials
+    are never the artifact store's), or by `resource` where a Dagster resource built one
+    from it: whoever holds only the artifact credentials cannot read the keys.
     """
     if _overlaps(uri, artifact_store_uri):
         raise KeyStoreError(
@@ -93,10 +96,9 @@ def open_key_store(uri: str, artifact_store_uri: str, s3: S3Resource | None = No
             "never sit beside the artifacts they open; set MODELPUB_KEYS elsewhere"
         )
     if uri.startswith("s3://"):
-        from resources.storage.s3 import ARTIFACT_ENV, KEYS_ENV, S3Store, s3_resource_from_env
+        from resources.storage.s3 import S3Store
 
-        resource = s3 or s3_resource_from_env(KEYS_ENV, fallback_prefix=ARTIFACT_ENV)
-        return KeyStore(S3Store.from_uri(uri, resource=resource, env_prefix=KEYS_ENV))
+        return KeyStore(S3Store.from_uri(uri, s3, resource, env_prefix=KEYS_S3))
     root = Path(uri)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)

@@ -5,15 +5,15 @@ The registry's safety rests on two conditional writes that S3 now supports:
 (compare-and-swap). Large files go up as multipart uploads, which become visible
 whole or not at all.
 
-Configuration comes from `<PREFIX>_ENDPOINT_URL`, `_REGION`, `_PROFILE`,
-`_ACCESS_KEY_ID`, `_SECRET_ACCESS_KEY` and `_SESSION_TOKEN` variables (`MODELPUB_S3_*`
-for artifacts and the registry, `MODELPUB_KEYS_S3_*` for the key store); anything unset
-falls back to boto3's own chain (`AWS_*` variables, `~/.aws`, instance roles).
+Configuration is a store's `S3Env` (resources/settings.py): its `<PREFIX>_ENDPOINT_URL`,
+`_REGION`, `_PROFILE`, `_ACCESS_KEY_ID`, `_SECRET_ACCESS_KEY` and `_SESSION_TOKEN`
+variables (`MODELPUB_S3_*` for artifacts and the registry, `MODELPUB_KEYS_S3_*` for the
+key store); anything unset falls back to boto3's own chain (`AWS_*` variables, `~/.aws`,
+instance roles).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,21 +33,10 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
+from resources.settings import ARTIFACT_S3, S3Env
 from resources.storage.store import NotFound, ObjectStore, S3Access, StoreError
 
-ARTIFACT_ENV = "MODELPUB_S3"
-KEYS_ENV = "MODELPUB_KEYS_S3"
-# S3Resource field -> environment variable suffix
-ENV_FIELDS = {
-    "endpoint_url": "ENDPOINT_URL",
-    "region_name": "REGION",
-    "profile_name": "PROFILE",
-    "aws_access_key_id": "ACCESS_KEY_ID",
-    "aws_secret_access_key": "SECRET_ACCESS_KEY",
-    "aws_session_token": "SESSION_TOKEN",
-}
 SECRET_FIELDS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
-SHARED_FIELDS = {"endpoint_url", "region_name"}  # what a key store may borrow from the artifacts
 # 64 MiB parts: 4 in flight measured fastest here, and 10,000 parts allow 640 GiB objects.
 TRANSFER = TransferConfig(
     multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4
@@ -57,36 +46,21 @@ DENIED = {"AccessDenied", "AllAccessDisabled", "403"}
 ABSENT = {"NoSuchKey", "404", "NotFound"}
 
 
-def s3_resource_from_env(
-    env_prefix: str, fallback_prefix: str | None = None, for_dagster: bool = False
-) -> S3Resource:
-    """An `S3Resource` from `<env_prefix>_*` variables.
-
-    Endpoint and region may come from `<fallback_prefix>_*` (a key store on the same
-    server as the artifacts); credentials never do, so keys keep their own. With
-    `for_dagster`, secrets stay `EnvVar`s: Dagster resolves them in the run and shows
-    only their names in the UI.
-    """
-    values = {}
-    for field, suffix in ENV_FIELDS.items():
-        names = [f"{env_prefix}_{suffix}"]
-        if fallback_prefix and field in SHARED_FIELDS:
-            names.append(f"{fallback_prefix}_{suffix}")
-        name = next((n for n in names if os.environ.get(n)), None)
-        if name is not None:
-            values[field] = (
-                EnvVar(name) if for_dagster and field in SECRET_FIELDS else os.environ[name]
-            )
+def s3_resource(s3: S3Env, for_dagster: bool = False) -> S3Resource:
+    """An `S3Resource` from a store's S3 settings. With `for_dagster`, secrets stay
+    `EnvVar`s: Dagster resolves them in the run and shows only their names in the UI."""
+    values = {
+        name: EnvVar(setting.name) if for_dagster and name in SECRET_FIELDS else setting.value
+        for name, setting in s3.fields.items()
+    }
     return S3Resource(max_attempts=3, **values)
 
 
-def dagster_s3_config(
-    uri: str, env_prefix: str, fallback_prefix: str | None = None
-) -> S3Resource | None:
+def dagster_s3_config(uri: str, s3: S3Env) -> S3Resource | None:
     """The `S3Resource` for a store's Dagster resource: None unless `uri` is s3://."""
     if not uri.startswith("s3://"):
         return None
-    return s3_resource_from_env(env_prefix, fallback_prefix, for_dagster=True)
+    return s3_resource(s3, for_dagster=True)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -111,10 +85,17 @@ class S3Store(ObjectStore):
 
     @classmethod
     def from_uri(
-        cls, uri: str, resource: S3Resource | None = None, env_prefix: str = ARTIFACT_ENV
+        cls,
+        uri: str,
+        s3: S3Env,
+        resource: S3Resource | None = None,
+        env_prefix: str = ARTIFACT_S3,
     ) -> S3Store:
+        """The store at `uri`, through `resource` where Dagster built one from `s3` (its
+        secrets resolved in the run), else through one built from `s3` here;
+        `env_prefix` names the variables its errors tell the user to set."""
         bucket, prefix = parse_s3_uri(uri)
-        return cls(bucket, prefix, resource or s3_resource_from_env(env_prefix), env_prefix)
+        return cls(bucket, prefix, resource or s3_resource(s3), env_prefix)
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}".strip("/") if self.prefix else key
