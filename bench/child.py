@@ -63,7 +63,8 @@ def plain_run(spec: dict) -> dict:
     from resources.catalog import load_catalog, partition_key
     from resources.formats.artifact import write_artifact
     from resources.layout import model_prefix, validation_key
-    from resources.records import now
+    from resources.publish import PublishPlan, publish_staged
+    from resources.records import ModelSettings, StagedArtifact
     from resources.registry import Registry
     from resources.settings import Settings
     from resources.sources.hub import make_hub
@@ -121,25 +122,26 @@ def plain_run(spec: dict) -> dict:
             max_tokens=entry.max_tokens,
             tolerance=entry.logprob_tolerance,
         ).run(generate)
-    store.create(
-        validation_key(entry.repo_id, suffix, run_id),
-        json.dumps(report.to_json(), default=str).encode(),
-    )
+    report_key = validation_key(entry.repo_id, suffix, run_id)
+    store.create(report_key, json.dumps(report.to_json(), default=str).encode())
     steps["roundtrip_checks"] = time.perf_counter() - start
     if not report.passed:
         raise RuntimeError(f"round trip failed: {json.dumps(report.summary())}")
 
     start = time.perf_counter()
-    record = {
-        "repo_id": entry.repo_id,
-        "hf_sha": sha,
-        "suffix": suffix,
-        "files": written.files,
-        "validation": report.summary(),
-        "published_at": now(),
-    }
-    registry.publish(record)
-    registry.move_alias(entry.repo_id, "latest", suffix)
+    staged = StagedArtifact(
+        repo_id=entry.repo_id,
+        suffix=suffix,
+        sha=sha,
+        prefix=prefix,
+        tensors_file="model.tensors",
+        key_id=key_id,
+        files=written.files,
+        reused=False,
+        settings=ModelSettings(dtype=entry.dtype, encrypted=True),
+    )
+    plan = PublishPlan(run_id=run_id, catalog_key=entry.key, hf_ref=entry.ref)
+    publish_staged(registry, store, staged, plan, report_key)
     steps["published_version"] = time.perf_counter() - start
     source, published = engines  # the round trip runs the source first
     return {

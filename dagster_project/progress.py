@@ -86,12 +86,15 @@ class StepLines(logging.Handler):
         if step is None:
             return
         with self._lock:
-            if event is None:
-                parsed = parse_progress(meta.get("orig_message", ""))
-                if parsed and step in self.steps:
-                    self.steps[step].progress = parsed
+            try:
+                if event is None:
+                    parsed = parse_progress(meta.get("orig_message", ""))
+                    if parsed and step in self.steps:
+                        self.steps[step].progress = parsed
+                    return
+                self._on_event(step, event)
+            except Exception:  # noqa: BLE001 - a display problem must never fail a publish
                 return
-            self._on_event(step, event)
 
     def _on_event(self, step: str, event: Any) -> None:
         kind = event.event_type
@@ -100,7 +103,7 @@ class StepLines(logging.Handler):
             self.running = step
             self._start_ticker()
         elif kind == DagsterEventType.ASSET_MATERIALIZATION and step in self.steps:
-            metadata = event.asset_materialization.metadata
+            metadata = event.step_materialization_data.materialization.metadata
             self.steps[step].metadata = {k: v.value for k, v in metadata.items()}
         elif kind == DagsterEventType.ASSET_CHECK_EVALUATION and step in self.steps:
             check = event.asset_check_evaluation_data
