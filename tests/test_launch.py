@@ -55,7 +55,9 @@ def test_sensor_and_cli_launch_a_tensor_parallel_entry_alike(k8s_env, instance, 
     assert validate_run_config(job, request.run_config)
 
     launched = []
-    monkeypatch.setattr(cli, "_run_publish", lambda settings, parts, run: launched.append(run))
+    monkeypatch.setattr(
+        cli, "_run_publish", lambda settings, parts, run, verbose: launched.append(run)
+    )
     cli.publish(k8s_env.settings, LLAMA)
     [by_hand] = launched
     assert (by_hand.job_name, by_hand.partition_key) == (request.job_name, request.partition_key)
