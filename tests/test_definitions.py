@@ -1,5 +1,6 @@
 """The code location loads in Dagster's own tooling, and the CLI explains bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,35 @@ def test_dagster_definitions_validate_passes(env):
     done = validate()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All code locations passed validation" in done.stdout + done.stderr
+
+
+def dg(*args: str) -> subprocess.CompletedProcess:
+    """Dagster's `dg` CLI in this project, configured by pyproject's [tool.dg]."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), *args],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_dg_checks_and_lists_the_same_definitions(env):
+    checked = dg("check", "defs")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+    listed = dg("list", "defs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    defs = json.loads(listed.stdout)
+    assets = {a["asset_key"] for a in defs["assets"]}
+    assert {"model_snapshot", "tensorized_model", "published_version"} <= assets
+    assert {j["name"] for j in defs["jobs"]} == {
+        "publish_model",
+        "publish_adapter",
+        "reverify_model",
+    }
 
 
 def test_dagster_definitions_validate_reports_a_bad_catalog(env):
