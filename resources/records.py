@@ -122,6 +122,10 @@ class _Published(BaseModel):
     def reference(self) -> str:
         return f"{self.repo_id}@{self.suffix}"
 
+    def _settings(self, kind: type[BaseModel]) -> Any:
+        """The fields of `kind` (the record's settings class) as that class."""
+        return kind.model_validate(self.model_dump(include=set(kind.model_fields)))
+
     def to_dict(self) -> dict[str, Any]:
         """The record as it is stored, shown in the UI and printed by the CLI."""
         return self.model_dump(mode="json", by_alias=True)
@@ -141,8 +145,7 @@ class ModelVersion(ModelSettings, _Published):
 
     @property
     def settings(self) -> ModelSettings:
-        fields = set(ModelSettings.model_fields)
-        return ModelSettings.model_validate(self.model_dump(include=fields))
+        return self._settings(ModelSettings)
 
     @property
     def location(self) -> tuple[str, str]:
@@ -158,8 +161,7 @@ class AdapterVersion(AdapterSettings, _Published):
 
     @property
     def settings(self) -> AdapterSettings:
-        fields = set(AdapterSettings.model_fields)
-        return AdapterSettings.model_validate(self.model_dump(include=fields))
+        return self._settings(AdapterSettings)
 
     @property
     def location(self) -> tuple[str, str]:

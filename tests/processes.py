@@ -25,6 +25,20 @@ class Process:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def run_tool(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """A console script of this venv (`dagster`, `dg`, ...) run from the repo root, as a
+    user runs it, with the test's environment; the outcome is the caller's to judge."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / name), *args],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def dagster_home(config: str = "") -> Path:
     """The test's DAGSTER_HOME (set by the `env` fixture), with `config` as dagster.yaml."""
     home = Path(os.environ["DAGSTER_HOME"])

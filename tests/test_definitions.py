@@ -1,28 +1,18 @@
 """The code location loads in Dagster's own tooling, and the CLI explains bad input."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from dagster_project.cli import main
+from tests.processes import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def validate() -> subprocess.CompletedProcess:
     """`dagster definitions validate` as a user runs it, with the test's MODELPUB_* env."""
-    dagster = Path(sys.executable).parent / "dagster"
-    return subprocess.run(
-        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_tool("dagster", "definitions", "validate", "-w", "workspace.yaml")
 
 
 def test_dagster_definitions_validate_passes(env):
@@ -33,15 +23,7 @@ def test_dagster_definitions_validate_passes(env):
 
 def dg(*args: str) -> subprocess.CompletedProcess:
     """Dagster's `dg` CLI in this project, configured by pyproject's [tool.dg]."""
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "dg"), *args],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_tool("dg", *args)
 
 
 def test_dg_checks_and_lists_the_same_definitions(env):

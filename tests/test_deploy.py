@@ -4,7 +4,6 @@ separate processes sharing that instance, and the Helm values and README agree w
 import json
 import os
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from resources.settings import Settings
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
 from tests.postgres import postgres  # noqa: F401 - the fixture
+from tests.processes import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -45,15 +45,7 @@ def local_instance(home: Path, monkeypatch, connection: dict) -> Path:
 
 
 def dagster(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), *args],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    return run_tool("dagster", *args, timeout=900)
 
 
 def test_run_launcher_config_is_what_dagster_k8s_accepts():
