@@ -200,7 +200,7 @@ def published_base(tmp_path_factory, mirror_template, adapter_template) -> Env:
 @pytest.mark.vllm
 def test_publish_restore_and_serve_an_adapter(published_base: Env, tmp_path, capsys):
     env = published_base
-    assert main(["publish", LORA]) == 0
+    assert main(["publish", LORA, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["kind"] == "adapter"
     assert (record["repo_id"], record["suffix"]) == (LORA, "v1")
