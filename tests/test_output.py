@@ -17,7 +17,8 @@ from dagster import DagsterEventType, DagsterInstance
 from tests.conftest import LLAMA, catalog_yaml
 
 STEPS = ("fetch", "serialize+encrypt", "round trip (vLLM)", "publish")
-DAGSTER_LINE = re.compile(r" - (DEBUG|INFO) - publish_model - ")
+# Dagster's console log lines (coloured on a terminal)
+DAGSTER_LINE = re.compile(r" - (\x1b\[\d+m)?(DEBUG|INFO)(\x1b\[0m)? - publish_model - ")
 
 
 def publish(*flags: str) -> subprocess.CompletedProcess:
