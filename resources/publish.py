@@ -121,16 +121,16 @@ def publish_staged(
         }
     )
     registry.publish(record)
-    published = Published(record)
+    moved, kept = {}, []
     for alias in plan.aliases:
         try:
             entry = registry.move_alias(staged.repo_id, alias, staged.suffix, plan.run_id)
         except AliasProtected as exc:
-            published.kept.append(str(exc))
+            kept.append(str(exc))
             continue
         if entry is not None:
-            published.moved[alias] = entry
-    return published
+            moved[alias] = entry
+    return Published(record, moved, kept)
 
 
 def earlier_builds(
