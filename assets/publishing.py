@@ -43,7 +43,14 @@ from resources.records import (
 )
 from resources.registry import Registry
 from resources.storage.store import ObjectStore
-from resources.summary import COLUMNS, VersionSummary, human_size
+from resources.summary import (
+    COLUMNS,
+    HISTORY_COLUMNS,
+    VersionSummary,
+    alias_history,
+    history_cells,
+    human_size,
+)
 
 OWNERS = ["team:ml-platform"]
 
@@ -255,10 +262,15 @@ def publish_step(
         rotated_from=context.run.tags.get(ROTATED_FROM_TAG),
     )
     try:
-        record = publish_staged(reg, store, staged, plan, _report_key(context, store, staged))
+        published = publish_staged(reg, store, staged, plan, _report_key(context, store, staged))
     except PublishRefused as exc:
         raise Failure(str(exc), allow_retries=False) from None
-    aliases = reg.aliases(repo_id)
+    for note in published.kept:
+        context.log.warning(note)
+    record = published.record
+    alias_records = reg.alias_records(repo_id)
+    aliases = {a.alias: a.suffix for a in alias_records}
+    moved = [a for a in alias_records if a.alias in published.moved]
     summary = VersionSummary.of(record, aliases)
     return MaterializeResult(
         metadata={
@@ -270,8 +282,21 @@ def publish_step(
             "newly_published": not staged.reused,
             "aliases": MetadataValue.md(
                 md_table(
-                    [{"alias": a, "suffix": s} for a, s in sorted(aliases.items())],
-                    ["alias", "suffix"],
+                    [
+                        {
+                            "alias": a.alias,
+                            "suffix": a.suffix,
+                            "protected": "yes" if a.protected else "no",
+                        }
+                        for a in sorted(alias_records, key=lambda a: a.alias)
+                    ],
+                    ["alias", "suffix", "protected"],
+                )
+            ),
+            # the whole history of each alias this publish moved, newest first
+            "alias_history": MetadataValue.md(
+                md_table(
+                    [history_cells(e) for e in reversed(alias_history(moved))], HISTORY_COLUMNS
                 )
             ),
             "record_uri": MetadataValue.url(store.uri(registry_key(repo_id, "versions", suffix))),

@@ -10,15 +10,16 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resources.catalog import load_catalog, partition_key
+from resources.catalog import adapter_partition_key, load_catalog, partition_key
 from resources.errors import ModelpubError
-from resources.records import VersionRecord, parse_version
+from resources.records import AdapterVersion, AliasEntry, VersionRecord, parse_version
 from resources.settings import Settings
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
     from dagster_project.launch import Launch
+    from resources.storage.store import ObjectStore
 
 
 def _instance(settings: Settings) -> DagsterInstance:
@@ -195,6 +196,27 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
 
+ALIAS_ACTIONS = {
+    "rollback": "move ALIAS back to its previous target, once that version verifies",
+    "protect": "keep publishes from moving ALIAS (only `alias set` or `rollback` move it)",
+    "unprotect": "let publishes move ALIAS again",
+}
+
+
+def _alias_parser(sub) -> None:
+    p = sub.add_parser("alias", help="move, roll back or protect an alias (kept in its history)")
+    actions = p.add_subparsers(dest="action", required=True)
+    set_ = actions.add_parser("set", help="point ALIAS at a published version, protected or not")
+    set_.add_argument("reference", help="repo_id@vN, or repo_id@alias: the version it points at")
+    parsers = [set_]
+    for action, help in ALIAS_ACTIONS.items():
+        parsers.append(actions.add_parser(action, help=help))
+        parsers[-1].add_argument("repo_id")
+    for a in parsers:
+        a.add_argument("alias")
+        a.add_argument("--reason", help="why, kept in the alias's history")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelpub", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--new-commit", action="store_true", help="commit new random weights first")
     _verbose_flag(p)
+    _alias_parser(sub)
+    p = sub.add_parser("history", help="every change to a repo's aliases, oldest first")
+    p.add_argument("reference", help="repo_id, or repo_id@alias for one alias")
+    _json_flag(p)
     p = sub.add_parser("doctor", help="check what a publish needs, one line per check")
     p.add_argument(
         "--min-free-gib",
@@ -309,7 +335,6 @@ def _keyfile(settings: Settings, record: VersionRecord) -> str | None:
 
 
 def _cmd_serve_command(settings: Settings, args) -> int:
-    from resources.records import AdapterVersion
     from resources.serve import adapter_serve_command, serve_command
 
     registry = _registry(settings)
@@ -357,7 +382,6 @@ def _cmd_verify(settings: Settings, args) -> int:
 
 def _cmd_fetch_adapter(settings: Settings, args) -> int:
     from resources.formats.lora import AdapterError, restore_adapter
-    from resources.records import AdapterVersion
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
@@ -483,6 +507,108 @@ def _cmd_gc(settings: Settings, args) -> int:
     return 0
 
 
+def _mover() -> str:
+    """Who a person's alias command is recorded as: user@host."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (a bare container)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _verified(settings: Settings, store: ObjectStore, record: VersionRecord) -> None:
+    """Refuse a rollback to a version whose files or tensors no longer verify."""
+    from resources.registry import RegistryError
+    from resources.validation.integrity import verify_published
+
+    report = verify_published(store, _key_store(settings), record)
+    if not report.ok:
+        problems = "; ".join(" ".join(p.split()) for p in report.problems)
+        raise RegistryError(f"{record.reference} fails verification, not rolling back: {problems}")
+
+
+def _describe(repo_id: str, alias: str, entry: AliasEntry) -> str:
+    if entry.why in ("protect", "unprotect"):
+        return f"{repo_id}@{alias}: {entry.why}ed at {entry.to_suffix} (by {entry.by})"
+    was = entry.from_suffix or "nothing"
+    return f"{repo_id}@{alias}: {was} -> {entry.to_suffix} ({entry.why} by {entry.by})"
+
+
+def _cmd_alias(settings: Settings, args) -> int:
+    registry = _registry(settings)
+    by, alias = _mover(), args.alias
+    if args.action == "set":
+        target = registry.resolve(args.reference)
+        repo_id = target.repo_id
+        entry = registry.set_alias(repo_id, alias, target.suffix, by, args.reason)
+    elif args.action == "rollback":
+        repo_id = args.repo_id
+        verify = partial(_verified, settings, registry.store)
+        entry = registry.rollback_alias(repo_id, alias, by, args.reason, verify)
+    else:
+        repo_id = args.repo_id
+        protect = args.action == "protect"
+        entry = registry.protect_alias(repo_id, alias, protect, by, args.reason)
+    if entry is None:
+        current = registry.alias(repo_id, alias)
+        state = "protected" if current.protected else "not protected"
+        print(f"{repo_id}@{alias}: unchanged, at {current.suffix} and {state}")
+        return 0
+    print(_describe(repo_id, alias, entry))
+    _observe(settings, registry.version(repo_id, entry.to_suffix), alias, entry)
+    return 0
+
+
+def _observe(settings: Settings, record: VersionRecord, alias: str, entry: AliasEntry) -> None:
+    """Show a person's alias change in the Dagster UI: an observation of the published
+    asset's partition. Best effort: the change is made whether or not Dagster hears of it."""
+    from resources.summary import history_cells
+
+    if isinstance(record, AdapterVersion):
+        asset, partitions = "published_adapter", "adapters"
+        key = adapter_partition_key(record.base_repo_id, record.repo_id)
+    else:
+        asset, partitions, key = "published_version", "models", partition_key(record.repo_id)
+    try:
+        from dagster import AssetKey, AssetObservation
+
+        with _instance(settings) as instance:
+            _ensure_partition(instance, partitions, key)
+            instance.report_runless_asset_event(
+                AssetObservation(
+                    asset_key=AssetKey(asset),
+                    partition=key,
+                    description=_describe(record.repo_id, alias, entry),
+                    metadata=history_cells({"alias": alias, **entry.model_dump()}),
+                )
+            )
+    except Exception as exc:  # noqa: BLE001 - any failure to record it leaves the move made
+        print(
+            f"modelpub: warning: {record.repo_id}@{alias} changed, but the Dagster instance did "
+            f"not record it: {' '.join(str(exc).split())}",
+            file=sys.stderr,
+        )
+
+
+def _cmd_history(settings: Settings, args) -> int:
+    from resources.summary import HISTORY_COLUMNS, alias_history, history_cells, text_table
+
+    registry = _registry(settings)
+    repo_id, _, alias = args.reference.partition("@")
+    records = [registry.alias(repo_id, alias)] if alias else registry.alias_records(repo_id)
+    entries = alias_history(records)
+    if args.json:
+        _print_json(entries)
+    elif entries:
+        print(text_table([history_cells(e) for e in entries], HISTORY_COLUMNS))
+    else:
+        print(f"{repo_id}: no aliases yet")
+    return 0
+
+
 def _cmd_doctor(settings: Settings, args) -> int:
     from resources.doctor import run_checks
 
@@ -503,6 +629,8 @@ COMMANDS = {
     "fetch-config": _cmd_fetch_config,
     "gc": _cmd_gc,
     "doctor": _cmd_doctor,
+    "alias": _cmd_alias,
+    "history": _cmd_history,
 }
 
 if __name__ == "__main__":

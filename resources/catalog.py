@@ -38,6 +38,11 @@ def partition_key(repo_id: str) -> str:
     return repo_id.replace("/", "__")
 
 
+def adapter_partition_key(base_repo_id: str, adapter_repo_id: str) -> str:
+    """`<base key>--<adapter key>`: one adapters partition per (base, adapter) pair."""
+    return f"{partition_key(base_repo_id)}--{partition_key(adapter_repo_id)}"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -153,8 +158,7 @@ class ModelEntry(_Strict):
         return self.gpu.count or self.tensor_parallel_size
 
     def adapter_key(self, adapter: AdapterEntry) -> str:
-        """`<base key>--<adapter key>`: one adapters partition per (base, adapter) pair."""
-        return f"{self.key}--{partition_key(adapter.repo_id)}"
+        return adapter_partition_key(self.repo_id, adapter.repo_id)
 
 
 class AdapterTarget(_Strict):

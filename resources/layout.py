@@ -49,6 +49,11 @@ def registry_key(repo_id: str, kind: str, name: str) -> str:
     return f"{REGISTRY}/{repo_id}/{kind}/{name}.json"
 
 
+def alias_key(repo_id: str, alias: str) -> str:
+    """An alias: its target, its protection and its whole history, in one object."""
+    return registry_key(repo_id, "aliases", alias)
+
+
 def registry_dir(repo_id: str, kind: str) -> str:
     return f"{REGISTRY}/{repo_id}/{kind}"
 

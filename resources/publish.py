@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 
@@ -18,6 +19,7 @@ from resources.errors import ModelpubError
 from resources.records import (
     SCHEMA,
     AdapterSettings,
+    AliasEntry,
     ModelSettings,
     Reservation,
     RunState,
@@ -26,7 +28,7 @@ from resources.records import (
     now,
     parse_version,
 )
-from resources.registry import ALIAS, Registry, suffix_number
+from resources.registry import ALIAS, AliasProtected, Registry, suffix_number
 from resources.storage.store import ObjectStore
 
 # How long a reservation of a run this instance cannot see is trusted to be in flight.
@@ -50,6 +52,16 @@ class PublishPlan(BaseModel):
     rotated_from: str | None = None
 
 
+@dataclass(frozen=True)
+class Published:
+    """A publish's outcome: the version record, the history entry of each alias it moved,
+    and why it left the others (protected ones) where they were."""
+
+    record: VersionRecord
+    moved: dict[str, AliasEntry] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)
+
+
 def package_versions() -> dict[str, str]:
     """Versions of what wrote and validated the artifact, for the registry record."""
     found = {}
@@ -65,12 +77,13 @@ def publish_staged(
     staged: StagedArtifact,
     plan: PublishPlan,
     report_key: str,
-) -> VersionRecord:
+) -> Published:
     """Write the immutable record of a verified version and move the plan's aliases to it.
 
     Refused unless the round-trip report at `report_key` passed, the aliases are valid
     names and every staged file is still in the store. A reused version is only
-    re-verified: its record stays as it was and no alias moves.
+    re-verified: its record stays as it was and no alias moves. A protected alias is not
+    moved either, and that does not fail the publish: `kept` says so.
     """
     report = json.loads(store.get_bytes(report_key))
     if not report["passed"]:
@@ -79,7 +92,7 @@ def publish_staged(
     if bad:
         raise PublishRefused(f"run tag {bad!r}: not alias names like 'latest'; not publishing")
     if staged.reused:
-        return registry.version(staged.repo_id, staged.suffix)
+        return Published(registry.version(staged.repo_id, staged.suffix))
     missing = [n for n in staged.files if not store.exists(f"{staged.prefix}/{n}")]
     if missing:
         raise PublishRefused(
@@ -108,9 +121,16 @@ def publish_staged(
         }
     )
     registry.publish(record)
+    moved, kept = {}, []
     for alias in plan.aliases:
-        registry.move_alias(staged.repo_id, alias, staged.suffix)
-    return record
+        try:
+            entry = registry.move_alias(staged.repo_id, alias, staged.suffix, plan.run_id)
+        except AliasProtected as exc:
+            kept.append(str(exc))
+            continue
+        if entry is not None:
+            moved[alias] = entry
+    return Published(record, moved, kept)
 
 
 def earlier_builds(

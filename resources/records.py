@@ -14,12 +14,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from resources import layout
 
 SCHEMA = 2
 RunState = Literal["running", "finished"] | None  # None: not known to this Dagster instance
+# Why an alias history entry was written: the first three move the alias, the others
+# only change whether a publish may move it.
+Why = Literal["publish", "set", "rollback", "protect", "unprotect"]
+MOVES = ("publish", "set", "rollback")
 
 
 def now() -> str:
@@ -261,3 +265,76 @@ class Reservation(BaseModel):
             return None
         known = "is still marked running" if state == "running" else "is unknown to this instance"
         return f"reserved {age} ago by run {self.run_id}, which {known}"
+
+
+class AliasEntry(BaseModel):
+    """One line of an alias's history: when, from where to where, by whom and why.
+
+    `by` is the Dagster run id for a publish, `user@host` for a person's command."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    at: str
+    from_suffix: str | None
+    to_suffix: str
+    by: str
+    why: Why
+    reason: str | None = None
+
+
+class AliasRecord(BaseModel):
+    """`registry/<repo>/aliases/<alias>.json`: where the alias points, whether publishes
+    may move it, and every change to it (see resources/registry.py for why the history
+    lives in this object).
+
+    Records of schema 1 (`{"alias", "suffix", "moved_at"}`) have no history: they read
+    with one entry synthesized from what they hold, by "(not recorded)".
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    schema_: int = Field(1, alias="schema")
+    alias: str
+    suffix: str
+    moved_at: str
+    protected: bool = False
+    history: list[AliasEntry]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthesize_history(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "history" not in data:
+            first = {"at": data.get("moved_at"), "to_suffix": data.get("suffix")}
+            entry = {**first, "from_suffix": None, "by": "(not recorded)", "why": "publish"}
+            return {**data, "history": [entry]}
+        return data
+
+    @classmethod
+    def new(cls, alias: str, entry: AliasEntry) -> AliasRecord:
+        return cls(
+            schema_=SCHEMA, alias=alias, suffix=entry.to_suffix, moved_at=entry.at, history=[entry]
+        )
+
+    def then(self, entry: AliasEntry) -> AliasRecord:
+        """This record with `entry` appended and applied: a move or a protection change."""
+        changes: dict[str, Any] = {"schema_": SCHEMA, "history": [*self.history, entry]}
+        if entry.why in MOVES:
+            changes |= {"suffix": entry.to_suffix, "moved_at": entry.at}
+        else:
+            changes["protected"] = entry.why == "protect"
+        return self.model_copy(update=changes)
+
+    @property
+    def previous(self) -> str | None:
+        """Where a rollback goes: the target before the current one, each rollback undoing
+        one move (so rollback twice goes back two moves); None if there is none."""
+        targets: list[str] = []
+        for entry in self.history:
+            if entry.why == "rollback" and targets:
+                targets.pop()
+            elif entry.why in MOVES:
+                targets.append(entry.to_suffix)
+        return targets[-2] if len(targets) > 1 else None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, indent=2).encode()

@@ -7,11 +7,20 @@
 A version is visible only once its record exists, and the record is written last,
 after every file is uploaded and every check has passed. Reservations make suffix
 allocation safe under concurrency without a lock server. Key names: resources/layout.py.
+
+An alias's history lives inside the alias object (resources/records.py AliasRecord):
+every change, a publish's move, a person's `set`, `rollback`, `protect` or `unprotect`,
+is one compare-and-swap that writes the new target (or protection) and the history with
+the new entry appended. So the history is exactly as consistent as the alias: two
+concurrent movers cannot both win, the loser re-reads and appends after the winner's
+entry, and no entry is lost or refers to a target the alias never had; the protection
+flag is carried through every move the same way. Separate create-once entry objects
+would need a sequence number agreed on apart from the alias, and a reader to join the
+two. The price: the object grows by one small entry per change, rewritten each time.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 
@@ -19,11 +28,15 @@ from resources import layout
 from resources.errors import ModelpubError
 from resources.layout import SUFFIX
 from resources.records import (
+    MOVES,
     SCHEMA,
     AdapterSettings,
+    AliasEntry,
+    AliasRecord,
     ModelSettings,
     Reservation,
     VersionRecord,
+    Why,
     Worker,
     now,
     parse_version,
@@ -37,6 +50,10 @@ class RegistryError(ModelpubError):
     pass
 
 
+class AliasProtected(RegistryError):
+    """A publish would move an alias that only a person may move; the publish goes on."""
+
+
 def suffix_number(suffix: str) -> int:
     match = SUFFIX.match(suffix)
     return int(match.group(1)) if match else 0
@@ -48,9 +65,6 @@ class Registry:
 
     def _version_key(self, repo_id: str, suffix: str) -> str:
         return layout.registry_key(repo_id, "versions", suffix)
-
-    def _alias_key(self, repo_id: str, alias: str) -> str:
-        return layout.registry_key(repo_id, "aliases", alias)
 
     def _suffixes(self, repo_id: str, kind: str) -> list[str]:
         names = [
@@ -178,38 +192,142 @@ class Registry:
                 found.append(reservation)
         return found
 
+    def alias(self, repo_id: str, alias: str) -> AliasRecord:
+        try:
+            return AliasRecord.model_validate_json(
+                self.store.get_bytes(layout.alias_key(repo_id, alias))
+            )
+        except NotFound:
+            raise self._no_alias(repo_id, alias) from None
+
+    def _no_alias(self, repo_id: str, alias: str) -> RegistryError:
+        known = ", ".join(self.aliases(repo_id)) or "none"
+        return RegistryError(f"{repo_id}: no alias {alias!r} (aliases: {known})")
+
+    def alias_records(self, repo_id: str) -> list[AliasRecord]:
+        return [
+            AliasRecord.model_validate_json(self.store.get_bytes(key))
+            for key in self.store.list(layout.registry_dir(repo_id, "aliases"))
+            if layout.parse_registry_key(key)
+        ]
+
     def aliases(self, repo_id: str) -> dict[str, str]:
-        out = {}
-        for key in self.store.list(layout.registry_dir(repo_id, "aliases")):
-            if parsed := layout.parse_registry_key(key):
-                out[parsed[2]] = json.loads(self.store.get_bytes(key))["suffix"]
-        return out
+        return {record.alias: record.suffix for record in self.alias_records(repo_id)}
 
-    def move_alias(self, repo_id: str, alias: str, suffix: str, attempts: int = 50) -> None:
-        """Point `alias` at `suffix` with compare-and-swap, retrying on a concurrent move.
+    def _change_alias(
+        self,
+        repo_id: str,
+        alias: str,
+        why: Why,
+        by: str,
+        reason: str | None,
+        target: Callable[[AliasRecord | None], str | None],
+        attempts: int = 50,
+    ) -> AliasEntry | None:
+        """Append one history entry to `alias` and apply it, by compare-and-swap.
 
-        An alias only moves forward: if another publisher already pointed it at a newer
-        suffix, that newer one stays.
+        `target(current record)` says where the alias goes (it may raise to refuse, or
+        return None to leave it); it is asked again after a concurrent change. Returns the
+        entry written, or None if nothing changed (a move to where the alias already is).
         """
         if not ALIAS.match(alias):
             raise RegistryError(f"{alias!r} is not a valid alias name")
-        self.version(repo_id, suffix)  # only published versions get aliases
-        key = self._alias_key(repo_id, alias)
-        body = json.dumps({"alias": alias, "suffix": suffix, "moved_at": now()}).encode()
+        key = layout.alias_key(repo_id, alias)
         for _ in range(attempts):
-            current = self.store.read_versioned(key)
+            found = self.store.read_versioned(key)
+            current = AliasRecord.model_validate_json(found[0]) if found else None
+            to = target(current)
+            if to is None or (why in MOVES and current is not None and current.suffix == to):
+                return None
+            entry = AliasEntry(
+                at=now(),
+                from_suffix=current.suffix if current else None,
+                to_suffix=to,
+                by=by,
+                why=why,
+                reason=reason,
+            )
             if current is None:
-                if self.store.create(key, body):
-                    return
-                continue
-            data, tag = current
-            if alias == "latest" and suffix_number(json.loads(data)["suffix"]) >= suffix_number(
-                suffix
-            ):
-                return
-            if self.store.replace(key, body, tag):
-                return
+                if self.store.create(key, AliasRecord.new(alias, entry).to_json()):
+                    return entry
+            elif self.store.replace(key, current.then(entry).to_json(), found[1]):
+                return entry
         raise RegistryError(f"{repo_id}: alias {alias!r} kept changing; gave up after retries")
+
+    def move_alias(
+        self, repo_id: str, alias: str, suffix: str, run_id: str = "(not recorded)"
+    ) -> AliasEntry | None:
+        """A publish (Dagster run `run_id`) points `alias` at `suffix`; None if it stays.
+
+        `latest` only moves forward: if another publisher already pointed it at a newer
+        suffix, that newer one stays. A protected alias is never moved by a publish
+        (AliasProtected): only a person moves it.
+        """
+        self.version(repo_id, suffix)  # only published versions get aliases
+
+        def target(current: AliasRecord | None) -> str | None:
+            if current is None:
+                return suffix
+            if current.protected:
+                raise AliasProtected(
+                    f"{repo_id}@{alias} is protected: left at {current.suffix}, not moved to "
+                    f"{suffix} (`modelpub alias set {repo_id}@{suffix} {alias}` moves it)"
+                )
+            if alias == "latest" and suffix_number(current.suffix) >= suffix_number(suffix):
+                return None
+            return suffix
+
+        return self._change_alias(repo_id, alias, "publish", run_id, None, target)
+
+    def set_alias(
+        self, repo_id: str, alias: str, suffix: str, by: str, reason: str | None = None
+    ) -> AliasEntry | None:
+        """A person points `alias` at any published `suffix`, protected or not, backwards
+        or not; None if it already points there."""
+        self.version(repo_id, suffix)
+        return self._change_alias(repo_id, alias, "set", by, reason, lambda _: suffix)
+
+    def rollback_alias(
+        self,
+        repo_id: str,
+        alias: str,
+        by: str,
+        reason: str | None,
+        verify: Callable[[VersionRecord], None],
+    ) -> AliasEntry | None:
+        """Move `alias` back to its previous target (AliasRecord.previous), once
+        `verify(that version)` has not raised; refused if the alias moved meanwhile, so
+        that what was verified is what it goes to."""
+        seen = self.alias(repo_id, alias)
+        previous = seen.previous
+        if previous is None:
+            raise RegistryError(
+                f"{repo_id}@{alias}: no previous target in its history to roll back to"
+            )
+        verify(self.version(repo_id, previous))
+
+        def target(current: AliasRecord | None) -> str:
+            if current != seen:
+                raise RegistryError(
+                    f"{repo_id}@{alias} changed while {previous} was verified; not rolled "
+                    "back, run the rollback again"
+                )
+            return previous
+
+        return self._change_alias(repo_id, alias, "rollback", by, reason, target)
+
+    def protect_alias(
+        self, repo_id: str, alias: str, protect: bool, by: str, reason: str | None = None
+    ) -> AliasEntry | None:
+        """Protect an existing alias from publishes (or lift that); None if it already was."""
+
+        def target(current: AliasRecord | None) -> str | None:
+            if current is None:
+                raise self._no_alias(repo_id, alias)
+            return None if current.protected == protect else current.suffix
+
+        why: Why = "protect" if protect else "unprotect"
+        return self._change_alias(repo_id, alias, why, by, reason, target)
 
     def resolve(self, reference: str) -> VersionRecord:
         """`repo_id`, `repo_id@alias` or `repo_id@vN` -> the version record."""
@@ -217,9 +335,4 @@ class Registry:
         name = name or "latest"
         if SUFFIX.match(name):
             return self.version(repo_id, name)
-        try:
-            alias = json.loads(self.store.get_bytes(self._alias_key(repo_id, name)))
-        except NotFound:
-            known = ", ".join(self.aliases(repo_id)) or "none"
-            raise RegistryError(f"{repo_id}: no alias {name!r} (aliases: {known})") from None
-        return self.version(repo_id, alias["suffix"])
+        return self.version(repo_id, self.alias(repo_id, name).suffix)

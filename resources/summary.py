@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from resources.records import AdapterVersion, VersionRecord
+from resources.records import AdapterVersion, AliasRecord, VersionRecord
 
 COLUMNS = ["reference", "sha", "dtype", "format", "size", "published", "aliases", "verified"]
+HISTORY_COLUMNS = ["at", "alias", "from", "to", "why", "by", "reason"]
 
 
 def human_size(num_bytes: float) -> str:
@@ -61,6 +62,26 @@ class VersionSummary(BaseModel):
             "aliases": ",".join(self.aliases) or "-",
             "verified": "yes" if self.verified else "no",
         }
+
+
+def alias_history(records: Iterable[AliasRecord]) -> list[dict[str, Any]]:
+    """Every history entry of these aliases, oldest first, each naming its alias: what
+    `modelpub history --json` prints."""
+    entries = [{"alias": r.alias, **e.model_dump(mode="json")} for r in records for e in r.history]
+    return sorted(entries, key=lambda e: e["at"])
+
+
+def history_cells(entry: dict[str, Any]) -> dict[str, str]:
+    """An `alias_history` entry as a row of HISTORY_COLUMNS, `-` for nothing."""
+    return {
+        "at": entry["at"].replace("+00:00", "Z"),
+        "alias": entry["alias"],
+        "from": entry["from_suffix"] or "-",
+        "to": entry["to_suffix"],
+        "why": entry["why"],
+        "by": entry["by"],
+        "reason": entry["reason"] or "-",
+    }
 
 
 def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -102,7 +102,8 @@ def test_a_malformed_catalog_is_one_line(env):
 
 
 def test_read_only_commands_import_neither_torch_nor_vllm(env):
-    """`list`, `resolve` and `serve-command` answer in well under a second: no torch."""
+    """`list`, `resolve`, `serve-command` and `history` answer in well under a second: no
+    torch."""
     record = version_record(
         LLAMA, "v1", dtype="float32", encrypted=True, key_id="k/v1", artifact_uri="/srv/models/v1"
     )
@@ -114,7 +115,12 @@ def test_read_only_commands_import_neither_torch_nor_vllm(env):
         "print(json.dumps({'code': code, 'heavy': sorted({'torch', 'vllm', 'transformers'} "
         "& set(sys.modules))}), file=sys.stderr)"
     )
-    for args in (["list"], ["resolve", LLAMA], ["serve-command", f"{LLAMA}@v1"]):
+    for args in (
+        ["list"],
+        ["resolve", LLAMA],
+        ["serve-command", f"{LLAMA}@v1"],
+        ["history", LLAMA],
+    ):
         done = subprocess.run(
             [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120
         )

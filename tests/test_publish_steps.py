@@ -57,7 +57,7 @@ def test_a_verified_version_is_recorded_and_aliased(registry):
     staged, report = stage(registry)
     plan = PLAN.model_copy(update={"aliases": ["latest", "prod"], "rotated_from": "v0"})
 
-    record = publish_staged(registry, registry.store, staged, plan, report)
+    record = publish_staged(registry, registry.store, staged, plan, report).record
 
     assert isinstance(record, ModelVersion) and record == registry.version(REPO, "v1")
     assert (record.hf_sha, record.dagster_run_id, record.rotated_from) == (SHA, "run-1", "v0")
@@ -91,11 +91,11 @@ def test_what_must_not_be_published_is_refused_and_nothing_is_written(
 
 def test_a_reused_version_keeps_its_record_and_moves_no_alias(registry):
     staged, report = stage(registry)
-    first = publish_staged(registry, registry.store, staged, PLAN, report)
+    first = publish_staged(registry, registry.store, staged, PLAN, report).record
     reused = StagedArtifact.of_version(first)
     again = PLAN.model_copy(update={"run_id": "run-2", "aliases": ["prod"]})
 
-    assert publish_staged(registry, registry.store, reused, again, report) == first
+    assert publish_staged(registry, registry.store, reused, again, report).record == first
     assert registry.aliases(REPO) == {"latest": "v1"}
 
 
