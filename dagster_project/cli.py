@@ -104,8 +104,13 @@ def _run_publish(settings: Settings, partitions: str, run: Launch, verbose: bool
     job = defs.resolve_job_def(run.job_name)
     lines = StepLines(sys.stderr, live=sys.stderr.isatty())
     loggers = {**(job.loggers if verbose else {}), "modelpub_steps": step_lines_logger(lines)}
-    # Dagster starts the loggers the run config names, and its console one if none.
-    run_config = {**run.run_config, "loggers": dict.fromkeys(loggers, {})}
+    # Dagster starts the loggers the run config names, and its console one if none;
+    # verbose: the console one at DEBUG, as Dagster's own default is.
+    logger_config = {name: {"config": {"log_level": "DEBUG"}} for name in job.loggers}
+    run_config = {
+        **run.run_config,
+        "loggers": {"modelpub_steps": {}, **(logger_config if verbose else {})},
+    }
     try:
         result = job.with_logger_defs(loggers).execute_in_process(
             instance=instance,

@@ -16,6 +16,7 @@ from dagster import (
     AddDynamicPartitionsRequest,
     DagsterInstance,
     DefaultSensorStatus,
+    RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -26,7 +27,8 @@ from assets.partitions import adapters_partitions, models_partitions
 from dagster_project import launch
 from dagster_project.jobs import publish_adapter_job, publish_model_job
 from resources import CatalogResource, HubResource, RegistryResource
-from resources.catalog import Catalog, WatchSpec
+from resources.catalog import AdapterTarget, Catalog, WatchSpec
+from resources.registry import Registry
 from resources.sources.watch import WatchCursor, WatchedItem, poll
 from resources.storage.store import StoreError
 
@@ -81,6 +83,25 @@ def new_partitions(
     return requests
 
 
+def _adapter_request(
+    target: AdapterTarget, sha: str, reg: Registry, executor: str
+) -> RunRequest | str | None:
+    """The run that publishes adapter commit `sha` against its base's `latest`, unless a
+    version of it on that base exists: so an adapter follows its base to each new
+    version. A note (str) while the base has no published version yet.
+
+    The run key names the base version, so each (sha, base version) runs once.
+    """
+    base = reg.aliases(target.base.repo_id).get("latest")
+    if base is None:
+        return f"waits until {target.base.repo_id} is published"
+    for version in reg.versions(target.adapter.repo_id):
+        if version.hf_sha == sha and getattr(version, "base_suffix", None) == base:
+            return None
+    run = launch.publish_adapter(target, executor, sha=sha, base_suffix=base)
+    return run.run_request(run_key=f"adapter:{target.key}@{sha}+{target.base.repo_id}@{base}")
+
+
 def build_revision_sensor(
     spec: WatchSpec,
     executor: str,
@@ -121,6 +142,8 @@ def build_revision_sensor(
         reg = registry.open()
         requests = []
         for item, sha in result.changed:
+            if item.job == publish_adapter_job.name:
+                continue  # below, with the adapters whose base moved
             try:
                 published = reg.find_by_sha(item.repo_id, sha)
             except StoreError as exc:
@@ -130,18 +153,19 @@ def build_revision_sensor(
             if published is not None:
                 context.log.info(f"{item.name}@{sha[:12]} is already {published.suffix}")
                 continue
-            if item.job == publish_adapter_job.name:
-                target = cat.adapter(item.partition)
-                if "latest" not in reg.aliases(target.base.repo_id):
-                    # Not requested yet, and not marked seen: asked again on a later tick,
-                    # once the base (requested now, perhaps) has a published version.
-                    context.log.info(f"{item.name}: waits until {target.base.repo_id} is published")
-                    result.cursor.seen[item.name] = previous.seen.get(item.name, "")
-                    continue
-                run = launch.publish_adapter(target, executor, sha=sha)
-            else:
-                run = launch.publish_model(cat.entry(item.partition), executor, sha=sha)
+            run = launch.publish_model(cat.entry(item.partition), executor, sha=sha)
             requests.append(run.run_request(run_key=f"{item.name}@{sha}"))
+        for item in items:
+            if item.job == publish_adapter_job.name and (sha := result.cursor.seen.get(item.name)):
+                try:
+                    request = _adapter_request(cat.adapter(item.partition), sha, reg, executor)
+                except StoreError as exc:
+                    context.log.warning(f"{item.name}: registry unreadable, retried later: {exc}")
+                    continue
+                if isinstance(request, str):
+                    context.log.info(f"{item.name}: {request}")
+                elif request is not None:
+                    requests.append(request)
         return SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=new_partitions(context.instance, items),
