@@ -32,6 +32,7 @@ from tests.published import publish, publish_tiny, stage, stores
 from tests.records import version_record
 
 REF = f"{LLAMA}@v1"
+ADAPTER_FILES = {"adapter_model.tensors": b"tensors", "adapter_config.json": b'{"r": 8}'}
 
 
 @pytest.fixture
@@ -279,3 +280,32 @@ def test_a_version_published_to_s3_is_signed_and_verifies_upstream(s3_env, capsy
     assert fetch(capsys, dest) == 0
     done = upstream_verify(dest)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_adapter_version_is_signed_over_its_files_under_its_base(env):
+    registry, keys = stores(env)
+    adapter = version_record(
+        "org/lora",
+        "v1",
+        kind="adapter",
+        rank=8,
+        base_repo_id=LLAMA,
+        base_suffix="v1",
+        base_hf_sha="0" * 40,
+        files={
+            name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            for name, data in ADAPTER_FILES.items()
+        },
+    )
+    prefix, _ = adapter.location
+    for name, data in ADAPTER_FILES.items():
+        registry.store.create(f"{prefix}/{name}", data)
+    registry.publish(sign_record(registry.store, keys, adapter))
+    record = registry.version("org/lora", "v1")
+
+    assert signing.verify_signature(registry, keys, record) is None
+    store_path(env, f"{prefix}/adapter_config.json").write_bytes(b'{"r": 16}')
+    assert signing.verify_signature(registry, keys, record) == (
+        "signature: does not match the version as stored "
+        "(adapter_config.json changed since signing)"
+    )
