@@ -189,6 +189,7 @@ def published_adapter(
     catalog: CatalogResource,
     object_store: ObjectStoreResource,
     registry: RegistryResource,
+    key_store: KeyStoreResource,
 ) -> MaterializeResult:
     target = catalog.load().adapter(context.partition_key)
     reg = registry.open()
@@ -203,5 +204,6 @@ def published_adapter(
         staged=staged_artifact(context, "tensorized_adapter"),
         registry=registry,
         object_store=object_store,
+        key_store=key_store,
         serve=serve,
     )

@@ -133,6 +133,7 @@ def published_version(
     catalog: CatalogResource,
     object_store: ObjectStoreResource,
     registry: RegistryResource,
+    key_store: KeyStoreResource,
 ) -> MaterializeResult:
     entry = catalog.load().entry(context.partition_key)
     return publish_step(
@@ -141,5 +142,6 @@ def published_version(
         staged=staged_artifact(context, "tensorized_model"),
         registry=registry,
         object_store=object_store,
+        key_store=key_store,
         serve=serve_command,
     )

@@ -42,6 +42,7 @@ from resources.records import (
     VersionRecord,
 )
 from resources.registry import Registry
+from resources.signing import SigningError
 from resources.storage.store import ObjectStore
 from resources.summary import (
     COLUMNS,
@@ -243,9 +244,10 @@ def publish_step(
     staged: StagedArtifact,
     registry: RegistryResource,
     object_store: ObjectStoreResource,
+    key_store: KeyStoreResource,
     serve: Callable[[VersionRecord, ObjectStore], str],
 ) -> MaterializeResult:
-    """Write the immutable record of a verified version and move its aliases to it
+    """Sign a verified version, write its immutable record and move its aliases to it
     (`latest`, or those named in the run's aliases tag).
 
     Refuses unless this run's round-trip report passed and every file is still there; a
@@ -262,8 +264,9 @@ def publish_step(
         rotated_from=context.run.tags.get(ROTATED_FROM_TAG),
     )
     try:
-        published = publish_staged(reg, store, staged, plan, _report_key(context, store, staged))
-    except PublishRefused as exc:
+        report = _report_key(context, store, staged)
+        published = publish_staged(reg, store, key_store.open(), staged, plan, report)
+    except (PublishRefused, SigningError) as exc:
         raise Failure(str(exc), allow_retries=False) from None
     for note in published.kept:
         context.log.warning(note)

@@ -251,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("reference")
     p.add_argument("dest")
+    p = sub.add_parser(
+        "fetch",
+        help="download a version's files, record, signature and public key, for "
+        "`model_signing verify key`",
+    )
+    p.add_argument("reference")
+    p.add_argument("dir", type=Path, help="a new or empty directory")
     p = sub.add_parser("gc", help="report (or --delete) files of publishes that never finished")
     p.add_argument("--delete", action="store_true", help="remove them instead of reporting")
     _json_flag(p)
@@ -362,7 +369,7 @@ def _cmd_verify(settings: Settings, args) -> int:
 
     registry = _registry(settings)
     record = registry.resolve(args.reference)
-    report = verify_published(registry.store, _key_store(settings), record)
+    report = verify_published(registry, _key_store(settings), record)
     if args.json:
         _print_json(
             {
@@ -370,16 +377,18 @@ def _cmd_verify(settings: Settings, args) -> int:
                 "ok": report.ok,
                 "files": len(report.files),
                 "tensors": report.tensors,
+                "signing_key": report.signing_key,
                 "problems": report.problems,
             }
         )
         return 0 if report.ok else 2
     if report.ok:
         print(
-            f"{report.reference}: OK ({len(report.files)} files, {report.tensors} tensors verified)"
+            f"{report.reference}: OK ({len(report.files)} files, {report.tensors} tensors "
+            f"verified), signed by key {report.signing_key}"
         )
         return 0
-    print(f"{report.reference}: TAMPERED OR DAMAGED", file=sys.stderr)
+    print(f"{report.reference}: {report.verdict}", file=sys.stderr)
     for problem in report.problems:
         print(f"  {problem}", file=sys.stderr)
     return 2
@@ -452,6 +461,25 @@ def _cmd_fetch_config(settings: Settings, args) -> int:
     prefix, _ = record.location
     written = fetch_config(registry.store, prefix, record.files, Path(args.dest))
     print(f"wrote {len(written)} files for {record.reference} to {args.dest}")
+    return 0
+
+
+def _cmd_fetch(settings: Settings, args) -> int:
+    from resources.signing import PUBLIC_KEY_FILE, SIGNATURE_FILE, fetch_signed
+
+    registry = _registry(settings)
+    record = registry.resolve(args.reference)
+    dest = args.dir
+    written = fetch_signed(registry, record, dest)
+    print(
+        f"wrote {record.reference} to {dest} ({len(written)} files); check it with\n"
+        f"  model_signing verify key {dest} --signature {dest / SIGNATURE_FILE} "
+        f"--public_key {dest / PUBLIC_KEY_FILE}\n"
+        f"once `sha256sum {dest / PUBLIC_KEY_FILE}` shows the fingerprint your registry's "
+        f"operator gave you ({record.signing_key} signed this version)",
+        file=sys.stderr,
+    )
+    print(dest)
     return 0
 
 
@@ -632,6 +660,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "fetch-adapter": _cmd_fetch_adapter,
     "fetch-config": _cmd_fetch_config,
+    "fetch": _cmd_fetch,
     "gc": _cmd_gc,
     "doctor": _cmd_doctor,
     "alias": _cmd_alias,

@@ -7,7 +7,12 @@
     registry/<repo>/reservations/<suffix>.json              a suffix taken by a run
     registry/<repo>/versions/<suffix>.json                  a published version
     registry/<repo>/aliases/<alias>.json                    latest, stable, ...
+    registry/<repo>/signatures/<suffix>.sigstore.json       a version's signature bundle
+    registry/_signing/<fingerprint>.pem                     a public key versions are signed with
     validation/<repo>/<suffix>/<run id>.json                a run's round-trip report
+
+The key store holds the encryption keys (`<key id>.key`) and the signing key
+(`signing/modelpub.pem`; keys rotated out and still trusted under `signing/retired/`).
 
 Repo ids are always `org/name` (the catalog refuses anything else), so every key has a
 fixed number of segments before the suffix and no repo id can be read as another's
@@ -27,6 +32,7 @@ TENSORS_FILE = "model.tensors"
 RANK_TEMPLATE = "model-rank-%03d.tensors"
 ADAPTER_TENSORS_FILE = "adapter_model.tensors"  # the name vLLM's own LoRA tensorizing used
 RECORD_KINDS = ("reservations", "versions", "aliases")
+SIGNING_KEY = "signing/modelpub.pem"  # in the key store: the key new versions are signed with
 
 
 def model_prefix(repo_id: str, suffix: str) -> str:
@@ -83,3 +89,20 @@ def validation_key(repo_id: str, suffix: str, run_id: str) -> str:
 def key_file(key_id: str) -> str:
     """The key store object holding the encryption key `key_id`."""
     return f"{key_id}.key"
+
+
+def retired_signing_key(fingerprint: str) -> str:
+    """The key store object an operator keeps a rotated-out signing key (or its public half)
+    under, so that the versions it signed still verify."""
+    return f"signing/retired/{fingerprint}.pem"
+
+
+def public_key(fingerprint: str) -> str:
+    """Where a signing key's public half is published: one file per key, named by its
+    fingerprint (`_signing` is no org: repo ids start with a letter or digit)."""
+    return f"{REGISTRY}/_signing/{fingerprint}.pem"
+
+
+def signature_key(repo_id: str, suffix: str) -> str:
+    """A version's signature bundle, beside its record."""
+    return f"{REGISTRY}/{repo_id}/signatures/{suffix}.sigstore.json"

@@ -29,6 +29,8 @@ from resources.records import (
     parse_version,
 )
 from resources.registry import ALIAS, AliasProtected, Registry, suffix_number
+from resources.signing import sign_record
+from resources.storage.keys import KeyStore
 from resources.storage.store import ObjectStore
 
 # How long a reservation of a run this instance cannot see is trusted to be in flight.
@@ -74,16 +76,19 @@ def package_versions() -> dict[str, str]:
 def publish_staged(
     registry: Registry,
     store: ObjectStore,
+    keys: KeyStore,
     staged: StagedArtifact,
     plan: PublishPlan,
     report_key: str,
 ) -> Published:
-    """Write the immutable record of a verified version and move the plan's aliases to it.
+    """Sign a verified version, write its immutable record and move the plan's aliases to it.
 
     Refused unless the round-trip report at `report_key` passed, the aliases are valid
-    names and every staged file is still in the store. A reused version is only
-    re-verified: its record stays as it was and no alias moves. A protected alias is not
-    moved either, and that does not fail the publish: `kept` says so.
+    names and every staged file is still in the store. The signature (with the signing
+    key from `keys`) is stored before the record, which is written last: if signing
+    fails nothing is published. A reused version is only re-verified: its record stays as
+    it was and no alias moves. A protected alias is not moved either, and that does not
+    fail the publish: `kept` says so.
     """
     report = json.loads(store.get_bytes(report_key))
     if not report["passed"]:
@@ -99,7 +104,7 @@ def publish_staged(
             f"{staged.reference}: {', '.join(missing)} no longer in the store (removed by "
             "`modelpub gc`?); not publishing, publish again"
         )
-    record = parse_version(
+    unsigned = parse_version(
         {
             "schema": SCHEMA,
             "repo_id": staged.repo_id,
@@ -120,6 +125,8 @@ def publish_staged(
             "rotated_from": plan.rotated_from,
         }
     )
+    registry.check_unpublished(unsigned)
+    record = sign_record(store, keys, unsigned)
     registry.publish(record)
     moved, kept = {}, []
     for alias in plan.aliases:

@@ -121,6 +121,9 @@ class _Published(BaseModel):
     dagster_run_id: str | None = None
     published_at: str | None = None
     rotated_from: str | None = None
+    # The fingerprint of the key that signed it (resources/signing.py); absent, not null, in
+    # records published before versions were signed, which read back unchanged.
+    signing_key: str | None = Field(None, exclude_if=lambda fingerprint: fingerprint is None)
 
     @property
     def reference(self) -> str:

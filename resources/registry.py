@@ -59,6 +59,13 @@ def suffix_number(suffix: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _already_published(record: VersionRecord) -> RegistryError:
+    return RegistryError(
+        f"{record.reference} is already published; versions are immutable, "
+        "publish a new suffix instead"
+    )
+
+
 class Registry:
     def __init__(self, store: ObjectStore):
         self.store = store
@@ -139,20 +146,27 @@ class Registry:
     def is_published(self, repo_id: str, suffix: str) -> bool:
         return self.store.exists(self._version_key(repo_id, suffix))
 
+    def check_unpublished(self, record: VersionRecord) -> None:
+        """Refuse a suffix that already has a record, before writing what goes beside it
+        (its signature), which must not replace a published version's."""
+        if self.is_published(record.repo_id, record.suffix):
+            raise _already_published(record)
+
     def publish(self, record: VersionRecord) -> None:
         """Create the version record; a record is written once and never replaced."""
         key = self._version_key(record.repo_id, record.suffix)
         if not self.store.create(key, record.to_json()):
-            raise RegistryError(
-                f"{record.reference} is already published; versions are immutable, "
-                "publish a new suffix instead"
-            )
+            raise _already_published(record)
 
-    def version(self, repo_id: str, suffix: str) -> VersionRecord:
+    def stored(self, repo_id: str, suffix: str) -> bytes:
+        """A version record's bytes exactly as stored: what its signature covers."""
         try:
-            data = self.store.get_bytes(self._version_key(repo_id, suffix))
+            return self.store.get_bytes(self._version_key(repo_id, suffix))
         except NotFound:
             raise RegistryError(f"{repo_id}@{suffix} is not published") from None
+
+    def version(self, repo_id: str, suffix: str) -> VersionRecord:
+        data = self.stored(repo_id, suffix)
         try:
             return parse_version(data)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError

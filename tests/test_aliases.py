@@ -59,15 +59,21 @@ def test_a_person_sets_any_alias_to_any_published_version(registry):
 
 def test_publishes_record_their_run_and_skip_a_protected_alias(tmp_path):
     registry = Registry(LocalStore(tmp_path / "store"))
+    keys = open_key_store(str(tmp_path / "keys"), str(tmp_path / "store"))
     aliased = PLAN.model_copy(update={"aliases": ["latest", "prod"]})
     staged, report = stage(registry)
-    first = publish_staged(registry, registry.store, staged, aliased, report)
+    first = publish_staged(registry, registry.store, keys, staged, aliased, report)
     assert set(first.moved) == {"latest", "prod"} and first.kept == []
     registry.protect_alias(REPO, "prod", True, ME, reason="launch week")
 
     staged, report = stage(registry, run_id="run-2")
     second = publish_staged(
-        registry, registry.store, staged, aliased.model_copy(update={"run_id": "run-2"}), report
+        registry,
+        registry.store,
+        keys,
+        staged,
+        aliased.model_copy(update={"run_id": "run-2"}),
+        report,
     )
 
     assert second.record.suffix == "v2" and registry.is_published(REPO, "v2")

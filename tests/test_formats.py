@@ -238,6 +238,7 @@ def test_verify_reads_every_rank_file(env, capsys):
     and a missing rank is named. (Rank files written with tensorizer directly: vLLM writes
     real ones only on a CUDA host.)"""
     from resources import tensorize
+    from resources.signing import sign_record
     from resources.storage.keys import open_key_store
 
     store = LocalStore(env.settings.store)
@@ -251,7 +252,7 @@ def test_verify_reads_every_rank_file(env, capsys):
         tensorize.serialize(part, path, key)
         store.put_file(f"vllm/{REPO}/v1/{name}", path)
         rank_files[name] = {"size": path.stat().st_size, "sha256": tensorize.sha256_file(path)}
-    Registry(store).publish(record(store, "v1", "vllm", 2, files=rank_files))
+    Registry(store).publish(sign_record(store, keys, record(store, "v1", "vllm", 2, rank_files)))
 
     assert main(["verify", f"{REPO}@v1"]) == 0
     assert f"{REPO}@v1: OK (2 files, {len(weights)} tensors verified)" in capsys.readouterr().out

@@ -6,36 +6,18 @@ from pathlib import Path
 import pytest
 
 from dagster_project.cli import main
-from resources.formats.artifact import write_artifact
-from resources.layout import model_prefix
-from resources.registry import Registry
-from resources.storage.keys import open_key_store
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
-from tests.records import version_record
+from tests.published import publish_tiny
 
 REF = f"{LLAMA}@v1"
 
 
 @pytest.fixture
 def published(env) -> Path:
-    """v1 of the tiny Llama, written by the real artifact writer and recorded."""
-    store = LocalStore(env.settings.store)
-    registry = Registry(store)
-    keys = open_key_store(env.settings.keys, env.settings.store)
-    suffix = registry.reserve_suffix(LLAMA, "test-run")
-    key_id = f"{LLAMA.replace('/', '__')}/{suffix}"
-    prefix = model_prefix(LLAMA, suffix)
-    staging = env.root / "staging"
-    staging.mkdir()
-    written = write_artifact(
-        store, prefix, env.mirror / LLAMA, "float16", keys.create(key_id), staging
-    )
-    registry.publish(
-        version_record(LLAMA, suffix, encrypted=True, key_id=key_id, files=written.files)
-    )
-    registry.move_alias(LLAMA, "latest", suffix)
-    return store.path(prefix)
+    """v1 of the tiny Llama, written by the real artifact writer, signed and recorded."""
+    record = publish_tiny(env, LLAMA)
+    return LocalStore(env.settings.store).path(record.location[0])
 
 
 def verify(capsys) -> tuple[int, str]:
@@ -101,6 +83,7 @@ def test_verify_answers_scripts_in_json(published, capsys):
         "ok": True,
         "files": 5,
         "tensors": report["tensors"],
+        "signing_key": report["signing_key"],
         "problems": [],
     }
     assert report["tensors"] > 0
@@ -108,5 +91,6 @@ def test_verify_answers_scripts_in_json(published, capsys):
     assert main(["verify", LLAMA, "--json"]) == 2
     report = json.loads(capsys.readouterr().out)
     assert not report["ok"] and report["problems"] == [
-        "config.json: sha256 does not match the record"
+        "config.json: sha256 does not match the record",
+        "signature: does not match the version as stored (config.json changed since signing)",
     ]

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from resources.layout import model_prefix, validation_key
+from resources.layout import model_prefix, signature_key, validation_key
 from resources.publish import PublishPlan, PublishRefused, earlier_builds, publish_staged
 from resources.records import ModelSettings, ModelVersion, StagedArtifact
 from resources.registry import Registry, RegistryError
+from resources.storage.keys import KeyStore, open_key_store
 from resources.storage.store import LocalStore
 
 REPO, SHA = "org/m", "a" * 40
@@ -23,6 +24,11 @@ NOW = datetime.now(UTC)  # the reservations below are made just now: all in flig
 @pytest.fixture
 def registry(tmp_path) -> Registry:
     return Registry(LocalStore(tmp_path / "store"))
+
+
+@pytest.fixture
+def keys(tmp_path) -> KeyStore:
+    return open_key_store(str(tmp_path / "keys"), str(tmp_path / "store"))
 
 
 def stage(
@@ -53,11 +59,11 @@ def stage(
     return staged, report_key
 
 
-def test_a_verified_version_is_recorded_and_aliased(registry):
+def test_a_verified_version_is_recorded_and_aliased(registry, keys):
     staged, report = stage(registry)
     plan = PLAN.model_copy(update={"aliases": ["latest", "prod"], "rotated_from": "v0"})
 
-    record = publish_staged(registry, registry.store, staged, plan, report).record
+    record = publish_staged(registry, registry.store, keys, staged, plan, report).record
 
     assert isinstance(record, ModelVersion) and record == registry.version(REPO, "v1")
     assert (record.hf_sha, record.dagster_run_id, record.rotated_from) == (SHA, "run-1", "v0")
@@ -65,6 +71,7 @@ def test_a_verified_version_is_recorded_and_aliased(registry):
     assert record.validation["tensors"]["count"] == 3
     assert record.validation_report == registry.store.uri(report)
     assert registry.aliases(REPO) == {"latest": "v1", "prod": "v1"}
+    assert record.signing_key and registry.store.exists(signature_key(REPO, "v1"))
 
 
 @pytest.mark.parametrize(
@@ -76,7 +83,7 @@ def test_a_verified_version_is_recorded_and_aliased(registry):
     ],
 )
 def test_what_must_not_be_published_is_refused_and_nothing_is_written(
-    registry, passed, aliases, remove, message
+    registry, keys, passed, aliases, remove, message
 ):
     staged, report = stage(registry, passed=passed)
     if remove:
@@ -84,26 +91,29 @@ def test_what_must_not_be_published_is_refused_and_nothing_is_written(
 
     plan = PLAN.model_copy(update={"aliases": aliases})
     with pytest.raises(PublishRefused, match=message):
-        publish_staged(registry, registry.store, staged, plan, report)
+        publish_staged(registry, registry.store, keys, staged, plan, report)
 
     assert registry.versions(REPO) == [] and registry.aliases(REPO) == {}
+    assert not registry.store.exists(signature_key(REPO, staged.suffix))
 
 
-def test_a_reused_version_keeps_its_record_and_moves_no_alias(registry):
+def test_a_reused_version_keeps_its_record_and_moves_no_alias(registry, keys):
     staged, report = stage(registry)
-    first = publish_staged(registry, registry.store, staged, PLAN, report).record
+    first = publish_staged(registry, registry.store, keys, staged, PLAN, report).record
     reused = StagedArtifact.of_version(first)
     again = PLAN.model_copy(update={"run_id": "run-2", "aliases": ["prod"]})
 
-    assert publish_staged(registry, registry.store, reused, again, report).record == first
+    assert publish_staged(registry, registry.store, keys, reused, again, report).record == first
     assert registry.aliases(REPO) == {"latest": "v1"}
 
 
-def test_publishing_a_suffix_twice_is_refused_by_the_registry(registry):
+def test_publishing_a_suffix_twice_is_refused_by_the_registry(registry, keys):
     staged, report = stage(registry)
-    publish_staged(registry, registry.store, staged, PLAN, report)
+    publish_staged(registry, registry.store, keys, staged, PLAN, report)
+    signature = registry.store.get_bytes(signature_key(REPO, "v1"))
     with pytest.raises(RegistryError, match="already published"):
-        publish_staged(registry, registry.store, staged, PLAN, report)
+        publish_staged(registry, registry.store, keys, staged, PLAN, report)
+    assert registry.store.get_bytes(signature_key(REPO, "v1")) == signature  # not signed again
 
 
 def running(run_id: str) -> str:

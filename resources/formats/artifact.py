@@ -101,14 +101,11 @@ def check_files(store: ObjectStore, prefix: str, files: dict[str, dict]) -> list
     return rows
 
 
-def fetch_config(store: ObjectStore, prefix: str, files: dict[str, dict], dest: Path) -> list[Path]:
-    """Download an artifact's files except the tensors into `dest`: the local `model`
-    directory vLLM needs while the tensors stream from the store. Each file must match
-    the sha256 in the version record."""
+def fetch_files(store: ObjectStore, prefix: str, files: dict[str, dict], dest: Path) -> list[Path]:
+    """Download an artifact's `files` into `dest`, each checked against the sha256 in its
+    version record as it lands (a mismatch is removed and refused)."""
     written = []
     for name, expected in sorted(files.items()):
-        if name.endswith(".tensors"):  # model.tensors, or one file per rank
-            continue
         path = dest / name
         path.parent.mkdir(parents=True, exist_ok=True)
         store.get_file(f"{prefix}/{name}", path)
@@ -120,3 +117,11 @@ def fetch_config(store: ObjectStore, prefix: str, files: dict[str, dict], dest: 
             )
         written.append(path)
     return written
+
+
+def fetch_config(store: ObjectStore, prefix: str, files: dict[str, dict], dest: Path) -> list[Path]:
+    """Download an artifact's files except the tensors (`model.tensors`, or one file per
+    rank) into `dest`: the local `model` directory vLLM needs while the tensors stream
+    from the store."""
+    config = {name: f for name, f in files.items() if not name.endswith(".tensors")}
+    return fetch_files(store, prefix, config, dest)

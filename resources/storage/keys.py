@@ -8,13 +8,13 @@ the registry records only a key id.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resources.errors import ModelpubError
-from resources.layout import key_file
+from resources.layout import SIGNING_KEY, key_file
 from resources.settings import KEYS_S3, NO_S3, S3Env
 from resources.storage.store import LocalStore, NotFound, ObjectStore
 
@@ -57,6 +57,22 @@ class KeyStore:
                 f"key {key_id!r} is not in the key store {self.store.uri('')}; without it the "
                 "artifact cannot be decrypted (check MODELPUB_KEYS)"
             ) from None
+
+    def signing_key(self, make: Callable[[], bytes]) -> bytes:
+        """The key versions are signed with, made by `make` on first use. Created once and
+        read back, so two first publishes at once both sign with the one stored first."""
+        try:
+            return self.store.get_bytes(SIGNING_KEY)
+        except NotFound:
+            self.store.create(SIGNING_KEY, make())
+            return self.store.get_bytes(SIGNING_KEY)
+
+    def read(self, name: str) -> bytes | None:
+        """A key store object other than an encryption key (the signing keys), or None."""
+        try:
+            return self.store.get_bytes(name)
+        except NotFound:
+            return None
 
     @contextmanager
     def keyfile(self, key_id: str) -> Iterator[Path]:

@@ -1,9 +1,11 @@
 """Is a published version still what was published? Checked without the source model.
 
-Every file's sha256 must match the registry record, and the tensors file (each rank's,
-for a sharded vLLM-tensorized version) must decrypt with its key and pass tensorizer's
-per-tensor hash verification. This catches flipped bytes, truncation, a swapped
-config.json and a record that no longer matches its files.
+Every file's sha256 must match the registry record, the tensors file (each rank's, for a
+sharded vLLM-tensorized version) must decrypt with its key and pass tensorizer's
+per-tensor hash verification, and the version's signature must verify, with a key the
+key store trusts, over its files and its record as stored. This catches flipped bytes,
+truncation, a swapped config.json, a record that no longer matches its files or was
+edited, a version signed again by another key, and one with no signature.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from resources.formats.access import stream_kwargs
 from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
 from resources.records import VersionRecord
+from resources.registry import Registry
+from resources.signing import verify_signature
 from resources.storage.keys import KeyStore
-from resources.storage.store import ObjectStore
 
 
 @dataclass
@@ -25,6 +28,8 @@ class IntegrityReport:
     files: list[dict] = field(default_factory=list)
     tensors: int = 0
     error: str | None = None
+    signing_key: str | None = None  # the fingerprint the record names
+    signature: str | None = None  # why the signature does not hold
 
     @property
     def problems(self) -> list[str]:
@@ -34,16 +39,28 @@ class IntegrityReport:
             for r in self.files
             if r["present"] and not r["sha256_matches"]
         ]
-        return found + ([self.error] if self.error else [])
+        return found + [p for p in (self.error, self.signature) if p]
+
+    @property
+    def verdict(self) -> str:
+        """What `modelpub verify` heads its findings with."""
+        unsigned_only = self.signing_key is None and self.problems == [self.signature]
+        return "UNSIGNED" if unsigned_only else "TAMPERED OR DAMAGED"
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify_published(store: ObjectStore, keys: KeyStore, record: VersionRecord) -> IntegrityReport:
+def verify_published(registry: Registry, keys: KeyStore, record: VersionRecord) -> IntegrityReport:
+    store = registry.store
     prefix, tensors_file = record.location
-    report = IntegrityReport(record.reference, files=check_files(store, prefix, record.files))
+    report = IntegrityReport(
+        record.reference,
+        files=check_files(store, prefix, record.files),
+        signing_key=record.signing_key,
+        signature=verify_signature(registry, keys, record),
+    )
     names = artifact_format(record.format).tensors_files(tensors_file, record.tensor_parallel_size)
     uri = store.uri(f"{prefix}/{names[0]}")
     try:

@@ -1,0 +1,267 @@
+"""Signed versions: OpenSSF model signing (the `model-signing` package) over a version's
+files and its record.
+
+A signature is a Sigstore bundle whose DSSE envelope holds an in-toto statement naming
+the sha256 of every file in a directory view of the version: its published files plus
+`record.json`, the version record byte for byte as the registry stores it. Verifying that
+directory (here, or one `modelpub fetch` wrote, with the upstream `model_signing verify
+key`) covers the files and the record together. The bundle and the public key, which a
+fetched directory holds too, are left out by name; the ignore list is in the signed
+statement itself.
+
+The signing key is an EC P-256 private key (PEM) in the key store, made on first use and
+never written to the artifact store. Its public half is published once per key, at
+`registry/_signing/<fingerprint>.pem`, and each record names the fingerprint that signed
+it: rotating the key leaves earlier signatures verifiable against the key that made them.
+A verifier trusts the key store (the current key, and rotated keys an operator kept under
+`signing/retired/`), never the published copy alone: whoever can write the artifact store
+could replace that copy and sign again.
+
+The view links a local store's files in place and downloads a remote store's: model_signing
+hashes paths only. A model too big to stage would need the same sha256 manifest built from
+the store's streams (model_signing's manifest and hashing API take digests computed
+elsewhere); not done here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from resources import layout
+from resources.errors import ModelpubError
+from resources.formats.artifact import fetch_files
+from resources.records import VersionRecord
+from resources.registry import Registry
+from resources.storage.keys import KeyStore
+from resources.storage.store import LocalStore, NotFound, ObjectStore
+
+if TYPE_CHECKING:
+    from model_signing.hashing import Config as HashingConfig
+
+RECORD_FILE = "record.json"
+SIGNATURE_FILE = "signature.sigstore.json"
+PUBLIC_KEY_FILE = "public-key.pem"
+IGNORED = (SIGNATURE_FILE, PUBLIC_KEY_FILE)  # beside the version in a fetched directory
+UNSIGNED = (
+    "unsigned: published before versions were signed, so nothing vouches for it; publish "
+    "it again (`modelpub publish <entry> --force`) to get a signed version"
+)
+
+
+class SigningError(ModelpubError):
+    pass
+
+
+def new_private_key() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def public_pem(pem: bytes) -> bytes:
+    """The public key (SubjectPublicKeyInfo PEM) of a private or public key PEM."""
+    try:
+        key = serialization.load_pem_private_key(pem, None).public_key()
+    except ValueError:
+        key = serialization.load_pem_public_key(pem)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def fingerprint(public: bytes) -> str:
+    """sha256 of the public key's PEM: the key hint model_signing writes into the bundle."""
+    return hashlib.sha256(public).hexdigest()
+
+
+@dataclass(frozen=True)
+class Signer:
+    private: bytes
+    public: bytes
+
+    @classmethod
+    def of(cls, keys: KeyStore) -> Signer:
+        """The key store's signing key, made on first use."""
+        private = keys.signing_key(new_private_key)
+        try:
+            return cls(private, public_pem(private))
+        except ValueError as exc:
+            raise SigningError(
+                f"{keys.store.uri(layout.SIGNING_KEY)} is not a PEM private key ({exc}); "
+                "restore it, or move it away to make a new one (see README, Trust)"
+            ) from None
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public)
+
+
+def _hashing() -> HashingConfig:
+    from model_signing import hashing
+
+    return hashing.Config().set_ignored_paths(paths=IGNORED).set_allow_symlinks(True)
+
+
+@contextmanager
+def _view(store: ObjectStore, record: VersionRecord, record_json: bytes) -> Iterator[Path]:
+    """A temporary directory with the version's files as they are in the store now (a
+    local store's linked in place, others downloaded) and `record_json` as record.json."""
+    clash = sorted({RECORD_FILE, *IGNORED} & set(record.files))
+    if clash:
+        raise SigningError(f"{record.reference}: a file named {clash[0]} cannot be signed")
+    prefix, _ = record.location
+    with tempfile.TemporaryDirectory(prefix="modelpub-view-") as tmp:
+        root = Path(tmp) / record.reference.replace("/", "__")  # the statement's subject
+        root.mkdir()
+        for name in record.files:
+            path, key = root / name, f"{prefix}/{name}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(store, LocalStore):
+                path.symlink_to(store.path(key))
+            else:
+                store.get_file(key, path)
+        (root / RECORD_FILE).write_bytes(record_json)
+        yield root
+
+
+def _publish_public_key(store: ObjectStore, public: bytes) -> None:
+    key = layout.public_key(fingerprint(public))
+    if not store.create(key, public) and store.get_bytes(key) != public:
+        raise SigningError(
+            f"{store.uri(key)} is not the public key it is named after: it was replaced; "
+            "restore it before publishing"
+        )
+
+
+def sign_record(store: ObjectStore, keys: KeyStore, record: VersionRecord) -> VersionRecord:
+    """`record` naming the key store's signing key, once its signature and the public key
+    are stored beside where it goes. The caller writes the record itself last, so that no
+    version is ever visible without its signature."""
+    from model_signing import signing
+
+    signer = Signer.of(keys)
+    signed = record.model_copy(update={"signing_key": signer.fingerprint})
+    _publish_public_key(store, signer.public)
+    with tempfile.TemporaryDirectory(prefix="modelpub-sign-") as tmp:  # mode 0700
+        private, bundle = Path(tmp) / "signing.pem", Path(tmp) / SIGNATURE_FILE
+        private.write_bytes(signer.private)
+        with _view(store, signed, signed.to_json()) as view:
+            try:
+                signing.Config().use_elliptic_key_signer(private_key=private).set_hashing_config(
+                    _hashing()
+                ).sign(view, bundle)
+            except ValueError as exc:
+                raise SigningError(f"{record.reference}: signing failed: {exc}") from None
+        store.put_file(layout.signature_key(record.repo_id, record.suffix), bundle)
+    return signed
+
+
+def _published(store: ObjectStore, record: VersionRecord) -> tuple[bytes, bytes]:
+    """A signed version's bundle and its published public key, or why they cannot be used."""
+    if record.signing_key is None:
+        raise SigningError(UNSIGNED)
+    bundle_key, key_key = (
+        layout.signature_key(record.repo_id, record.suffix),
+        layout.public_key(record.signing_key),
+    )
+    try:
+        bundle, public = store.get_bytes(bundle_key), store.get_bytes(key_key)
+    except NotFound as exc:
+        raise SigningError(f"signature: {exc}; it was removed after publishing") from None
+    if fingerprint(public) != record.signing_key:
+        raise SigningError(
+            f"signature: {store.uri(key_key)} is not the key that signed {record.reference} "
+            "(its fingerprint differs): it was replaced after publishing; restore it"
+        )
+    return bundle, public
+
+
+def trusted_public_key(keys: KeyStore, key_fingerprint: str) -> bytes | None:
+    """The public key with this fingerprint, if the key store vouches for it: the current
+    signing key, or a rotated one an operator kept under `signing/retired/`."""
+    for name in (layout.SIGNING_KEY, layout.retired_signing_key(key_fingerprint)):
+        pem = keys.read(name)
+        if pem is not None and fingerprint(public := public_pem(pem)) == key_fingerprint:
+            return public
+    return None
+
+
+def _mismatch(text: str) -> str:
+    """model_signing's manifest difference (a list's repr, its quotes escaped or not) in
+    one line, without digests."""
+    changed = re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", text)
+    parts = [f"{', '.join(changed)} changed since signing"] if changed else []
+    parts += re.findall(r"(?:Extra|Missing) files (?:found )?in model '[^']*': [^\"'\\]+", text)
+    return "; ".join(parts) or text.splitlines()[0][:200]
+
+
+def verify_signature(registry: Registry, keys: KeyStore, record: VersionRecord) -> str | None:
+    """Why the version's signature does not vouch for its files and record as stored now,
+    in one line; None when it does."""
+    from model_signing import verifying
+
+    store = registry.store
+    try:
+        bundle, _ = _published(store, record)
+        trusted = trusted_public_key(keys, record.signing_key)
+    except SigningError as exc:
+        return str(exc)
+    except ValueError as exc:
+        return f"signature: a signing key in the key store is not a PEM key ({exc})"
+    if trusted is None:
+        return (
+            f"signature: made with key {record.signing_key}, which the key store does not "
+            f"trust (it is not {layout.SIGNING_KEY}, and there is no "
+            f"{layout.retired_signing_key(record.signing_key)}); republish the version, or "
+            "restore the retired key"
+        )
+    try:
+        with _view(store, record, registry.stored(record.repo_id, record.suffix)) as view:
+            (view / SIGNATURE_FILE).write_bytes(bundle)
+            (view / PUBLIC_KEY_FILE).write_bytes(trusted)
+            verifying.Config().use_elliptic_key_verifier(
+                public_key=view / PUBLIC_KEY_FILE
+            ).set_hashing_config(_hashing()).verify(view, view / SIGNATURE_FILE)
+    except Exception as exc:  # noqa: BLE001 - every way of failing to verify is a finding
+        text = str(exc).strip() or type(exc).__name__
+        if text.startswith("Signature mismatch"):
+            return f"signature: does not match the version as stored ({_mismatch(text)})"
+        return f"signature: does not verify with key {record.signing_key} ({text})"
+    return None
+
+
+def fetch_signed(registry: Registry, record: VersionRecord, dest: Path) -> list[Path]:
+    """Write the version into `dest` as its signature covers it: the files (each checked
+    against the record's sha256 as it lands), record.json, the bundle and the public key,
+    so that `model_signing verify key` checks the directory as it is. `dest` must not exist
+    or be empty: the upstream check refuses files the signature does not name."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise SigningError(f"{dest} exists and is not an empty directory; choose another")
+    store = registry.store
+    try:
+        bundle, public = _published(store, record)
+    except SigningError as exc:
+        raise SigningError(f"{record.reference}: {exc}") from None
+    prefix, _ = record.location
+    written = fetch_files(store, prefix, record.files, dest)
+    for name, data in (
+        (RECORD_FILE, registry.stored(record.repo_id, record.suffix)),
+        (SIGNATURE_FILE, bundle),
+        (PUBLIC_KEY_FILE, public),
+    ):
+        (dest / name).write_bytes(data)
+        written.append(dest / name)
+    return written
