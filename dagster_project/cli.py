@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
     from dagster_project.launch import Launch
-    from resources.storage.store import ObjectStore
+    from resources.registry import Registry
 
 
 def _instance(settings: Settings) -> DagsterInstance:
@@ -552,12 +552,12 @@ def _mover() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _verified(settings: Settings, store: ObjectStore, record: VersionRecord) -> None:
+def _verified(settings: Settings, registry: Registry, record: VersionRecord) -> None:
     """Refuse a rollback to a version whose files or tensors no longer verify."""
     from resources.registry import RegistryError
     from resources.validation.integrity import verify_published
 
-    report = verify_published(store, _key_store(settings), record)
+    report = verify_published(registry, _key_store(settings), record)
     if not report.ok:
         problems = "; ".join(" ".join(p.split()) for p in report.problems)
         raise RegistryError(f"{record.reference} fails verification, not rolling back: {problems}")
@@ -579,7 +579,7 @@ def _cmd_alias(settings: Settings, args) -> int:
         entry = registry.set_alias(repo_id, alias, target.suffix, by, args.reason)
     elif args.action == "rollback":
         repo_id = args.repo_id
-        verify = partial(_verified, settings, registry.store)
+        verify = partial(_verified, settings, registry)
         entry = registry.rollback_alias(repo_id, alias, by, args.reason, verify)
     else:
         repo_id = args.repo_id

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from dagster_project.cli import main
-from resources.formats.artifact import write_artifact
 from resources.layout import alias_key, model_prefix
 from resources.publish import publish_staged
 from resources.registry import Registry, RegistryError
@@ -18,6 +17,7 @@ from resources.storage import open_store
 from resources.storage.keys import open_key_store
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
+from tests.published import publish_tiny
 from tests.records import version_record
 from tests.test_publish_steps import PLAN, REPO, stage
 
@@ -315,25 +315,11 @@ def test_a_move_is_made_when_dagster_is_unavailable(published, capsys, monkeypat
 
 @pytest.fixture
 def real_v1(env) -> Path:
-    """v1 of the tiny Llama written by the real artifact writer; v2 a hand-written record;
-    `prod` moved v1 -> v2. Returns v1's directory."""
+    """v1 of the tiny Llama written by the real artifact writer and signed; v2 a
+    hand-written record; `prod` moved v1 -> v2. Returns v1's directory."""
     store = LocalStore(env.settings.store)
     registry = Registry(store)
-    keys = open_key_store(env.settings.keys, env.settings.store)
-    key_id = f"{LLAMA.replace('/', '__')}/v1"
-    staging = env.root / "staging"
-    staging.mkdir()
-    written = write_artifact(
-        store,
-        model_prefix(LLAMA, "v1"),
-        env.mirror / LLAMA,
-        "float16",
-        keys.create(key_id),
-        staging,
-    )
-    registry.publish(
-        version_record(LLAMA, "v1", encrypted=True, key_id=key_id, files=written.files)
-    )
+    assert publish_tiny(env, LLAMA).suffix == "v1"  # signed, as a publish signs it
     registry.publish(version_record(LLAMA, "v2"))
     registry.set_alias(LLAMA, "prod", "v1", ME)
     registry.set_alias(LLAMA, "prod", "v2", ME)

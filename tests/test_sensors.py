@@ -15,7 +15,7 @@ import pytest
 import yaml
 from dagster import SensorResult, build_sensor_context
 
-from assets.state import SHA_TAG
+from assets.state import BASE_TAG, SHA_TAG
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model, git
 from resources.registry import Registry
@@ -213,7 +213,8 @@ def test_adapters_are_watched_too(env, instance):
     runs = {r.job_name: r for r in first.run_requests}
     assert set(runs) == {"publish_adapter"}
     key = runs["publish_adapter"].partition_key
-    assert runs["publish_adapter"].run_key == f"adapter:{key}@{sha}"
+    assert runs["publish_adapter"].run_key == f"adapter:{key}@{sha}+{LLAMA}@v1"
+    assert runs["publish_adapter"].tags[BASE_TAG] == "v1"
     assert key in instance.get_dynamic_partitions("adapters")
 
     new_sha = commit_tiny_adapter(env.mirror / adapter, env.mirror / LLAMA, LLAMA, seed=1)
@@ -223,10 +224,42 @@ def test_adapters_are_watched_too(env, instance):
     ]
 
 
+def test_an_adapter_follows_its_base_to_each_new_version(env, instance):
+    """A base's new version gets its adapters published against it; one already on the
+    base's latest is not asked for again."""
+    from dagster_project.demo import commit_tiny_adapter
+
+    adapter = "test-org/tiny-lora"
+    sha = commit_tiny_adapter(env.mirror / adapter, env.mirror / LLAMA, LLAMA)
+    env.write_catalog(
+        catalog_yaml(env.mirror, [{"repo_id": LLAMA, "adapters": [{"repo_id": adapter}]}])
+    )
+    registry = Registry(open_store(env.settings.store))
+    registry.publish(version_record(LLAMA, "v1", hf_sha=head(env, LLAMA)))
+    registry.move_alias(LLAMA, "latest", "v1")
+    on_v1 = dict(kind="adapter", rank=8, base_repo_id=LLAMA, base_suffix="v1", base_hf_sha="0" * 40)
+    registry.publish(version_record(adapter, "v1", hf_sha=sha, **on_v1))  # its v1 run's record
+
+    first = tick(env, instance)
+    assert [r.job_name for r in first.run_requests] == []  # base and adapter both current
+
+    registry.publish(version_record(LLAMA, "v2", hf_sha="b" * 40))  # a new base version
+    registry.move_alias(LLAMA, "latest", "v2")
+    second = tick(env, instance, first.cursor)
+    [run] = second.run_requests
+    assert (run.job_name, run.tags[SHA_TAG], run.tags[BASE_TAG]) == ("publish_adapter", sha, "v2")
+    assert run.run_key.endswith(f"@{sha}+{LLAMA}@v2")
+
+    on_v2 = on_v1 | {"base_suffix": "v2"}
+    registry.publish(version_record(adapter, "v2", hf_sha=sha, **on_v2))  # that run published
+    assert tick(env, instance, second.cursor).run_requests == []
+
+
 @pytest.mark.vllm
 def test_an_adapter_found_with_its_base_is_published_after_it(env, instance):
     """The sensor's first tick for a new entry sees the base and its adapter at once: the
-    base runs first, and the next tick publishes the adapter against it."""
+    base runs first, and the next tick publishes the adapter against it; when the base
+    gets a new version, the adapter follows it."""
     from dagster_project.demo import commit_tiny_adapter
 
     adapter = "test-org/tiny-lora"
@@ -241,9 +274,22 @@ def test_an_adapter_found_with_its_base_is_published_after_it(env, instance):
     [adapter_run] = second.run_requests
     assert adapter_run.job_name == "publish_adapter"
     assert execute_request(env, instance, adapter_run).success
-    record = Registry(open_store(env.settings.store)).resolve(adapter)
-    assert (record.kind, record.base_repo_id, record.base_suffix) == (
-        "adapter",
-        LLAMA,
-        "v1",
+    registry = Registry(open_store(env.settings.store))
+    record = registry.resolve(adapter)
+    assert (record.kind, record.base_repo_id, record.base_suffix) == ("adapter", LLAMA, "v1")
+
+    # A new base commit: the base is published as v2, then the adapter against v2.
+    commit_tiny_model(env.mirror / LLAMA, seed=7, message="new weights")
+    third = tick(env, instance, second.cursor)
+    [base_v2] = third.run_requests
+    assert base_v2.job_name == "publish_model" and execute_request(env, instance, base_v2).success
+    fourth = tick(env, instance, third.cursor)
+    [follow] = fourth.run_requests
+    assert (follow.job_name, follow.tags[BASE_TAG]) == ("publish_adapter", "v2")
+    assert execute_request(env, instance, follow).success
+    record = registry.resolve(adapter)
+    assert (record.suffix, record.base_suffix, record.hf_sha) == (
+        "v2",
+        "v2",
+        adapter_run.tags[SHA_TAG],
     )
