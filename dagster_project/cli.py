@@ -146,9 +146,12 @@ def _summary(record: VersionRecord, run_id: str) -> str:
 
     size = human_size(sum(f["size"] for f in record.files.values()))
     how = "published" if record.dagster_run_id == run_id else "already published, re-verified:"
+    parts = {
+        name: record.validation.get(name) for name in ("tensors", "generations", "expectations")
+    }
     checks = ", ".join(
         f"{name} {'ok' if part.get('passed') else 'FAILED'}"
-        for name, part in record.validation.items()
+        for name, part in parts.items()
         if isinstance(part, dict)
     )
     return (
@@ -346,17 +349,21 @@ def _keyfile(settings: Settings, record: VersionRecord) -> str | None:
     return None
 
 
-def _cmd_serve_command(settings: Settings, args) -> int:
+def _serve_command(settings: Settings, reference: str) -> tuple[VersionRecord, str]:
+    """The version `reference` names, and the shell lines that serve it."""
     from resources.serve import adapter_serve_command, serve_command
 
     registry = _registry(settings)
-    record = registry.resolve(args.reference)
+    record = registry.resolve(reference)
     if isinstance(record, AdapterVersion):
         base = registry.version(record.base_repo_id, record.base_suffix)
         keyfile = _keyfile(settings, base)
-        command = adapter_serve_command(record, base, registry.store, base_keyfile=keyfile)
-    else:
-        command = serve_command(record, registry.store, keyfile=_keyfile(settings, record))
+        return record, adapter_serve_command(record, base, registry.store, base_keyfile=keyfile)
+    return record, serve_command(record, registry.store, keyfile=_keyfile(settings, record))
+
+
+def _cmd_serve_command(settings: Settings, args) -> int:
+    record, command = _serve_command(settings, args.reference)
     if args.json:
         _print_json({"reference": record.reference, "commands": command.splitlines()})
     else:
@@ -426,8 +433,7 @@ def _cmd_demo(settings: Settings, args) -> int:
         commit_tiny_model(repo, seed=commit_count(repo))
     record = publish(settings, DEMO_REPO, verbose=args.verbose or settings.verbose)
     print("\nserve it with:", file=sys.stderr)
-    args.reference = record.reference
-    _cmd_serve_command(settings, args)
+    print(_serve_command(settings, record.reference)[1])
     return _demo_adapter(settings, args, catalog, repo)
 
 
@@ -449,8 +455,8 @@ def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
         f"\npublished adapter {record.reference} for {record.base_reference}; serve it with:",
         file=sys.stderr,
     )
-    args.reference = record.reference
-    return _cmd_serve_command(settings, args)
+    print(_serve_command(settings, record.reference)[1])
+    return 0
 
 
 def _cmd_fetch_config(settings: Settings, args) -> int:
