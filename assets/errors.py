@@ -11,9 +11,14 @@ from contextlib import contextmanager
 from dagster import Backoff, Failure, Jitter, RetryPolicy
 
 from resources.errors import ModelpubError
+from resources.settings import Settings
 
+# Waits MODELPUB_RETRY_DELAY_S (default 5 s), then twice and four times that.
 TRANSIENT_RETRY = RetryPolicy(
-    max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+    max_retries=3,
+    delay=Settings.from_env().retry_delay_s,
+    backoff=Backoff.EXPONENTIAL,
+    jitter=Jitter.PLUS_MINUS,
 )
 
 

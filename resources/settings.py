@@ -29,6 +29,7 @@ S3_FIELDS = {
 SHARED_S3_FIELDS = {"endpoint_url", "region_name"}  # what a key store may borrow
 HF_TOKEN_ENV = "HF_TOKEN"
 NODE_SELECTOR_ENV = "MODELPUB_GPU_NODE_SELECTOR"
+RETRY_DELAY_ENV = "MODELPUB_RETRY_DELAY_S"
 # Set by NVIDIA's GPU feature discovery (part of the GPU operator) on nodes with a GPU.
 DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 
@@ -88,6 +89,19 @@ def _node_selector(raw: str | None) -> dict[str, str]:
     return labels
 
 
+def _retry_delay(raw: str | None) -> float:
+    """Seconds before a transient failure's first retry (then doubled each time)."""
+    if not raw:
+        return 5.0
+    try:
+        delay = float(raw)
+    except ValueError:
+        delay = -1.0
+    if not delay >= 0:
+        raise ModelpubError(f"{RETRY_DELAY_ENV} must be a number of seconds >= 0; got {raw!r}")
+    return delay
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where things live and how to reach them, with the embedded local defaults."""
@@ -106,6 +120,7 @@ class Settings:
     store_s3: S3Env = NO_S3
     keys_s3: S3Env = NO_S3
     verbose: bool = False  # MODELPUB_LOG_LEVEL=DEBUG: the CLI prints Dagster's event stream
+    retry_delay_s: float = 5.0  # a transient failure's first retry waits this long
 
     @property
     def staging(self) -> str:
@@ -128,6 +143,7 @@ class Settings:
             store_s3=S3Env.from_env(environ, ARTIFACT_S3),
             keys_s3=S3Env.from_env(environ, KEYS_S3, fallback_prefix=ARTIFACT_S3),
             verbose=environ.get("MODELPUB_LOG_LEVEL", "").upper() == "DEBUG",
+            retry_delay_s=_retry_delay(environ.get(RETRY_DELAY_ENV)),
         )
 
 

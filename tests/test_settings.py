@@ -53,6 +53,7 @@ def test_everything_defaults_to_the_modelpub_home():
         ),
         ("HF_ENDPOINT", "http://hub.internal", "hf_endpoint", "http://hub.internal"),
         ("HF_TOKEN", "hf_secret", "hf_token", "hf_secret"),
+        ("MODELPUB_RETRY_DELAY_S", "0.25", "retry_delay_s", 0.25),
     ],
 )
 def test_each_variable_sets_its_field(variable, value, field, expected):
@@ -145,6 +146,15 @@ def test_a_bad_gpu_node_selector_is_one_line(raw, message):
     with pytest.raises(ModelpubError) as caught:
         Settings.from_env({"MODELPUB_GPU_NODE_SELECTOR": raw})
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "nan"])
+def test_a_bad_retry_delay_is_one_line(raw):
+    with pytest.raises(ModelpubError) as caught:
+        Settings.from_env({"MODELPUB_RETRY_DELAY_S": raw})
+    assert (
+        str(caught.value) == f"MODELPUB_RETRY_DELAY_S must be a number of seconds >= 0; got {raw!r}"
+    )
 
 
 # Reading the environment where it belongs: the engine's child process is handed the
