@@ -157,10 +157,16 @@ def _summary(record: VersionRecord, run_id: str) -> str:
     return (
         f"\n{how} {record.reference}  (sha {record.hf_sha[:12]}, {record.dtype}, {size})\n"
         f"checks: {checks}\n"
-        f"serve it: modelpub serve-command {record.reference}\n"
+        f"serve it: modelpub serve {_served_with(record)}  (vLLM's own lines: "
+        f"modelpub serve-command {record.reference})\n"
         f"Dagster run {run_id}: its full event log is in the Dagster UI "
         "(`dagster dev -w workspace.yaml`); add --verbose to see it here"
     )
+
+
+def _served_with(record: VersionRecord) -> str:
+    """The reference `modelpub serve` takes for a version: an adapter comes with its base."""
+    return record.base_reference if isinstance(record, AdapterVersion) else record.reference
 
 
 def _root_cause(failure) -> str:
@@ -246,6 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve-command", help="the vllm serve command for repo_id[@alias|@vN]")
     p.add_argument("reference")
     _json_flag(p)
+    p = sub.add_parser(
+        "serve",
+        help="verify repo_id[@alias|@vN] and start vLLM's OpenAI server on it, with its adapters",
+    )
+    p.add_argument("reference")
+    p.add_argument(
+        "vllm_args", nargs=argparse.REMAINDER, help="after --: more arguments for vLLM's server"
+    )
     p = sub.add_parser("verify", help="check a published version's files, key and tensors")
     p.add_argument("reference", help="repo_id[@alias|@vN], default @latest")
     _json_flag(p)
@@ -371,6 +385,26 @@ def _cmd_serve_command(settings: Settings, args) -> int:
     return 0
 
 
+def _cmd_serve(settings: Settings, args) -> int:
+    """Replace this process with vLLM's server: signals and the exit status are vLLM's."""
+    import os
+
+    from resources.serving import prepare
+
+    plan = prepare(args.reference, settings)
+    extra = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
+    adapters = ", ".join(a.reference for a in plan.adapters) or "none"
+    print(
+        f"serving {plan.record.reference} (signature verified; adapters: {adapters}); "
+        f"config files in {plan.model_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+    argv = plan.server_argv(extra)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
 def _cmd_verify(settings: Settings, args) -> int:
     from resources.validation.integrity import verify_published
 
@@ -432,9 +466,15 @@ def _cmd_demo(settings: Settings, args) -> int:
         print(f"committing a tiny random model to {repo}", file=sys.stderr)
         commit_tiny_model(repo, seed=commit_count(repo))
     record = publish(settings, DEMO_REPO, verbose=args.verbose or settings.verbose)
-    print("\nserve it with:", file=sys.stderr)
-    print(_serve_command(settings, record.reference)[1])
+    _print_how_to_serve(settings, record)
     return _demo_adapter(settings, args, catalog, repo)
+
+
+def _print_how_to_serve(settings: Settings, record: VersionRecord) -> None:
+    print("\nserve it (verified, with its adapters) with:", file=sys.stderr)
+    print(f"modelpub serve {_served_with(record)}")
+    print("or with vLLM's own command:", file=sys.stderr)
+    print(_serve_command(settings, record.reference)[1])
 
 
 def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
@@ -451,11 +491,8 @@ def _demo_adapter(settings: Settings, args, catalog, base_repo: Path) -> int:
         print(f"\ncommitting a tiny LoRA adapter to {repo}", file=sys.stderr)
         commit_tiny_adapter(repo, base_repo, DEMO_REPO)
     record = publish_adapter(settings, DEMO_ADAPTER, verbose=args.verbose or settings.verbose)
-    print(
-        f"\npublished adapter {record.reference} for {record.base_reference}; serve it with:",
-        file=sys.stderr,
-    )
-    print(_serve_command(settings, record.reference)[1])
+    print(f"\npublished adapter {record.reference} for {record.base_reference}", file=sys.stderr)
+    _print_how_to_serve(settings, record)
     return 0
 
 
@@ -662,6 +699,7 @@ COMMANDS = {
     "list": _cmd_list,
     "resolve": _cmd_resolve,
     "serve-command": _cmd_serve_command,
+    "serve": _cmd_serve,
     "verify": _cmd_verify,
     "demo": _cmd_demo,
     "fetch-adapter": _cmd_fetch_adapter,

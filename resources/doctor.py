@@ -29,7 +29,15 @@ from resources.storage.store import LocalStore, ObjectStore
 # The checkout's lock, beside the package: `make install` installs exactly it.
 LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 DISTRIBUTION = "modelpub"
-PLUGIN = ("vllm.general_plugins", "resources.vllm.plugin:register")
+# vLLM's plugin group, and what modelpub registers there: the CPU loading fix, and the
+# `modelpub` load format (two entry points: the loader imports the formats, which import
+# resources.vllm, so it cannot live there).
+PLUGIN_GROUP = "vllm.general_plugins"
+PLUGINS = {
+    "resources.vllm.plugin:register": "vLLM would load HF-tensorized models without the CPU fix",
+    "resources.serve_loader:register": "vLLM would not know load_format='modelpub' "
+    "(modelpub serve)",
+}
 MIN_FREE_BYTES = 1 << 30
 HUB_TIMEOUT_S = 10.0
 # Listed, never written: a prefix that holds nothing, so listing it costs one request.
@@ -157,19 +165,21 @@ def check_curl() -> Check:
 def check_vllm_plugin(distribution: str = DISTRIBUTION) -> Check:
     """Read from the installed metadata: importing vLLM would take longer than all the
     other checks together."""
-    group, value = PLUGIN
     try:
         points = importlib.metadata.distribution(distribution).entry_points
     except importlib.metadata.PackageNotFoundError:
         return Check("vllm plugin", False, f"{distribution} is not installed", REINSTALL)
-    if any(p.group == group and p.value == value for p in points):
-        return Check("vllm plugin", True, f"{value} in {distribution}'s {group} entry points")
+    found = {p.value for p in points if p.group == PLUGIN_GROUP}
+    for value, without in PLUGINS.items():
+        if value not in found:
+            return Check(
+                "vllm plugin",
+                False,
+                f"{value} is not in {distribution}'s {PLUGIN_GROUP} entry points: {without}",
+                REINSTALL,
+            )
     return Check(
-        "vllm plugin",
-        False,
-        f"{value} is not in {distribution}'s {group} entry points: vLLM would load "
-        "HF-tensorized models without the CPU fix",
-        REINSTALL,
+        "vllm plugin", True, f"{', '.join(PLUGINS)} in {distribution}'s {PLUGIN_GROUP} entry points"
     )
 
 

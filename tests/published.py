@@ -5,12 +5,26 @@ written by the real artifact writer, a passing round-trip report, then `publish_
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 
 from resources.catalog import partition_key
 from resources.formats.artifact import write_artifact
-from resources.layout import model_prefix, validation_key
+from resources.layout import (
+    ADAPTER_TENSORS_FILE,
+    TENSORS_FILE,
+    adapter_prefix,
+    model_prefix,
+    validation_key,
+)
 from resources.publish import PublishPlan, publish_staged
-from resources.records import ModelSettings, StagedArtifact, VersionRecord
+from resources.records import (
+    AdapterSettings,
+    ArtifactSettings,
+    ModelSettings,
+    StagedArtifact,
+    VersionRecord,
+)
 from resources.registry import Registry
 from resources.storage import open_store
 from resources.storage.keys import KeyStore, open_key_store
@@ -26,18 +40,28 @@ def stores(env: Env) -> tuple[Registry, KeyStore]:
     return Registry(store), open_key_store(settings.keys, settings.store, settings.keys_s3)
 
 
-def stage(env: Env, repo_id: str) -> tuple[StagedArtifact, str]:
-    """`repo_id` as a run leaves it before publishing: reserved, uploaded (encrypted, fp16)
-    and validated. Returns the staged artifact and its round-trip report's key."""
+def _stage(
+    env: Env,
+    repo_id: str,
+    prefix: Callable[[str], str],
+    dtype: str | None,
+    tensors_file: str,
+    settings: ArtifactSettings,
+) -> tuple[StagedArtifact, str]:
     registry, keys = stores(env)
     store = registry.store
     suffix = registry.reserve_suffix(repo_id, RUN_ID)
     key_id = f"{partition_key(repo_id)}/{suffix}"
-    prefix = model_prefix(repo_id, suffix)
     staging = env.root / "staging" / partition_key(repo_id) / suffix
     staging.mkdir(parents=True)
     written = write_artifact(
-        store, prefix, env.mirror / repo_id, "float16", keys.create(key_id), staging
+        store,
+        prefix(suffix),
+        env.mirror / repo_id,
+        dtype,
+        keys.create(key_id),
+        staging,
+        tensors_file=tensors_file,
     )
     report_key = validation_key(repo_id, suffix, RUN_ID)
     store.create(report_key, json.dumps({"passed": True, "summary": {}}).encode())
@@ -45,14 +69,38 @@ def stage(env: Env, repo_id: str) -> tuple[StagedArtifact, str]:
         repo_id=repo_id,
         suffix=suffix,
         sha="a" * 40,
-        prefix=prefix,
-        tensors_file="model.tensors",
+        prefix=prefix(suffix),
+        tensors_file=tensors_file,
         key_id=key_id,
         files=written.files,
         reused=False,
-        settings=ModelSettings(dtype="float16", encrypted=True),
+        settings=settings,
     )
     return staged, report_key
+
+
+def stage(env: Env, repo_id: str) -> tuple[StagedArtifact, str]:
+    """`repo_id` as a run leaves it before publishing: reserved, uploaded (encrypted, fp16)
+    and validated. Returns the staged artifact and its round-trip report's key."""
+    settings = ModelSettings(dtype="float16", encrypted=True)
+    return _stage(env, repo_id, partial(model_prefix, repo_id), "float16", TENSORS_FILE, settings)
+
+
+def publish_tiny_adapter(
+    env: Env, repo_id: str, base: VersionRecord, rank: int = 8
+) -> VersionRecord:
+    """Publish the next version of adapter `repo_id` (in the mirror) on the base version,
+    signed, as the adapter job does once vLLM has checked it."""
+    settings = AdapterSettings(
+        dtype="float32",
+        rank=rank,
+        encrypted=True,
+        base_repo_id=base.repo_id,
+        base_suffix=base.suffix,
+        base_hf_sha=base.hf_sha,
+    )
+    prefix = partial(adapter_prefix, base.repo_id, base.suffix, repo_id)
+    return publish(env, *_stage(env, repo_id, prefix, None, ADAPTER_TENSORS_FILE, settings))
 
 
 def publish(env: Env, staged: StagedArtifact, report_key: str) -> VersionRecord:

@@ -76,7 +76,9 @@ def test_publish_prints_a_line_per_step_and_a_summary(env):
     [checks] = [x for x in lines if x.startswith("round trip")]
     assert "tensors_match ok" in checks and "vllm_outputs_match ok" in checks
     assert f"published {LLAMA}@v1  (sha " in done.stderr
-    assert f"serve it: modelpub serve-command {LLAMA}@v1" in done.stderr
+    assert f"serve it: modelpub serve {LLAMA}@v1  (vLLM's own lines: modelpub serve-command" in (
+        done.stderr
+    )
     [run_id] = re.findall(r"Dagster run ([0-9a-f-]{36}): its full event log", done.stderr)
 
     # The full event stream is kept for the UI, with the serializer's progress in it.
