@@ -17,19 +17,16 @@ A verifier trusts the key store (the current key, and rotated keys an operator k
 `signing/retired/`), never the published copy alone: whoever can write the artifact store
 could replace that copy and sign again.
 
-The view links a local store's files in place and downloads a remote store's: model_signing
-hashes paths only. A model too big to stage would need the same sha256 manifest built from
-the store's streams (model_signing's manifest and hashing API take digests computed
-elsewhere); not done here.
+The statement is built from sha256 digests streamed from the store (model_signing's
+manifest API takes digests computed elsewhere), with the parameters model_signing's own
+file hashing records, so the upstream verifier reads it as one of its own; nothing is
+staged on disk to sign or to verify, however big the model.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +40,7 @@ from resources.formats.artifact import fetch_files
 from resources.records import VersionRecord
 from resources.registry import Registry
 from resources.storage.keys import KeyStore
-from resources.storage.store import LocalStore, NotFound, ObjectStore
+from resources.storage.store import NotFound, ObjectStore
 
 if TYPE_CHECKING:
     from model_signing.hashing import Config as HashingConfig
@@ -115,26 +112,31 @@ def _hashing() -> HashingConfig:
     return hashing.Config().set_ignored_paths(paths=IGNORED).set_allow_symlinks(True)
 
 
-@contextmanager
-def _view(store: ObjectStore, record: VersionRecord, record_json: bytes) -> Iterator[Path]:
-    """A temporary directory with the version's files as they are in the store now (a
-    local store's linked in place, others downloaded) and `record_json` as record.json."""
+def _serialization():
+    """What model_signing's file hashing records in a manifest (method, sha256, the ignored
+    names): the parameters its `verify key` command reads back from a signature."""
+    from model_signing import manifest
+
+    with tempfile.TemporaryDirectory(prefix="modelpub-empty-") as empty:
+        return manifest.SerializationType.from_args(_hashing().hash(empty).serialization_type)
+
+
+def _stored_digests(
+    store: ObjectStore, record: VersionRecord, record_json: bytes
+) -> dict[str, str | None]:
+    """name -> sha256 of each of the version's files as stored now (None: gone), each read
+    as a stream from the store, never staged on disk; and `record_json` as record.json."""
     clash = sorted({RECORD_FILE, *IGNORED} & set(record.files))
     if clash:
         raise SigningError(f"{record.reference}: a file named {clash[0]} cannot be signed")
     prefix, _ = record.location
-    with tempfile.TemporaryDirectory(prefix="modelpub-view-") as tmp:
-        root = Path(tmp) / record.reference.replace("/", "__")  # the statement's subject
-        root.mkdir()
-        for name in record.files:
-            path, key = root / name, f"{prefix}/{name}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(store, LocalStore):
-                path.symlink_to(store.path(key))
-            else:
-                store.get_file(key, path)
-        (root / RECORD_FILE).write_bytes(record_json)
-        yield root
+    digests: dict[str, str | None] = {RECORD_FILE: hashlib.sha256(record_json).hexdigest()}
+    for name in sorted(record.files):
+        try:
+            digests[name] = store.sha256(f"{prefix}/{name}")
+        except NotFound:
+            digests[name] = None
+    return digests
 
 
 def _publish_public_key(store: ObjectStore, public: bytes) -> None:
@@ -150,21 +152,32 @@ def sign_record(store: ObjectStore, keys: KeyStore, record: VersionRecord) -> Ve
     """`record` naming the key store's signing key, once its signature and the public key
     are stored beside where it goes. The caller writes the record itself last, so that no
     version is ever visible without its signature."""
-    from model_signing import signing
-
     signer = Signer.of(keys)
     signed = record.model_copy(update={"signing_key": signer.fingerprint})
     _publish_public_key(store, signer.public)
+    from model_signing import manifest
+    from model_signing._hashing.hashing import Digest
+    from model_signing._signing import sign_ec_key
+    from model_signing._signing.signing import Payload
+
+    digests = _stored_digests(store, signed, signed.to_json())
+    gone = sorted(name for name, digest in digests.items() if digest is None)
+    if gone:
+        raise SigningError(f"{record.reference}: cannot sign, {', '.join(gone)} not in the store")
+    serialization = _serialization()
+    items = [
+        serialization.new_item(name, Digest("sha256", bytes.fromhex(digest)))
+        for name, digest in digests.items()
+        if digest is not None
+    ]
+    statement = manifest.Manifest(record.reference.replace("/", "__"), items, serialization)
     with tempfile.TemporaryDirectory(prefix="modelpub-sign-") as tmp:  # mode 0700
         private, bundle = Path(tmp) / "signing.pem", Path(tmp) / SIGNATURE_FILE
         private.write_bytes(signer.private)
-        with _view(store, signed, signed.to_json()) as view:
-            try:
-                signing.Config().use_elliptic_key_signer(private_key=private).set_hashing_config(
-                    _hashing()
-                ).sign(view, bundle)
-            except ValueError as exc:
-                raise SigningError(f"{record.reference}: signing failed: {exc}") from None
+        try:
+            sign_ec_key.Signer(private).sign(Payload(statement)).write(bundle)
+        except ValueError as exc:
+            raise SigningError(f"{record.reference}: signing failed: {exc}") from None
         store.put_file(layout.signature_key(record.repo_id, record.suffix), bundle)
     return signed
 
@@ -199,19 +212,40 @@ def trusted_public_key(keys: KeyStore, key_fingerprint: str) -> bytes | None:
     return None
 
 
-def _mismatch(text: str) -> str:
-    """model_signing's manifest difference (a list's repr, its quotes escaped or not) in
-    one line, without digests."""
-    changed = re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", text)
-    parts = [f"{', '.join(changed)} changed since signing"] if changed else []
-    parts += re.findall(r"(?:Extra|Missing) files (?:found )?in model '[^']*': [^\"'\\]+", text)
-    return "; ".join(parts) or text.splitlines()[0][:200]
+def _signed_digests(bundle: bytes, public: bytes) -> dict[str, str]:
+    """name -> sha256 the bundle's statement names, once its signature verifies with
+    `public`; raises (ValueError and others) when it does not."""
+    from model_signing._signing import sign_ec_key, sign_sigstore_pb
+
+    with tempfile.TemporaryDirectory(prefix="modelpub-verify-") as tmp:
+        bundle_path, key_path = Path(tmp) / SIGNATURE_FILE, Path(tmp) / PUBLIC_KEY_FILE
+        bundle_path.write_bytes(bundle)
+        key_path.write_bytes(public)
+        statement = sign_ec_key.Verifier(key_path).verify(
+            sign_sigstore_pb.Signature.read(bundle_path)
+        )
+    return {rd.identifier: rd.digest.digest_hex for rd in statement.resource_descriptors()}
+
+
+def _difference(signed: dict[str, str], stored: dict[str, str | None]) -> str | None:
+    """How the stored version differs from what was signed, in one line; None if not."""
+    changed = sorted(n for n in signed.keys() & stored.keys() if signed[n] != stored[n])
+    gone = [n for n in changed if stored[n] is None]
+    parts = []
+    if changed := [n for n in changed if n not in gone]:
+        parts.append(f"{', '.join(changed)} changed since signing")
+    if gone:
+        parts.append(f"{', '.join(gone)} gone from the store")
+    if unsigned := sorted(stored.keys() - signed.keys()):
+        parts.append(f"{', '.join(unsigned)} not signed")
+    if missing := sorted(signed.keys() - stored.keys()):
+        parts.append(f"{', '.join(missing)} signed but not in the record")
+    return "; ".join(parts) or None
 
 
 def verify_signature(registry: Registry, keys: KeyStore, record: VersionRecord) -> str | None:
     """Why the version's signature does not vouch for its files and record as stored now,
     in one line; None when it does."""
-    from model_signing import verifying
 
     store = registry.store
     try:
@@ -229,17 +263,14 @@ def verify_signature(registry: Registry, keys: KeyStore, record: VersionRecord) 
             "restore the retired key"
         )
     try:
-        with _view(store, record, registry.stored(record.repo_id, record.suffix)) as view:
-            (view / SIGNATURE_FILE).write_bytes(bundle)
-            (view / PUBLIC_KEY_FILE).write_bytes(trusted)
-            verifying.Config().use_elliptic_key_verifier(
-                public_key=view / PUBLIC_KEY_FILE
-            ).set_hashing_config(_hashing()).verify(view, view / SIGNATURE_FILE)
+        signed = _signed_digests(bundle, trusted)
     except Exception as exc:  # noqa: BLE001 - every way of failing to verify is a finding
         text = str(exc).strip() or type(exc).__name__
-        if text.startswith("Signature mismatch"):
-            return f"signature: does not match the version as stored ({_mismatch(text)})"
         return f"signature: does not verify with key {record.signing_key} ({text})"
+    stored = _stored_digests(store, record, registry.stored(record.repo_id, record.suffix))
+    difference = _difference(signed, stored)
+    if difference:
+        return f"signature: does not match the version as stored ({difference})"
     return None
 
 

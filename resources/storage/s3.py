@@ -14,6 +14,7 @@ instance roles).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -191,6 +192,14 @@ class S3Store(ObjectStore):
     def get_bytes(self, key: str) -> bytes:
         with self._errors("read", key):
             return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+
+    def sha256(self, key: str) -> str:
+        digest = hashlib.sha256()
+        with self._errors("read", key):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+            for chunk in body.iter_chunks(8 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def exists(self, key: str) -> bool:
         try:

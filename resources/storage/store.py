@@ -66,6 +66,10 @@ class ObjectStore(ABC):
     def get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def sha256(self, key: str) -> str:
+        """The object's sha256 (hex), read as a stream: nothing staged on disk."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
@@ -208,6 +212,13 @@ class LocalStore(ObjectStore):
     def get_bytes(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def sha256(self, key: str) -> str:
+        try:
+            with self.path(key).open("rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
         except FileNotFoundError:
             raise NotFound(f"{self.uri(key)} does not exist") from None
 
