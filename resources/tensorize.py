@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -120,7 +121,7 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
 class SerializeStats:
     bytes_written: int
     seconds: float
-    sha256: str  # of the whole file
+    sha256: str | None  # of the whole file; None for a stream
 
 
 class _Flusher:
@@ -207,14 +208,15 @@ def _distinct_memory(batch: Mapping[str, torch.Tensor]) -> bool:
 
 def serialize(
     weights: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
-    dest: Path,
+    dest: Path | BinaryIO,
     key: bytes | None,
     consume: bool = False,
     written: Callable[[int], None] | None = None,
 ) -> SerializeStats:
     """Write `weights` (one mapping, or batches of them, each read while the one before
     is written) to the local file `dest`, encrypted with `key` when given; returns once
-    the file is durable, with its sha256.
+    the file is durable, with its sha256. `dest` may be a file object instead (a
+    resources.streaming.StreamedFile): its size is then what it was told, no sha256.
 
     With `consume`, the caller gives the tensors up: each batch is emptied once
     written and its tensors may be left encrypted, which saves a cipher pass.
@@ -225,8 +227,9 @@ def serialize(
     encryption = EncryptionParams(key) if key is not None else None
     batches = [weights] if isinstance(weights, Mapping) else _prefetched(weights)
     start = time.perf_counter()
-    serializer = _serializer_class()(str(dest), encryption=encryption)
-    flusher = _Flusher(dest)
+    local = isinstance(dest, Path)
+    serializer = _serializer_class()(str(dest) if local else dest, encryption=encryption)
+    flusher = _Flusher(dest) if local else None
     try:
         try:
             for given in batches:
@@ -243,8 +246,11 @@ def serialize(
         finally:
             serializer.close()
     except BaseException:
-        flusher.stop()
+        if flusher is not None:
+            flusher.stop()
         raise
+    if flusher is None:
+        return SerializeStats(dest.seek(0, os.SEEK_END), time.perf_counter() - start, None)
     sha256 = flusher.finish(dest)
     return SerializeStats(dest.stat().st_size, time.perf_counter() - start, sha256)
 

@@ -1,8 +1,10 @@
 """A published artifact: the tensors (`model.tensors`, or one `model-rank-NNN.tensors` per
 tensor-parallel rank in the vLLM-tensorized format) plus config/tokenizer files under one prefix.
 
-Writing stages every file locally, hashes it and uploads it; reading back checks
-the file hashes and every tensor against the source checkpoint.
+Writing streams the tensors into the store's upload where the store can (S3: parts go up
+while later tensors are still being serialized; resources/streaming.py), else stages the
+file locally and moves or uploads it; reading back checks the file hashes and every tensor
+against the source checkpoint.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resources import tensorize
-from resources.formats.format import Progress, artifact_format, no_progress
+from resources.formats.format import ArtifactFormat, Progress, artifact_format, no_progress
 from resources.layout import TENSORS_FILE
 from resources.storage.store import NotFound, ObjectStore, StoreError
+from resources.streaming import StreamedFile, part_size_for
 
 
 @dataclass
@@ -24,6 +27,7 @@ class WrittenArtifact:
     serialize_s: float = 0.0
     upload_s: float = 0.0
     tensors_files: list[str] = field(default_factory=lambda: [TENSORS_FILE])
+    peak_staging: int | None = None  # bytes the staging directory held at most, if streamed
 
     @property
     def tensors_bytes(self) -> int:
@@ -50,20 +54,89 @@ def write_artifact(
 
     `dtype` None keeps the weights' own dtypes. `fmt` names the format that writes the
     tensors (resources/formats/format.py): for `vllm`, vLLM serializes its model, one file
-    per rank, `tensors_file` then being the per-rank template. Staged tensors files are
-    moved, not copied, into a store that can (a local store on the same filesystem). On
+    per rank, `tensors_file` then being the per-rank template. Tensors stream into a store
+    that takes streams (S3), spooling about one batch in `staging`; elsewhere staged
+    tensors files are moved, not copied, into a store that can (a local store on the same
+    filesystem). On
     failure, whatever was uploaded under `prefix` is removed again (best effort; nothing
     there is visible to serving code until a registry record points at it).
     """
-    written = artifact_format(fmt).write_tensors(
+    form = artifact_format(fmt)
+    target = (
+        store.streamed(f"{prefix}/{tensors_file}", staging, _part_size(snapshot))
+        if (form.streams)
+        else None
+    )
+    if target is not None:
+        return _write_streamed(store, prefix, snapshot, form, dtype, key, target, progress)
+    written = form.write_tensors(
         snapshot, staging, dtype, key, tensors_file, tensor_parallel_size, progress
     )
-    tensors, hashes = written.paths, written.sha256
-    out = WrittenArtifact(serialize_s=written.seconds, tensors_files=[p.name for p in tensors])
+    out = WrittenArtifact(
+        serialize_s=written.seconds, tensors_files=[p.name for p in written.paths]
+    )
+    try:
+        _upload(store, prefix, snapshot, out, written.paths, written.sha256, progress)
+    finally:
+        for path in written.paths:
+            path.unlink(missing_ok=True)
+    return out
+
+
+def _part_size(snapshot: Path) -> int:
+    """Parts for a tensors file up to twice the checkpoint (an fp16 source cast to fp32)."""
+    return part_size_for(2 * sum(p.stat().st_size for p in snapshot.glob("*.safetensors")))
+
+
+def _write_streamed(
+    store: ObjectStore,
+    prefix: str,
+    snapshot: Path,
+    form: ArtifactFormat,
+    dtype: str | None,
+    key: bytes | None,
+    target: StreamedFile,
+    progress: Progress,
+) -> WrittenArtifact:
+    """Serialize straight into the store's upload, then upload the config files. The
+    sha256 is read back from the store: the file is only whole once it is there (its
+    header, written last, is at its start)."""
+    tensors_file = target.key.rsplit("/", 1)[1]
+    out = WrittenArtifact(tensors_files=[tensors_file])
+    try:
+        out.serialize_s = form.stream_tensors(snapshot, target, dtype, key, progress)
+        size = target.finish()
+    except BaseException:
+        target.abort()
+        raise
+    out.peak_staging = target.peak_spooled
+    name = f"{prefix}/{tensors_file}"
+    try:
+        out.files[tensors_file] = {"size": size, "sha256": store.sha256(name)}
+        _upload(store, prefix, snapshot, out, [], {}, progress)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.delete(name)
+        raise
+    return out
+
+
+def _upload(
+    store: ObjectStore,
+    prefix: str,
+    snapshot: Path,
+    out: WrittenArtifact,
+    tensors: list[Path],
+    hashes: dict[str, str | None],
+    progress: Progress,
+) -> None:
+    """Upload the staged tensors files and the config files into `out.files`; on failure
+    remove what this upload put under `prefix`."""
     uploads = [(p.name, p) for p in tensors] + [
         (str(p.relative_to(snapshot)), p) for p in tensorize.config_files(snapshot)
     ]
     start = time.perf_counter()
+    uploaded: list[str] = []
     try:
         for done, (name, path) in enumerate(uploads):
             progress("upload", done, len(uploads))
@@ -73,18 +146,15 @@ def write_artifact(
                 "size": path.stat().st_size,
                 "sha256": digest or tensorize.sha256_file(path),
             }
+            uploaded.append(name)
             (store.put_staged if staged else store.put_file)(f"{prefix}/{name}", path)
     except BaseException:
-        for name in out.files:
+        for name in uploaded:
             with contextlib.suppress(Exception):  # the original error matters more
                 store.delete(f"{prefix}/{name}")
         raise
-    finally:
-        for path in tensors:
-            path.unlink(missing_ok=True)
     progress("upload", len(uploads), len(uploads))
     out.upload_s = time.perf_counter() - start
-    return out
 
 
 def check_files(store: ObjectStore, prefix: str, files: dict[str, dict]) -> list[dict]:

@@ -13,10 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from resources.errors import ModelpubError
 from resources.layout import tensors_name
+
+if TYPE_CHECKING:
+    from resources.streaming import StreamedFile
+    from resources.tensorize import SerializeStats
 
 # Told (stage, done, total) as a long write goes on: "serialize" in tensors, "upload" in files.
 Progress = Callable[[str, int, int], None]
@@ -43,6 +47,16 @@ class StagedTensors:
     sha256: dict[str, str] = field(default_factory=dict)  # file name -> digest, where known
 
 
+def _staging_full(exc: OSError, staging: Path, doing: str) -> Exception:
+    """A full staging disk said as what to do; other OS errors as they are."""
+    if exc.errno != errno.ENOSPC:
+        return exc
+    return StagingFull(
+        f"no space left in the staging directory {staging} {doing}; free space there or "
+        "point MODELPUB_CACHE at a larger disk, then rerun"
+    )
+
+
 class ArtifactFormat:
     """One published format. The default is the HF-tensorized one: the checkpoint's own
     tensors, by their names, in one tensorizer file."""
@@ -52,6 +66,8 @@ class ArtifactFormat:
     compares_with_source: ClassVar[bool] = True
     # vLLM's `--load-format` for it; None where vLLM loads it otherwise (a LoRA module).
     load_format: ClassVar[str | None] = "tensorizer"
+    # Written by modelpub's serializer, so it can stream into an upload (`stream_tensors`).
+    streams: ClassVar[bool] = True
 
     def tensors_files(self, tensors_file: str, tensor_parallel_size: int) -> list[str]:
         """The files behind a `tensorizer_uri` name."""
@@ -69,33 +85,50 @@ class ArtifactFormat:
     ) -> StagedTensors:
         """Serialize the snapshot's weights (cast to `dtype`, None keeps theirs) into
         `staging/tensors_file`, streamed in batches."""
-        from resources import tensorize
-
         path = staging / tensors_file
-        try:  # a few hundred MB in memory at a time, not the model
-            checkpoint = tensorize.SourceCheckpoint(snapshot, dtype)
-            total, done = len(checkpoint.names()), 0
-
-            def written(count: int) -> None:
-                nonlocal done
-                done += count
-                progress("serialize", done, total)
-
-            progress("serialize", 0, total)
-            stats = tensorize.serialize(
-                checkpoint.batches(), path, key, consume=True, written=written
-            )
+        try:
+            stats = self._serialize(snapshot, path, dtype, key, progress)
         except OSError as exc:
             path.unlink(missing_ok=True)
-            if exc.errno != errno.ENOSPC:
-                raise
-            need = sum(p.stat().st_size for p in snapshot.glob("*.safetensors"))
-            raise StagingFull(
-                f"no space left in the staging directory {staging} while serializing "
-                f"{need / 1e6:.1f} MB of tensors; free space there or point MODELPUB_CACHE at "
-                "a larger disk, then rerun"
-            ) from None
+            raise _staging_full(exc, staging, "while serializing") from None
         return StagedTensors([path], stats.seconds, {tensors_file: stats.sha256})
+
+    def stream_tensors(
+        self,
+        snapshot: Path,
+        dest: StreamedFile,
+        dtype: str | None,
+        key: bytes | None,
+        progress: Progress = no_progress,
+    ) -> float:
+        """Serialize the snapshot's weights into `dest`, whose parts upload as they are
+        written; returns the seconds it took, uploads included."""
+        try:
+            return self._serialize(snapshot, dest, dtype, key, progress).seconds
+        except OSError as exc:
+            raise _staging_full(exc, dest.staging, "while spooling the upload's parts") from None
+
+    @staticmethod
+    def _serialize(
+        snapshot: Path,
+        dest: Path | StreamedFile,
+        dtype: str | None,
+        key: bytes | None,
+        progress: Progress,
+    ) -> SerializeStats:
+        from resources import tensorize
+
+        # a few hundred MB in memory at a time, not the model
+        checkpoint = tensorize.SourceCheckpoint(snapshot, dtype)
+        total, done = len(checkpoint.names()), 0
+
+        def written(count: int) -> None:
+            nonlocal done
+            done += count
+            progress("serialize", done, total)
+
+        progress("serialize", 0, total)
+        return tensorize.serialize(checkpoint.batches(), dest, key, consume=True, written=written)
 
     def serve_note(self, tensor_parallel_size: int) -> str | None:
         """A comment for the printed serve command, where serving it needs saying."""
@@ -108,6 +141,7 @@ class VllmTensorized(ArtifactFormat):
 
     name = "vllm"
     compares_with_source = False
+    streams = False  # vLLM's serializer writes local files
 
     def tensors_files(self, tensors_file: str, tensor_parallel_size: int) -> list[str]:
         if tensor_parallel_size == 1:

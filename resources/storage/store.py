@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resources.errors import ModelpubError
+from resources.streaming import StreamedFile
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
+
+    def streamed(self, key: str, staging: Path, part_size: int) -> StreamedFile | None:
+        """A file whose parts are uploaded to `key` while it is written, spooled in
+        `staging` (resources/streaming.py); None where the store stages whole files."""
+        return None
 
     @abstractmethod
     def sha256(self, key: str) -> str:

@@ -1,0 +1,139 @@
+"""Streaming publish: tensorizer writes into a file whose parts upload as it goes, and what
+lands in the store is the file tensorizer would have written locally."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from resources import tensorize
+from resources.formats.artifact import write_artifact
+from resources.settings import Settings
+from resources.storage import open_store
+from resources.storage.store import StoreError
+from resources.streaming import MIN_PART, StreamedFile
+from tests.conftest import LLAMA, Env
+from tests.published import stores
+
+PART = MIN_PART
+
+
+class Parts:
+    """A sink that keeps the parts in a directory, in the order they arrive (a stand-in for
+    the multipart upload, to see the file's layout; S3 itself is tested below)."""
+
+    def __init__(self, root: Path):
+        self.root, self.order, self.completed, self.aborted = root, [], None, False
+        root.mkdir()
+
+    def upload(self, number: int, path: Path) -> None:
+        (self.root / str(number)).write_bytes(path.read_bytes())
+        self.order.append(number)
+
+    def complete(self, count: int) -> None:
+        self.completed = count
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def joined(self) -> bytes:
+        return b"".join((self.root / str(n)).read_bytes() for n in range(1, self.completed + 1))
+
+
+def _batches(seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """About 64 MiB of float32 tensors in 16 batches: many parts, many end markers."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {f"layer{b}.w{i}": torch.randn(512, 1024, generator=generator) for i in range(2)}
+        for b in range(16)
+    ]
+
+
+def test_a_streamed_file_is_byte_for_byte_the_local_file(tmp_path):
+    local = tmp_path / "local.tensors"
+    tensorize.serialize(_batches(), local, None)
+    sink = Parts(tmp_path / "parts")
+    streamed = StreamedFile(sink, "model.tensors", tmp_path / "staging", PART, in_flight=1)
+    stats = tensorize.serialize(_batches(), streamed, None)
+    assert streamed.finish() == stats.bytes_written == local.stat().st_size
+    assert sink.joined() == local.read_bytes()
+    parts = -(-local.stat().st_size // PART)
+    assert sink.completed == parts > 4
+    assert sink.order[-1] == 1  # the header's part, rewritten to the end, goes last
+    # the staging directory held the header's part, a batch, the part being written and
+    # two handed to the sink, not the file
+    batch = sum(t.nbytes for t in _batches()[0].values())
+    assert streamed.peak_spooled <= 4 * PART + batch < 0.5 * local.stat().st_size
+    assert not list((tmp_path / "staging").iterdir())
+
+
+def test_an_encrypted_stream_reads_back_with_the_key(tmp_path):
+    key = bytes(range(32))
+    sink = Parts(tmp_path / "parts")
+    streamed = StreamedFile(sink, "model.tensors", tmp_path / "staging", PART)
+    tensorize.serialize(_batches(), streamed, key)
+    streamed.finish()
+    (tmp_path / "joined.tensors").write_bytes(sink.joined())
+    back = tensorize.deserialize(str(tmp_path / "joined.tensors"), key)
+    expected = {n: t for batch in _batches() for n, t in batch.items()}
+    assert back.keys() == expected.keys()
+    assert all(torch.equal(back[n], expected[n]) for n in expected)
+
+
+def test_a_failed_part_aborts_the_upload_and_leaves_no_spool(tmp_path):
+    class Failing(Parts):
+        def upload(self, number: int, path: Path) -> None:
+            raise StoreError("the endpoint went away")
+
+    sink = Failing(tmp_path / "parts")
+    streamed = StreamedFile(sink, "model.tensors", tmp_path / "staging", PART)
+    with pytest.raises(StoreError, match="went away"):
+        tensorize.serialize(_batches(), streamed, None)
+        streamed.finish()
+    streamed.abort()
+    assert sink.aborted and sink.completed is None
+    assert not list((tmp_path / "staging").iterdir())
+
+
+@pytest.mark.s3
+def test_publish_to_s3_streams_and_reads_back_as_the_source(s3_env: Env):
+    registry, keys = stores(s3_env)
+    store = registry.store
+    key = keys.create("streamed/v1")
+    staging = s3_env.root / "staging"
+    written = write_artifact(
+        store, "vllm/streamed/v1", s3_env.mirror / LLAMA, "float16", key, staging
+    )
+    assert written.peak_staging is not None and not list(staging.iterdir())
+    entry = written.files["model.tensors"]
+    local = s3_env.root / "back.tensors"
+    store.get_file("vllm/streamed/v1/model.tensors", local)
+    assert entry["size"] == local.stat().st_size
+    assert entry["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    back = tensorize.deserialize(store.uri("vllm/streamed/v1/model.tensors"), key, _stream(store))
+    source = tensorize.load_source_weights(s3_env.mirror / LLAMA, "float16")
+    assert all(r["equal"] for r in tensorize.compare_weights(source, back))
+    assert not store.unfinished_uploads("vllm/streamed/")
+
+
+def _stream(store):
+    from resources.formats.access import stream_kwargs
+
+    return stream_kwargs(store)
+
+
+@pytest.mark.s3
+def test_wrong_credentials_fail_in_one_line_before_serializing(s3_env: Env, monkeypatch):
+    monkeypatch.setenv("MODELPUB_S3_SECRET_ACCESS_KEY", "wrong")
+    wrong = Settings.from_env()
+    store = open_store(wrong.store, wrong.store_s3)
+    staging = s3_env.root / "staging"
+    with pytest.raises(StoreError) as failed:
+        write_artifact(store, "vllm/x/v1", s3_env.mirror / LLAMA, "float16", None, staging)
+    assert "refused to start an upload of" in str(failed.value)
+    assert len(str(failed.value).splitlines()) == 1
+    registry, _ = stores(s3_env)
+    assert not registry.store.list("vllm/x/")
