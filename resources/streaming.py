@@ -7,7 +7,7 @@ offset 0. `StreamedFile` spools each part of the file to its own file in the sta
 directory; at each end marker, every whole part behind it is final and is handed to
 the sink (an S3 multipart upload) and its spool file removed. The first part, which holds
 the header, goes last, when the file is finished. The staging directory thus holds at most
-the header's part, one batch of tensors, the part being written and 2 x `in_flight` parts
+the header's part, one batch of tensors, the part being written and `in_flight` + 2 parts
 handed to the sink: a bound set by the batch and part sizes, not by the model.
 
 It has no `fileno`, so tensorizer writes through its locked seek-and-write path.
@@ -25,7 +25,7 @@ from typing import Protocol
 from resources.errors import ModelpubError
 
 END_MARKER = b"\0" * 8  # tensorizer's "no more tensors" field, rewritten per batch
-IN_FLIGHT = 4  # parts uploading at once; as many again may wait spooled
+IN_FLIGHT = 4  # parts uploading at once; two more may wait spooled
 MIN_PART = 5 << 20  # S3's smallest part but the last
 PART_SIZE = 16 << 20
 MAX_PARTS = 9000  # S3 allows 10,000; room for a file larger than expected
@@ -71,7 +71,7 @@ class StreamedFile(io.RawIOBase):
         self.spooled_bytes = 0
         self._sent: set[int] = set()
         self._pending: list[Future] = []
-        self._room = threading.Semaphore(2 * in_flight)
+        self._room = threading.Semaphore(in_flight + 2)
         self._pool = ThreadPoolExecutor(in_flight, thread_name_prefix="modelpub-part")
         self.peak_spooled = 0  # bytes, the most the staging directory held at once
         self._done = False

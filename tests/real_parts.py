@@ -5,6 +5,10 @@ missing install step."""
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -14,3 +18,22 @@ def require(part: str, reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{part} is required in CI and missing: {reason}", pytrace=False)
     pytest.skip(f"{part} missing: {reason}")
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's notation: 256k, 40m) mounted at `path`, for a disk that
+    fills up; unmounted after (a test may unmount it earlier)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        require("a tmpfs mount", f"cannot mount one here (needs root): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -13,7 +13,7 @@ from dagster_project.cli import PublishFailed, main, publish
 from resources.registry import Registry, RegistryError
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
-from tests.real_parts import require
+from tests.real_parts import tmpfs
 
 pytestmark = pytest.mark.vllm
 
@@ -25,18 +25,8 @@ def versions(env) -> list[str]:
 @pytest.fixture
 def tiny_staging_disk(env):
     """A 256 KiB tmpfs as the staging directory: too small for the model's tensors."""
-    staging = Path(env.settings.staging)
-    staging.mkdir(parents=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(staging)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        require("a tmpfs mount", f"cannot mount one here (needs root): {done.stderr.strip()}")
-    yield staging
-    subprocess.run(["umount", "-l", str(staging)], check=False)
+    with tmpfs(Path(env.settings.staging), "256k") as staging:
+        yield staging
 
 
 def test_full_staging_disk_fails_clearly_and_a_rerun_publishes(env, tiny_staging_disk):

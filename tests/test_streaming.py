@@ -4,6 +4,7 @@ lands in the store is the file tensorizer would have written locally."""
 from __future__ import annotations
 
 import hashlib
+from functools import partialmethod
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,14 @@ import torch
 
 from resources import tensorize
 from resources.formats.artifact import write_artifact
+from resources.formats.format import StagingFull
 from resources.settings import Settings
 from resources.storage import open_store
 from resources.storage.store import StoreError
 from resources.streaming import MIN_PART, StreamedFile
 from tests.conftest import LLAMA, Env
 from tests.published import stores
+from tests.real_parts import tmpfs
 
 PART = MIN_PART
 
@@ -137,3 +140,40 @@ def test_wrong_credentials_fail_in_one_line_before_serializing(s3_env: Env, monk
     assert len(str(failed.value).splitlines()) == 1
     registry, _ = stores(s3_env)
     assert not registry.store.list("vllm/x/")
+
+
+def _big_snapshot(root: Path) -> Path:
+    """A 192 MiB float32 checkpoint: bigger than the staging disk below."""
+    from safetensors.torch import save_file
+
+    snapshot = root / "big"
+    snapshot.mkdir()
+    tensors = {f"{s}.{n}": t for s in range(3) for b in _batches(s) for n, t in b.items()}
+    save_file(tensors, snapshot / "model.safetensors")
+    return snapshot
+
+
+@pytest.mark.s3
+def test_a_model_bigger_than_the_staging_disk_publishes_to_s3(s3_env: Env, monkeypatch):
+    from resources.tensorize import SourceCheckpoint
+
+    # batches of 4 MiB, so this small model has the shape of a big one (256 MiB batches)
+    monkeypatch.setattr(
+        SourceCheckpoint, "batches", partialmethod(SourceCheckpoint.batches, 4 << 20)
+    )
+    registry, _ = stores(s3_env)
+    snapshot = _big_snapshot(s3_env.root)
+    size = (snapshot / "model.safetensors").stat().st_size
+    # 16 MiB parts: the header's, the one being written and 6 handed to the upload, plus
+    # a 4 MiB batch, fit in 150 MiB
+    with tmpfs(s3_env.root / "staging", "150m") as staging:
+        written = write_artifact(registry.store, "vllm/big/v1", snapshot, None, None, staging)
+        with tmpfs(s3_env.root / "tiny", "256k") as tiny, pytest.raises(StagingFull) as full:
+            write_artifact(registry.store, "vllm/big/v2", snapshot, None, None, tiny)
+    assert written.files["model.tensors"]["size"] > size > 150 << 20
+    assert written.peak_staging < 150 << 20
+    assert str(full.value).startswith(
+        f"no space left in the staging directory {s3_env.root / 'tiny'} while spooling"
+    )
+    assert not registry.store.list("vllm/big/v2/")
+    assert not registry.store.unfinished_uploads("vllm/big/")
