@@ -217,6 +217,9 @@ def tensorize_step(
             "tensors_size": human_size(written.tensors_bytes),
             "serialize_throughput": rate(written.tensors_bytes, written.serialize_s),
             "upload_throughput": rate(written.total_bytes, written.upload_s),
+            "staging": "whole file staged, then uploaded"
+            if written.peak_staging is None
+            else f"streamed, staging peak {human_size(written.peak_staging)}",
             "files": MetadataValue.md(md_table(rows, ["file", "size", "sha256"])),
             STAGED: MetadataValue.json(staged.to_metadata()),
         }

@@ -50,7 +50,8 @@ def _details(step: str, state: _Step) -> str:
     if "tensors_size" in m:
         return (
             f"{m['tensors_size']}  {m['serialize_throughput']}, upload {m['upload_throughput']}"
-            f"  -> {m['suffix']}"
+            + (f"  ({m['staging']})" if "staging" in m else "")
+            + f"  -> {m['suffix']}"
         )
     if m.get("reused"):
         return f"reusing {m['suffix']}: already published from this sha"
