@@ -31,6 +31,7 @@ from resources import (
     ObjectStoreResource,
     RegistryResource,
     TensorizerResource,
+    digests,
 )
 from resources.formats.artifact import write_artifact
 from resources.layout import registry_key, validation_key
@@ -203,7 +204,7 @@ def tensorize_step(
         settings=settings,
     )
     rows = [
-        {"file": n, "size": human_size(f["size"]), "sha256": f["sha256"][:16] + "…"}
+        {"file": n, "size": human_size(f["size"]), "sha256": digests.short(f)}
         for n, f in written.files.items()
     ]
     return MaterializeResult(

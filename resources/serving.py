@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from resources import tensorize
+from resources import digests, tensorize
 from resources.errors import ModelpubError
 from resources.formats.access import stream_kwargs
 from resources.formats.artifact import fetch_config
@@ -134,8 +134,8 @@ def _config_dir(settings: Settings, registry: Registry, record: ModelVersion) ->
     dest = _cache_dir(settings, record) / "config"
     _cached(dest, lambda tmp: fetch_config(registry.store, prefix, record.files, tmp))
     for path in sorted(p for p in dest.rglob("*") if p.is_file()):
-        expected = record.files.get(str(path.relative_to(dest)), {}).get("sha256")
-        if expected != tensorize.sha256_file(path):
+        expected = record.files.get(str(path.relative_to(dest)))
+        if expected is None or not digests.file_matches(path, expected):
             raise ServeError(
                 f"{path} is not the file {record.reference} published; remove {dest} and "
                 "serve again"

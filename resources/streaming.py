@@ -7,14 +7,16 @@ offset 0. `StreamedFile` spools each part of the file to its own file in the sta
 directory; at each end marker, every whole part behind it is final and is handed to
 the sink (an S3 multipart upload) and its spool file removed. The first part, which holds
 the header, goes last, when the file is finished. The staging directory thus holds at most
-the header's part, one batch of tensors, the part being written and `in_flight` + 2 parts
-handed to the sink: a bound set by the batch and part sizes, not by the model.
+the header's part, the parts one batch of tensors spans, and `in_flight` + 2 parts handed
+to the sink: batch + (in_flight + 4) x part, about 192 MiB with the defaults below,
+whatever the model's size.
 
 It has no `fileno`, so tensorizer writes through its locked seek-and-write path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -22,10 +24,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
+from resources import digests
 from resources.errors import ModelpubError
 
 END_MARKER = b"\0" * 8  # tensorizer's "no more tensors" field, rewritten per batch
 IN_FLIGHT = 4  # parts uploading at once; two more may wait spooled
+BATCH_BYTES = 64 << 20  # source tensors per write_state_dict when streaming: one is spooled
 MIN_PART = 5 << 20  # S3's smallest part but the last
 PART_SIZE = 16 << 20
 MAX_PARTS = 9000  # S3 allows 10,000; room for a file larger than expected
@@ -42,10 +46,11 @@ class StreamLayoutError(ModelpubError):
 
 
 class PartSink(Protocol):
-    """Where the parts go: `upload(number, path)` for parts numbered from 1, in any order
-    and from several threads; `complete(count)` once all are up; `abort()` on failure."""
+    """Where the parts go: `upload(number, data, sha256)` for parts numbered from 1 (with
+    their digest), in any order and from several threads; `complete(count)` once all are
+    up; `abort()` on failure."""
 
-    def upload(self, number: int, path: Path) -> None: ...
+    def upload(self, number: int, data: bytes, sha256: bytes) -> None: ...
 
     def complete(self, count: int) -> None: ...
 
@@ -70,6 +75,7 @@ class StreamedFile(io.RawIOBase):
         self._lock = threading.Lock()
         self.spooled_bytes = 0
         self._sent: set[int] = set()
+        self.parts_sha256: dict[int, str] = {}  # part index -> sha256 hex, once uploaded
         self._pending: list[Future] = []
         self._room = threading.Semaphore(in_flight + 2)
         self._pool = ThreadPoolExecutor(in_flight, thread_name_prefix="modelpub-part")
@@ -129,9 +135,9 @@ class StreamedFile(io.RawIOBase):
 
     # --- what the publisher calls ------------------------------------------------------
 
-    def finish(self) -> int:
+    def finish(self) -> digests.Entry:
         """Send the remaining parts (the header's last) and complete the upload; returns
-        the file's size."""
+        the file's record entry: its size and each part's sha256."""
         last = (self.size - 1) // self.part_size
         self._send_whole_parts(below=last * self.part_size)
         self._send(last)
@@ -144,7 +150,8 @@ class StreamedFile(io.RawIOBase):
         self.sink.complete(last + 1)
         self._done = True
         self._pool.shutdown()
-        return self.size
+        ordered = [self.parts_sha256[i] for i in range(last + 1)]
+        return digests.parts(self.size, self.part_size, ordered)
 
     def abort(self) -> None:
         """Give up: stop the uploads, remove the spool files, abort the upload."""
@@ -189,7 +196,10 @@ class StreamedFile(io.RawIOBase):
 
     def _upload(self, index: int, path: Path) -> None:
         try:
-            self.sink.upload(index + 1, path)
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).digest()
+            self.sink.upload(index + 1, data, digest)
+            self.parts_sha256[index] = digest.hex()
         finally:
             path.unlink(missing_ok=True)
             self._removed(index)

@@ -4,13 +4,12 @@ lands in the store is the file tensorizer would have written locally."""
 from __future__ import annotations
 
 import hashlib
-from functools import partialmethod
 from pathlib import Path
 
 import pytest
 import torch
 
-from resources import tensorize
+from resources import digests, streaming, tensorize
 from resources.formats.artifact import write_artifact
 from resources.formats.format import StagingFull
 from resources.settings import Settings
@@ -32,8 +31,9 @@ class Parts:
         self.root, self.order, self.completed, self.aborted = root, [], None, False
         root.mkdir()
 
-    def upload(self, number: int, path: Path) -> None:
-        (self.root / str(number)).write_bytes(path.read_bytes())
+    def upload(self, number: int, data: bytes, sha256: bytes) -> None:
+        assert hashlib.sha256(data).digest() == sha256
+        (self.root / str(number)).write_bytes(data)
         self.order.append(number)
 
     def complete(self, count: int) -> None:
@@ -61,15 +61,18 @@ def test_a_streamed_file_is_byte_for_byte_the_local_file(tmp_path):
     sink = Parts(tmp_path / "parts")
     streamed = StreamedFile(sink, "model.tensors", tmp_path / "staging", PART, in_flight=1)
     stats = tensorize.serialize(_batches(), streamed, None)
-    assert streamed.finish() == stats.bytes_written == local.stat().st_size
+    entry = streamed.finish()
+    assert entry["size"] == stats.bytes_written == local.stat().st_size
     assert sink.joined() == local.read_bytes()
+    assert digests.file_matches(local, entry)  # the per-part digests are the local file's
     parts = -(-local.stat().st_size // PART)
     assert sink.completed == parts > 4
     assert sink.order[-1] == 1  # the header's part, rewritten to the end, goes last
     # the staging directory held the header's part, a batch, the part being written and
     # two handed to the sink, not the file
     batch = sum(t.nbytes for t in _batches()[0].values())
-    assert streamed.peak_spooled <= 4 * PART + batch < 0.5 * local.stat().st_size
+    bound = batch + (1 + 4) * PART  # streaming.py: batch + (in_flight + 4) x part
+    assert streamed.peak_spooled <= bound < 0.5 * local.stat().st_size
     assert not list((tmp_path / "staging").iterdir())
 
 
@@ -88,7 +91,7 @@ def test_an_encrypted_stream_reads_back_with_the_key(tmp_path):
 
 def test_a_failed_part_aborts_the_upload_and_leaves_no_spool(tmp_path):
     class Failing(Parts):
-        def upload(self, number: int, path: Path) -> None:
+        def upload(self, number: int, data: bytes, sha256: bytes) -> None:
             raise StoreError("the endpoint went away")
 
     sink = Failing(tmp_path / "parts")
@@ -114,8 +117,10 @@ def test_publish_to_s3_streams_and_reads_back_as_the_source(s3_env: Env):
     entry = written.files["model.tensors"]
     local = s3_env.root / "back.tensors"
     store.get_file("vllm/streamed/v1/model.tensors", local)
-    assert entry["size"] == local.stat().st_size
-    assert entry["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert entry["size"] == local.stat().st_size and "sha256" not in entry
+    assert digests.file_matches(local, entry)
+    assert store.matches("vllm/streamed/v1/model.tensors", entry)
+    assert written.files["config.json"]["sha256"]  # staged files keep the whole-file digest
     back = tensorize.deserialize(store.uri("vllm/streamed/v1/model.tensors"), key, _stream(store))
     source = tensorize.load_source_weights(s3_env.mirror / LLAMA, "float16")
     assert all(r["equal"] for r in tensorize.compare_weights(source, back))
@@ -155,17 +160,12 @@ def _big_snapshot(root: Path) -> Path:
 
 @pytest.mark.s3
 def test_a_model_bigger_than_the_staging_disk_publishes_to_s3(s3_env: Env, monkeypatch):
-    from resources.tensorize import SourceCheckpoint
-
-    # batches of 4 MiB, so this small model has the shape of a big one (256 MiB batches)
-    monkeypatch.setattr(
-        SourceCheckpoint, "batches", partialmethod(SourceCheckpoint.batches, 4 << 20)
-    )
+    # batches of 4 MiB, so this small model has the shape of a big one (64 MiB batches)
+    monkeypatch.setattr(streaming, "BATCH_BYTES", 4 << 20)
     registry, _ = stores(s3_env)
     snapshot = _big_snapshot(s3_env.root)
     size = (snapshot / "model.safetensors").stat().st_size
-    # 16 MiB parts: the header's, the one being written and 6 handed to the upload, plus
-    # a 4 MiB batch, fit in 150 MiB
+    # 16 MiB parts: a 4 MiB batch + (4 + 4) parts fit in 150 MiB
     with tmpfs(s3_env.root / "staging", "150m") as staging:
         written = write_artifact(registry.store, "vllm/big/v1", snapshot, None, None, staging)
         with tmpfs(s3_env.root / "tiny", "256k") as tiny, pytest.raises(StagingFull) as full:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resources import tensorize
+from resources import digests, tensorize
 from resources.formats.format import ArtifactFormat, Progress, artifact_format, no_progress
 from resources.layout import TENSORS_FILE
 from resources.storage.store import NotFound, ObjectStore, StoreError
@@ -101,14 +101,14 @@ def _write_streamed(
     progress: Progress,
 ) -> WrittenArtifact:
     """Serialize straight into the store's upload, then upload the config files. The
-    sha256 is read back from the store: the file is only whole once it is there (its
-    header, written last, is at its start)."""
+    tensors file's entry has a sha256 per part (resources/digests.py): its first part,
+    the header, is only final at the end, so no one pass sees the file in order."""
     tensors_file = target.key.rsplit("/", 1)[1]
     out = WrittenArtifact(tensors_files=[tensors_file])
     start = time.perf_counter()
     try:
         form.stream_tensors(snapshot, target, dtype, key, progress)
-        size = target.finish()
+        entry = target.finish()
         # serializing and uploading overlap: both took the whole streamed write
         out.serialize_s = time.perf_counter() - start
     except BaseException:
@@ -117,7 +117,7 @@ def _write_streamed(
     out.peak_staging = target.peak_spooled
     name = f"{prefix}/{tensors_file}"
     try:
-        out.files[tensors_file] = {"size": size, "sha256": store.sha256(name)}
+        out.files[tensors_file] = entry
         _upload(store, prefix, snapshot, out, [], {}, progress)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -148,10 +148,9 @@ def _upload(
             progress("upload", done, len(uploads))
             staged = path in tensors
             digest = hashes.get(name) if staged else None
-            out.files[name] = {
-                "size": path.stat().st_size,
-                "sha256": digest or tensorize.sha256_file(path),
-            }
+            out.files[name] = digests.whole(
+                path.stat().st_size, digest or tensorize.sha256_file(path)
+            )
             uploaded.append(name)
             (store.put_staged if staged else store.put_file)(f"{prefix}/{name}", path)
     except BaseException:
@@ -170,7 +169,7 @@ def check_files(store: ObjectStore, prefix: str, files: dict[str, dict]) -> list
     for name, expected in sorted(files.items()):
         row = {"file": name, "size": expected["size"], "present": True, "sha256_matches": False}
         try:
-            row["sha256_matches"] = store.sha256(f"{prefix}/{name}") == expected["sha256"]
+            row["sha256_matches"] = store.matches(f"{prefix}/{name}", expected)
         except NotFound:
             row["present"] = False
         rows.append(row)
@@ -185,7 +184,7 @@ def fetch_files(store: ObjectStore, prefix: str, files: dict[str, dict], dest: P
         path = dest / name
         path.parent.mkdir(parents=True, exist_ok=True)
         store.get_file(f"{prefix}/{name}", path)
-        if tensorize.sha256_file(path) != expected["sha256"]:
+        if not digests.file_matches(path, expected):
             path.unlink()
             raise StoreError(
                 f"{store.uri(f'{prefix}/{name}')} does not match the sha256 in its version "

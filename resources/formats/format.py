@@ -116,10 +116,12 @@ class ArtifactFormat:
         key: bytes | None,
         progress: Progress,
     ) -> SerializeStats:
-        from resources import tensorize
+        from resources import streaming, tensorize
 
-        # a few hundred MB in memory at a time, not the model
+        # a few hundred MB in memory at a time, not the model; streaming, less: the spool
+        # holds one batch until tensorizer's end marker seals it
         checkpoint = tensorize.SourceCheckpoint(snapshot, dtype)
+        batch = tensorize.BATCH_BYTES if isinstance(dest, Path) else streaming.BATCH_BYTES
         total, done = len(checkpoint.names()), 0
 
         def written(count: int) -> None:
@@ -128,7 +130,8 @@ class ArtifactFormat:
             progress("serialize", done, total)
 
         progress("serialize", 0, total)
-        return tensorize.serialize(checkpoint.batches(), dest, key, consume=True, written=written)
+        batches = checkpoint.batches(batch)
+        return tensorize.serialize(batches, dest, key, consume=True, written=written)
 
     def serve_note(self, tensor_parallel_size: int) -> str | None:
         """A comment for the printed serve command, where serving it needs saying."""

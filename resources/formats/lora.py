@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources import tensorize
+from resources import digests, tensorize
 from resources.errors import ModelpubError
 from resources.layout import ADAPTER_TENSORS_FILE
 from resources.storage.store import ObjectStore
@@ -158,7 +158,7 @@ def restore_adapter(
         staged.mkdir()
         for name, expected in sorted(files.items()):
             with store.local_copy(f"{prefix}/{name}") as path:
-                if tensorize.sha256_file(path) != expected["sha256"]:
+                if not digests.file_matches(path, expected):
                     raise AdapterError(
                         f"{store.uri(f'{prefix}/{name}')} does not match the sha256 its "
                         "registry record holds: it was modified after publishing"

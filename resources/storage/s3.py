@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
+from resources.digests import CHUNK
 from resources.settings import ARTIFACT_S3, S3Env
 from resources.storage.store import NotFound, ObjectStore, S3Access, StoreError
 from resources.streaming import StreamedFile
@@ -201,13 +201,14 @@ class S3Store(ObjectStore):
     def streamed(self, key: str, staging: Path, part_size: int) -> StreamedFile:
         return StreamedFile(_Multipart(self, key), key, staging, part_size)
 
-    def sha256(self, key: str) -> str:
-        digest = hashlib.sha256()
+    def read_chunks(self, key: str) -> Iterator[bytes]:
         with self._errors("read", key):
             body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
-            for chunk in body.iter_chunks(8 << 20):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return self._chunks(key, body)
+
+    def _chunks(self, key: str, body) -> Iterator[bytes]:
+        with self._errors("read", key):
+            yield from body.iter_chunks(CHUNK)
 
     def exists(self, key: str) -> bool:
         try:
@@ -328,9 +329,8 @@ class _Multipart:
                 Bucket=store.bucket, Key=store._full(key), ChecksumAlgorithm="SHA256"
             )["UploadId"]
 
-    def upload(self, number: int, path: Path) -> None:
-        data = path.read_bytes()
-        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    def upload(self, number: int, data: bytes, sha256: bytes) -> None:
+        checksum = base64.b64encode(sha256).decode()
         for attempt in range(PART_ATTEMPTS):
             try:
                 response = self.store.client.upload_part(

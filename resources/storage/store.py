@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from resources import digests
 from resources.errors import ModelpubError
 from resources.streaming import StreamedFile
 
@@ -72,8 +73,16 @@ class ObjectStore(ABC):
         return None
 
     @abstractmethod
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in order, a few MiB at a time: nothing staged on disk."""
+
     def sha256(self, key: str) -> str:
-        """The object's sha256 (hex), read as a stream: nothing staged on disk."""
+        """The object's whole-file sha256 (hex), read as a stream."""
+        return digests.recompute({}, self.read_chunks(key))["sha256"]
+
+    def matches(self, key: str, entry: digests.Entry) -> bool:
+        """Whether the object is the file a record's entry describes (either scheme)."""
+        return digests.chunks_match(self.read_chunks(key), entry)
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -221,12 +230,11 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise NotFound(f"{self.uri(key)} does not exist") from None
 
-    def sha256(self, key: str) -> str:
-        try:
-            with self.path(key).open("rb") as f:
-                return hashlib.file_digest(f, "sha256").hexdigest()
-        except FileNotFoundError:
-            raise NotFound(f"{self.uri(key)} does not exist") from None
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        path = self.path(key)
+        if not path.is_file():
+            raise NotFound(f"{self.uri(key)} does not exist")
+        return digests.file_chunks(path)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
