@@ -13,6 +13,7 @@ from dagster_project.cli import PublishFailed, main, publish
 from resources.registry import Registry, RegistryError
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
+from tests.published import stores
 from tests.real_parts import tmpfs
 
 pytestmark = pytest.mark.vllm
@@ -23,20 +24,22 @@ def versions(env) -> list[str]:
 
 
 @pytest.fixture
-def tiny_staging_disk(env):
-    """A 256 KiB tmpfs as the staging directory: too small for the model's tensors."""
-    with tmpfs(Path(env.settings.staging), "256k") as staging:
+def tiny_staging_disk(s3_env):
+    """A 256 KiB tmpfs as the staging directory: too small for even one part of a streamed
+    upload (a local store does not stage at all)."""
+    with tmpfs(Path(s3_env.settings.staging), "256k") as staging:
         yield staging
 
 
-def test_full_staging_disk_fails_clearly_and_a_rerun_publishes(env, tiny_staging_disk):
-    with pytest.raises(PublishFailed, match="no space left in the staging directory"):
-        publish(env.settings, LLAMA)
-    assert versions(env) == []
-    assert not list(Path(env.settings.store).glob("vllm/**/model.tensors"))
+def test_full_staging_disk_fails_clearly_and_a_rerun_publishes(s3_env, tiny_staging_disk):
+    registry, _ = stores(s3_env)
+    with pytest.raises(PublishFailed, match="no space left in the staging directory .* spool"):
+        publish(s3_env.settings, LLAMA)
+    assert registry.versions(LLAMA) == []
+    assert not registry.store.list("vllm/") and not registry.store.unfinished_uploads("vllm/")
     subprocess.run(["umount", "-l", str(tiny_staging_disk)], check=True)
-    assert publish(env.settings, LLAMA).suffix == "v2"  # v1 stays reserved by the failed run
-    assert versions(env) == ["v2"]
+    assert publish(s3_env.settings, LLAMA).suffix == "v2"  # v1 stays reserved by the failed run
+    assert [r.suffix for r in registry.versions(LLAMA)] == ["v2"]
 
 
 def test_killed_publish_leaves_nothing_visible_and_a_rerun_publishes(env, capsys):

@@ -57,31 +57,29 @@ def write_artifact(
     `dtype` None keeps the weights' own dtypes. `fmt` names the format that writes the
     tensors (resources/formats/format.py): for `vllm`, vLLM serializes its model, one file
     per rank, `tensors_file` then being the per-rank template. Tensors stream into a store
-    that takes streams (S3), spooling about one batch in `staging`; elsewhere staged
-    tensors files are moved, not copied, into a store that can (a local store on the same
-    filesystem). On
-    failure, whatever was uploaded under `prefix` is removed again (best effort; nothing
-    there is visible to serving code until a registry record points at it).
+    that takes streams (S3), spooling a bounded part of them in `staging`; a local store
+    has them written into a hidden directory beside their place and renamed into it, so
+    `staging` is not used at all. On failure, whatever was uploaded under `prefix` is
+    removed again (best effort; nothing there is visible to serving code until a
+    registry record points at it).
     """
     form = artifact_format(fmt)
-    target = (
-        store.streamed(f"{prefix}/{tensors_file}", staging, _part_size(snapshot))
-        if (form.streams)
-        else None
-    )
+    key_ = f"{prefix}/{tensors_file}"
+    target = store.streamed(key_, staging, _part_size(snapshot)) if form.streams else None
     if target is not None:
         return _write_streamed(store, prefix, snapshot, form, dtype, key, target, progress)
-    written = form.write_tensors(
-        snapshot, staging, dtype, key, tensors_file, tensor_parallel_size, progress
-    )
-    out = WrittenArtifact(
-        serialize_s=written.seconds, tensors_files=[p.name for p in written.paths]
-    )
-    try:
-        _upload(store, prefix, snapshot, out, written.paths, written.sha256, progress)
-    finally:
-        for path in written.paths:
-            path.unlink(missing_ok=True)
+    with store.staging_dir(key_, staging) as where:
+        written = form.write_tensors(
+            snapshot, where, dtype, key, tensors_file, tensor_parallel_size, progress
+        )
+        out = WrittenArtifact(
+            serialize_s=written.seconds, tensors_files=[p.name for p in written.paths]
+        )
+        try:
+            _upload(store, prefix, snapshot, out, written.paths, written.sha256, progress)
+        finally:
+            for path in written.paths:
+                path.unlink(missing_ok=True)
     return out
 
 

@@ -72,6 +72,12 @@ class ObjectStore(ABC):
         `staging` (resources/streaming.py); None where the store stages whole files."""
         return None
 
+    @contextmanager
+    def staging_dir(self, key: str, staging: Path) -> Iterator[Path]:
+        """Where a file bound for `key` is best written before `put_staged`: `staging`,
+        unless the store has a place that makes `put_staged` a rename."""
+        yield staging
+
     @abstractmethod
     def read_chunks(self, key: str) -> Iterator[bytes]:
         """The object's bytes in order, a few MiB at a time: nothing staged on disk."""
@@ -178,6 +184,15 @@ class LocalStore(ObjectStore):
         os.fchmod(fd, self.file_mode)
         os.close(fd)
         return Path(tmp)
+
+    @contextmanager
+    def staging_dir(self, key: str, staging: Path) -> Iterator[Path]:
+        """A hidden directory beside `key`'s place, removed after: the tensors are written
+        once, into the store, and renamed into place (no staging disk, no copy)."""
+        parent = self.path(key).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=parent, prefix=".staging-") as tmp:
+            yield Path(tmp)
 
     def _write_staged(self, key: str, data: bytes) -> Path:
         tmp = self._staged(key)
