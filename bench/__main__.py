@@ -18,7 +18,14 @@ from pathlib import Path
 
 from bench import report, runs, throughput
 from bench.figures import Figure
-from bench.models import LARGE, TINY, ModelSpec, make_mirror_repo, weights_bytes
+from bench.models import (
+    LARGE,
+    TINY,
+    ModelSpec,
+    make_mirror_repo,
+    weights_bytes,
+    write_large_model,
+)
 from bench.s3server import s3_server
 
 MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
@@ -28,17 +35,19 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def bench_model(spec: ModelSpec, work: Path, repeat: int) -> list[Figure]:
-    from tensorizer import EncryptionParams
+def log(figures: list[Figure]) -> list[Figure]:
+    for f in figures:
+        print(
+            f"  {f.group} | {f.name}: {f.value:.3g} {f.unit}, {f.ratio:.2f}× {f.baseline}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return figures
 
-    def log(figures: list[Figure]) -> list[Figure]:
-        for f in figures:
-            print(
-                f"  {f.group} | {f.name}: {f.value:.3g} {f.unit}, {f.ratio:.2f}× {f.baseline}",
-                file=sys.stderr,
-                flush=True,
-            )
-        return figures
+
+def bench_model(spec: ModelSpec, work: Path, repeat: int, sweep: bool) -> list[Figure]:
+    """Every figure for one model; `sweep`: its point of the size sweep too."""
+    from tensorizer import EncryptionParams
 
     print(f"{spec.label}: making the model", file=sys.stderr, flush=True)
     mirror = work / "mirror"
@@ -51,8 +60,33 @@ def bench_model(spec: ModelSpec, work: Path, repeat: int) -> list[Figure]:
     with s3_server("bench") as s3:  # stopped before the vLLM runs: it holds memory
         figures += log(throughput.publish_s3(spec.label, snapshot, work, key, s3))
         figures += log(throughput.load_s3(spec.label, key, s3))
+        if sweep:
+            figures += log(throughput.size_sweep(spec.label, snapshot, work, key, s3))
     figures += log(runs.memory(spec.label, snapshot, work / "memory", size))
     figures += log(runs.publish_runs(spec.label, mirror, spec.name, work / "runs", size, repeat))
+    return figures
+
+
+SWEEP_LAYERS = (1, 3, 9)  # 0.35, 0.53 and 1.05 GB fp16; the 1B model (20 layers) is 2.0 GB
+
+
+def sweep_models() -> list[Figure]:
+    """The size sweep's smaller points: the 1B model's shape with fewer layers."""
+    from tensorizer import EncryptionParams
+
+    key = EncryptionParams.random().key
+    figures: list[Figure] = []
+    work = Path(tempfile.mkdtemp(prefix="modelpub-bench-sweep-"))
+    try:
+        with s3_server("bench") as s3:
+            for layers in SWEEP_LAYERS:
+                snapshot = work / f"llama-{layers}l"
+                print(f"size sweep: making a {layers}-layer model", file=sys.stderr, flush=True)
+                write_large_model(snapshot, layers)
+                figures += log(throughput.size_sweep(snapshot.name, snapshot, work, key, s3))
+                shutil.rmtree(snapshot)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return figures
 
 
@@ -69,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     for spec in models:
         work = Path(tempfile.mkdtemp(prefix=f"modelpub-bench-{spec.label}-"))
         try:
-            figures += bench_model(spec, work, repeat)
+            figures += bench_model(spec, work, repeat, sweep=args.smoke or spec == LARGE)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    if not args.smoke:
+        figures += sweep_models()
     results = {
         "smoke": args.smoke,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

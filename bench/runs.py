@@ -113,6 +113,7 @@ def publish_runs(
             SAFETENSORS,
             first_token_s(engines["safetensors"]),
             higher_is_better=False,
+            target=1.0,
         ),
         Figure(
             "vLLM start",

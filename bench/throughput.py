@@ -9,6 +9,7 @@ figure is the best of `repeat` runs.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -18,10 +19,12 @@ import torch
 
 from bench.figures import Figure, throughput, timed
 from resources import tensorize
+from resources.formats.access import stream_kwargs
 from resources.formats.artifact import write_artifact
 from resources.layout import TENSORS_FILE
+from resources.storage.s3 import S3Store
 from resources.storage.store import LocalStore
-from tests.s3_server import SeaweedS3
+from tests.s3_server import IDENTITIES, SeaweedS3
 
 RAW_WRITE = "raw write + fsync"
 RAW_READ = "raw read"
@@ -29,7 +32,7 @@ BOTO3_PUT = "boto3 upload_file"
 BOTO3_GET = "boto3 get_object"
 SERIALIZE = "pipeline serialize + encrypt (streamed batches)"
 PUBLISH = "publish step: write_artifact, encrypted"
-PREVIOUS = "publish step before this change (tensors only)"
+PUBLISH_S3 = "publish step: write_artifact → S3, encrypted, streamed"
 DESERIALIZE = "deserialize: decrypt + verify_hash (pipeline)"
 # What the blocking tensor check reads with: one tensor at a time, one reader.
 ITERATE = "iter_deserialized: decrypt + verify_hash, streamed (the tensor check's read)"
@@ -104,18 +107,6 @@ def tensorizer_save(weights: dict, dest: Path, key: bytes | None, fsync: bool = 
         fsync_path(dest)
 
 
-def previous_write_artifact(snapshot: Path, staging: Path, key: bytes, store, prefix: str):
-    """The publish step's tensors as write_artifact wrote them before the fast path, kept
-    to show the change in the same run: every tensor in memory at once, tensorizer's
-    save (which decrypts each tensor back after writing it), the file read again to
-    hash it, then copied into the store."""
-    staged = staging / "previous.tensors"
-    tensorizer_save(tensorize.load_source_weights(snapshot, DTYPE), staged, key, fsync=False)
-    tensorize.sha256_file(staged)
-    store.put_file(f"{prefix}/{TENSORS_FILE}", staged)
-    staged.unlink()
-
-
 def publish_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: int) -> list[Figure]:
     """Figure 1, local disk: tensorizer save (plain, encrypted), the pipeline's
     serialize and its whole publish step, against writing the same bytes raw."""
@@ -148,52 +139,74 @@ def publish_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: in
         for name in store.list(prefix):
             fsync_path(store.path(name))
 
-    def previous() -> None:
-        prefix = f"bench/v{next(counter)}"
-        previous_write_artifact(snapshot, work / "staging", key, store, prefix)
-        for name in store.list(prefix):
-            fsync_path(store.path(name))
-
     (work / "staging").mkdir(exist_ok=True)
     runs[PUBLISH] = best(repeat, publish)
-    runs[PREVIOUS] = best(repeat, previous)
     notes = {
         SERIALIZE: "reads the source safetensors (page cache) as it goes",
         PUBLISH: "reads the source safetensors (page cache), hashes every file, "
         "stores them durably",
-        PREVIOUS: "all weights in memory, tensorizer save + encrypt, re-read to hash, "
-        "copied into the store",
     }
     return throughput("publish (local disk)", model, size, runs, RAW_WRITE, {PUBLISH: 0.85}, notes)
 
 
+def bench_store(s3: SeaweedS3) -> S3Store:
+    """The pipeline's S3 store on the bench server, as the settings would open it."""
+    from resources.settings import ARTIFACT_S3, S3Env
+
+    who = IDENTITIES["admin"]
+    env = {
+        f"{ARTIFACT_S3}_ENDPOINT_URL": s3.endpoint,
+        f"{ARTIFACT_S3}_REGION": "us-east-1",
+        f"{ARTIFACT_S3}_ACCESS_KEY_ID": who.access_key,
+        f"{ARTIFACT_S3}_SECRET_ACCESS_KEY": who.secret_key,
+    }
+    return S3Store.from_uri("s3://bench/pipeline", S3Env.from_env(env, ARTIFACT_S3))
+
+
 def publish_s3(model: str, snapshot: Path, work: Path, key: bytes, s3: SeaweedS3) -> list[Figure]:
-    """Figure 1, S3: tensorizer's own S3 writer against boto3 uploading the same bytes."""
+    """Figure 1, S3: the pipeline's publish step (serialize, encrypt and upload at once)
+    and tensorizer's own S3 writer, against boto3 uploading the same bytes; and how much
+    staging disk the publish step used."""
     from tensorizer import EncryptionParams, TensorSerializer
     from tensorizer.stream_io import open_stream
 
-    def save(k: bytes | None, name: str) -> float:
-        weights = tensorize.load_source_weights(snapshot, DTYPE)
+    store = bench_store(s3)
+    staging = work / "s3-staging"
+    start = time.perf_counter()
+    written = write_artifact(store, "pub", snapshot, DTYPE, key, staging)
+    runs = {PUBLISH_S3: time.perf_counter() - start}
+    weights = tensorize.load_source_weights(snapshot, DTYPE)
 
-        def run() -> None:
-            with open_stream(f"s3://bench/{name}", "wb", **s3.stream_kwargs()) as stream:
-                serializer = TensorSerializer(stream, encryption=EncryptionParams(k) if k else None)
-                serializer.write_state_dict(weights)
-                serializer.close()
+    def tensorizer_s3() -> None:  # also the object load_s3 reads
+        with open_stream("s3://bench/model.tensors", "wb", **s3.stream_kwargs()) as stream:
+            serializer = TensorSerializer(stream, encryption=EncryptionParams(key))
+            serializer.write_state_dict(weights)
+            serializer.close()
 
-        return timed(run)
-
-    runs = {
-        "tensorizer → S3": save(None, "plain.tensors"),
-        "tensorizer + encrypt → S3": save(key, "model.tensors"),
-    }
+    runs["tensorizer + encrypt → S3 (its own S3 writer)"] = timed(tensorizer_s3)
+    weights.clear()
     raw = work / "raw.bin"
     client = s3.client()
     client.download_file("bench", "model.tensors", str(raw))
     runs[BOTO3_PUT] = timed(lambda: client.upload_file(str(raw), "bench", "raw.bin"))
     size = raw.stat().st_size
     raw.unlink()
-    return throughput("publish (S3)", model, size, runs, BOTO3_PUT)
+    model_bytes = sum(p.stat().st_size for p in snapshot.glob("*.safetensors"))
+    staging_peak = Figure(
+        "memory",
+        model,
+        "publish step → S3: peak staging disk",
+        written.peak_staging / 1e9,
+        "GB",
+        "model size",
+        model_bytes / 1e9,
+        higher_is_better=False,
+        target=0.15,
+        note="bounded by one 64 MiB batch + 8 parts of 16 MiB, whatever the model's size",
+    )
+    notes = {PUBLISH_S3: "reads the source (page cache), parts upload as later ones encrypt"}
+    figures = throughput("publish (S3)", model, size, runs, BOTO3_PUT, {PUBLISH_S3: 0.9}, notes)
+    return [*figures, staging_peak]
 
 
 def load_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: int) -> list[Figure]:
@@ -260,10 +273,63 @@ def load_s3(model: str, key: bytes, s3: SeaweedS3) -> list[Figure]:
         while body.read(64 << 20):
             pass
 
+    source = ("s3://bench/model.tensors", key, s3.stream_kwargs())
     runs = {
         BOTO3_GET: timed(boto3_get),
-        "S3 → deserialize: decrypt + verify_hash": timed(
-            lambda: tensorize.deserialize("s3://bench/model.tensors", key, s3.stream_kwargs())
-        ),
+        "S3 → deserialize: decrypt + verify_hash": timed(lambda: tensorize.deserialize(*source)),
+        ITERATE: timed(lambda: sum(1 for _ in tensorize.iter_deserialized(*source))),
     }
-    return throughput("load (S3)", model, size, runs, BOTO3_GET)
+    return throughput("load (S3)", model, size, runs, BOTO3_GET, {ITERATE: 0.9})
+
+
+def size_sweep(model: str, snapshot: Path, work: Path, key: bytes, s3: SeaweedS3) -> list[Figure]:
+    """Seconds per GB of the publish step to S3 and of the round-trip tensor check's read
+    from S3, each against boto3 moving the same bytes: one point of the sweep."""
+    store = bench_store(s3)
+    client = s3.client()
+    prefix = f"sweep/{model}"
+    start = time.perf_counter()
+    written = write_artifact(store, prefix, snapshot, DTYPE, key, work / "sweep-staging")
+    publish_s = time.perf_counter() - start
+    name = f"{prefix}/{TENSORS_FILE}"
+    size = written.files[TENSORS_FILE]["size"]
+    raw = work / "sweep.bin"
+    store.get_file(name, raw)
+    put_s = timed(lambda: client.upload_file(str(raw), "bench", "sweep.bin"))
+    raw.unlink()
+
+    def boto3_get() -> None:
+        body = client.get_object(Bucket="bench", Key="sweep.bin")["Body"]
+        while body.read(64 << 20):
+            pass
+
+    get_s = timed(boto3_get)
+    check_s = timed(
+        lambda: sum(
+            1 for _ in tensorize.iter_deserialized(store.uri(name), key, stream_kwargs(store))
+        )
+    )
+    gb = size / 1e9
+    label = f"{model} ({gb:.2f} GB)"
+    return [
+        Figure(
+            "size sweep",
+            label,
+            "publish step → S3",
+            publish_s / gb,
+            "s/GB",
+            BOTO3_PUT,
+            put_s / gb,
+            higher_is_better=False,
+        ),
+        Figure(
+            "size sweep",
+            label,
+            "round-trip check ← S3 (iter_deserialized)",
+            check_s / gb,
+            "s/GB",
+            BOTO3_GET,
+            get_s / gb,
+            higher_is_better=False,
+        ),
+    ]

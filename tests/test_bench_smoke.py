@@ -22,6 +22,7 @@ GROUPS = {
     "vLLM start",
     "memory",
     "Dagster",
+    "size sweep",
 }
 
 
@@ -47,7 +48,15 @@ def test_smoke_bench_reports_every_figure_with_its_baseline(tmp_path: Path):
         ), f
         assert f["baseline"] and f["baseline"] != f["name"], f
     targeted = {f["group"] for f in figures if f["target"] is not None}
-    assert targeted == {"publish (local disk)", "load (local disk)", "memory", "Dagster"}
+    assert targeted == {
+        "publish (local disk)",
+        "publish (S3)",
+        "load (local disk)",
+        "load (S3)",
+        "vLLM start",
+        "memory",
+        "Dagster",
+    }
     assert all(isinstance(f["meets_target"], bool) for f in figures if f["target"] is not None)
     table = (tmp_path / "results.md").read_text()
     assert table in done.stdout
@@ -55,5 +64,11 @@ def test_smoke_bench_reports_every_figure_with_its_baseline(tmp_path: Path):
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
     names = [f["name"] for f in figures]
     # the paths the pipeline really takes are timed, each labelled by its code path
-    for path in ("iter_deserialized", "multiprocess executor", "vLLM engine of the round trip"):
+    for path in (
+        "iter_deserialized",
+        "multiprocess executor",
+        "vLLM engine of the round trip",
+        "write_artifact → S3, encrypted, streamed",
+        "peak staging disk",
+    ):
         assert any(path in name for name in names), (path, names)
