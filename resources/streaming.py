@@ -8,8 +8,8 @@ directory; at each end marker, every whole part behind it is final and is handed
 the sink (an S3 multipart upload) and its spool file removed. The first part, which holds
 the header, goes last, when the file is finished. The staging directory thus holds at most
 the header's part, the parts one batch of tensors spans, and `in_flight` + 2 parts handed
-to the sink: batch + (in_flight + 4) x part, about 192 MiB with the defaults below,
-whatever the model's size.
+to the sink: max(batch, largest tensor) + (in_flight + 4) x part, about 192 MiB with
+the defaults below for a model whose tensors are all smaller than a batch.
 
 It has no `fileno`, so tensorizer writes through its locked seek-and-write path.
 """

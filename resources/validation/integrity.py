@@ -67,7 +67,9 @@ def verify_published(registry: Registry, keys: KeyStore, record: VersionRecord) 
         key = keys.get(record.key_id) if record.key_id else None
         for name in names:
             uri = store.uri(f"{prefix}/{name}")
-            report.tensors += len(tensorize.deserialize(uri, key, stream_kwargs(store)))
+            # one tensor at a time, streamed from the store: memory for a tensor
+            tensors = tensorize.iter_deserialized(uri, key, stream_kwargs(store))
+            report.tensors += sum(1 for _ in tensors)
     except Exception as exc:  # noqa: BLE001 - every way of failing to read back is a finding
         report.error = tensorize.describe_load_error(exc, uri, record.key_id)
     return report
