@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
+import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -68,6 +70,8 @@ class StreamedFile(io.RawIOBase):
         self.sink, self.part_size = sink, part_size
         self.staging = staging
         staging.mkdir(parents=True, exist_ok=True)
+        # a directory of its own: two streams never share spool file names
+        self._spool = Path(tempfile.mkdtemp(dir=staging, prefix=".parts-"))
         self._pos = 0
         self.size = 0  # the furthest byte written
         self._spooled: dict[int, Path] = {}  # part index -> its spool file
@@ -113,7 +117,7 @@ class StreamedFile(io.RawIOBase):
                     "this tensorizer version writes in an order streaming cannot follow"
                 )
             chunk = view[written : written + self.part_size - within]
-            path = self._spooled.setdefault(index, self.staging / f"part-{index + 1:05d}")
+            path = self._spooled.setdefault(index, self._spool / f"part-{index + 1:05d}")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.pwrite(fd, chunk, within)
@@ -150,6 +154,7 @@ class StreamedFile(io.RawIOBase):
         self.sink.complete(last + 1)
         self._done = True
         self._pool.shutdown()
+        self._spool.rmdir()
         ordered = [self.parts_sha256[i] for i in range(last + 1)]
         return digests.parts(self.size, self.part_size, ordered)
 
@@ -158,6 +163,7 @@ class StreamedFile(io.RawIOBase):
         self._pool.shutdown(wait=True, cancel_futures=True)
         for path in self._spooled.values():
             path.unlink(missing_ok=True)
+        shutil.rmtree(self._spool, ignore_errors=True)
         if not self._done:
             self.sink.abort()
 
