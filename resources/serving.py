@@ -10,7 +10,6 @@ secret is ever on a command line or in a file.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -122,8 +121,11 @@ def _cached(dest: Path, fill) -> Path:
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
         staged = Path(tmp) / "files"
         fill(staged)
-        with contextlib.suppress(OSError):  # lost the race: the winner's files are the same
+        try:
             staged.rename(dest)
+        except OSError as exc:
+            if not dest.is_dir():  # else: lost the race, the winner's files are the same
+                raise ServeError(f"cannot write the serve cache {dest}: {exc}") from None
     return dest
 
 
