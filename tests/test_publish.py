@@ -177,7 +177,8 @@ def test_outputs_that_differ_fail_only_the_vllm_check_and_publish_nothing(env, m
         config = json.loads(path.read_text())
         config["rms_norm_eps"] = 0.5
         path.write_text(json.dumps(config))
-        target.files["config.json"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = path.read_bytes()  # the digest entry rewritten to match, size included
+        target.files["config.json"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
     tamper_before_checks(monkeypatch, edit_config)
     with pytest.raises(PublishFailed) as failed:
