@@ -1,15 +1,18 @@
 """A file that tensorizer writes while its parts are already uploading.
 
-tensorizer writes a file front to back, but it also goes back: after every batch of
-tensors it writes an 8-byte end marker at the end of what it has written (the
-"synchronized" point: every write before it is final) and rewrites the file header at
-offset 0. `StreamedFile` spools each part of the file to its own file in the staging
-directory; at each end marker, every whole part behind it is final and is handed to
-the sink (an S3 multipart upload) and its spool file removed. The first part, which holds
-the header, goes last, when the file is finished. The staging directory thus holds at most
-the header's part, the parts one batch of tensors spans, and `in_flight` + 2 parts handed
-to the sink: max(batch, largest tensor) + (in_flight + 4) x part, about 192 MiB with
-the defaults below for a model whose tensors are all smaller than a batch.
+tensorizer writes every byte of a tensor's entry once: the data when it is encrypted,
+the header (`pwrite` back in front of it) when its hashes are known, in any order
+between tensors of a batch. Only three places are written again: the prologue (file
+header and metadata block, rewritten after every batch and at close), and the 8-byte end
+marker written at the end after each batch, which the next batch's first header
+overwrites. `StreamedFile` spools each part of the file to its own file in the staging
+directory and hands a part to the sink (an S3 multipart upload) as soon as every byte
+of it has been written, unless it holds the prologue (sent last, when the file is
+finished) or the latest end marker. A part inside a large tensor's data is thus sent
+while the rest of that tensor is still being spooled. The staging directory holds at
+most the prologue's part, the parts of one batch whose headers are pending, and
+`in_flight` + 2 parts handed to the sink: batch + (in_flight + 4) x part, whatever the
+size of the model or of its largest tensor (192 MiB with the defaults below).
 
 It has no `fileno`, so tensorizer writes through its locked seek-and-write path.
 """
@@ -31,7 +34,8 @@ from resources.errors import ModelpubError
 
 END_MARKER = b"\0" * 8  # tensorizer's "no more tensors" field, rewritten per batch
 IN_FLIGHT = 4  # parts uploading at once; two more may wait spooled
-BATCH_BYTES = 64 << 20  # source tensors per write_state_dict when streaming: one is spooled
+BATCH_BYTES = 64 << 20  # source tensors per write_state_dict when streaming: its headers
+# are pending while it is written, so up to a batch of parts may wait for them
 MIN_PART = 5 << 20  # S3's smallest part but the last
 PART_SIZE = 16 << 20
 MAX_PARTS = 9000  # S3 allows 10,000; room for a file larger than expected
@@ -76,6 +80,9 @@ class StreamedFile(io.RawIOBase):
         self.size = 0  # the furthest byte written
         self._spooled: dict[int, Path] = {}  # part index -> its spool file
         self._part_bytes: dict[int, int] = {}  # part index -> bytes its spool file holds
+        self._covered: dict[int, list[list[int]]] = {}  # part index -> written ranges
+        self._prologue_end = 1  # bytes from 0 that are rewritten until the file is done
+        self._marker: int | None = None  # where the latest end marker lies
         self._lock = threading.Lock()
         self.spooled_bytes = 0
         self._sent: set[int] = set()
@@ -107,8 +114,11 @@ class StreamedFile(io.RawIOBase):
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
-        marker = len(view) == len(END_MARKER) and self._pos == self.size and view == END_MARKER
         offset, written = self._pos, 0
+        if len(view) == len(END_MARKER) and offset == self.size and view == END_MARKER:
+            self._marker = offset
+        elif self._marker is not None and offset <= self._marker < offset + len(view):
+            self._marker = None  # overwritten by the next batch's first header
         while written < len(view):
             index, within = divmod(offset + written, self.part_size)
             if index in self._sent:
@@ -124,11 +134,11 @@ class StreamedFile(io.RawIOBase):
             finally:
                 os.close(fd)
             self._grew(index, within + len(chunk))
+            self.size = max(self.size, offset + written + len(chunk))
+            if self._cover(index, within, within + len(chunk)) and self._final(index):
+                self._send(index)
             written += len(chunk)
         self._pos = offset + written
-        self.size = max(self.size, self._pos)
-        if marker:  # everything before it is final
-            self._send_whole_parts(below=offset)
         return written
 
     def flush(self) -> None:
@@ -139,14 +149,17 @@ class StreamedFile(io.RawIOBase):
 
     # --- what the publisher calls ------------------------------------------------------
 
+    def prologue_written(self) -> None:
+        """Called once tensorizer's serializer is open: what it has written so far (file
+        header, metadata block) is rewritten until the end, so its parts go last."""
+        self._prologue_end = max(self.size, 1)
+
     def finish(self) -> digests.Entry:
         """Send the remaining parts (the header's last) and complete the upload; returns
         the file's record entry: its size and each part's sha256."""
         last = (self.size - 1) // self.part_size
-        self._send_whole_parts(below=last * self.part_size)
-        self._send(last)
-        if last != 0:
-            self._send(0)
+        for index in sorted(self._spooled, reverse=True):  # the prologue's part(s) last
+            self._send(index)
         self._wait()
         missing = sorted(set(range(last + 1)) - self._sent)
         if missing:
@@ -181,10 +194,22 @@ class StreamedFile(io.RawIOBase):
         with self._lock:
             self.spooled_bytes -= self._part_bytes.pop(index, 0)
 
-    def _send_whole_parts(self, below: int) -> None:
-        for index in sorted(self._spooled):
-            if index != 0 and (index + 1) * self.part_size <= below:
-                self._send(index)
+    def _cover(self, index: int, start: int, end: int) -> bool:
+        """Record that bytes [start, end) of the part are written; whether all of it is."""
+        ranges = [r for r in self._covered.setdefault(index, []) if r[1] < start or r[0] > end]
+        for r in self._covered[index]:
+            if not (r[1] < start or r[0] > end):
+                start, end = min(start, r[0]), max(end, r[1])
+        ranges.append([start, end])
+        self._covered[index] = ranges
+        return ranges == [[0, self.part_size]]
+
+    def _final(self, index: int) -> bool:
+        """No write can change the (whole) part any more."""
+        first = index * self.part_size
+        if first < self._prologue_end:
+            return False
+        return self._marker is None or not first <= self._marker < first + self.part_size
 
     def _send(self, index: int) -> None:
         if index in self._sent:
@@ -194,10 +219,11 @@ class StreamedFile(io.RawIOBase):
         if path is None:
             return  # never written: finish reports it
         expected = min(self.part_size, self.size - index * self.part_size)
-        if self._part_bytes.get(index) != expected:
-            raise StreamLayoutError(f"part {index + 1} is incomplete when it is final")
+        if self._covered.get(index) != [[0, expected]]:
+            raise StreamLayoutError(f"part {index + 1} has bytes never written when it is final")
         self._room.acquire()  # the writer waits while the uploads catch up
         self._sent.add(index)
+        self._covered.pop(index, None)
         self._pending.append(self._pool.submit(self._upload, index, path))
 
     def _upload(self, index: int, path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import torch
 
 from resources.errors import ModelpubError
+from resources.streaming import StreamedFile
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -229,6 +230,8 @@ def serialize(
     start = time.perf_counter()
     local = isinstance(dest, Path)
     serializer = _serializer_class()(str(dest) if local else dest, encryption=encryption)
+    if isinstance(dest, StreamedFile):
+        dest.prologue_written()
     flusher = _Flusher(dest) if local else None
     try:
         try:

@@ -76,6 +76,41 @@ def test_a_streamed_file_is_byte_for_byte_the_local_file(tmp_path):
     assert not list((tmp_path / "staging").iterdir())
 
 
+def test_a_tensor_larger_than_the_staging_bound_streams_part_by_part(tmp_path):
+    # an embedding of 48 MiB between small tensors: its data's parts go up while it is
+    # being written, so the spool never holds the tensor
+    generator = torch.Generator().manual_seed(1)
+    weights = [
+        {"norm": torch.randn(1000, generator=generator)},
+        {"embed": torch.randn(12 << 20, generator=generator), "bias": torch.randn(7)},
+        {"head": torch.randn(3, 5, generator=generator)},
+    ]
+    local = tmp_path / "local.tensors"
+    tensorize.serialize(weights, local, None)
+    sink = Parts(tmp_path / "parts")
+    streamed = StreamedFile(sink, "model.tensors", tmp_path / "staging", PART, in_flight=1)
+    tensorize.serialize(weights, streamed, None)
+    streamed.finish()
+    assert sink.joined() == local.read_bytes()
+    assert sink.order[-1] == 1
+    # the prologue's part, the embedding's header part, the part being written, and the
+    # in_flight + 2 handed to the sink
+    assert streamed.peak_spooled <= (1 + 5) * PART < 0.75 * weights[1]["embed"].nbytes
+
+
+def test_a_write_into_a_part_already_sent_fails_the_stream(tmp_path):
+    # the guard against a tensorizer that writes back elsewhere than its prologue
+    sink = Parts(tmp_path / "parts")
+    streamed = StreamedFile(sink, "model.tensors", tmp_path / "staging", PART)
+    streamed.prologue_written()
+    streamed.write(bytes(3 * PART))  # parts 2 and 3 are whole, so they are sent
+    streamed.seek(PART + 10)
+    with pytest.raises(streaming.StreamLayoutError, match=f"rewrote byte {PART + 10}"):
+        streamed.write(b"late")
+    streamed.abort()
+    assert sink.aborted
+
+
 def test_an_encrypted_stream_reads_back_with_the_key(tmp_path):
     key = bytes(range(32))
     sink = Parts(tmp_path / "parts")
@@ -148,30 +183,33 @@ def test_wrong_credentials_fail_in_one_line_before_serializing(s3_env: Env, monk
 
 
 def _big_snapshot(root: Path) -> Path:
-    """A 192 MiB float32 checkpoint: bigger than the staging disk below."""
+    """A 128 MiB float32 checkpoint whose embedding alone (96 MiB) is bigger than the
+    staging disk below."""
     from safetensors.torch import save_file
 
     snapshot = root / "big"
     snapshot.mkdir()
-    tensors = {f"{s}.{n}": t for s in range(3) for b in _batches(s) for n, t in b.items()}
+    tensors = {n: t for b in _batches()[:8] for n, t in b.items()}
+    tensors["embed"] = torch.randn(24 << 20, generator=torch.Generator().manual_seed(2))
     save_file(tensors, snapshot / "model.safetensors")
     return snapshot
 
 
 @pytest.mark.s3
 def test_a_model_bigger_than_the_staging_disk_publishes_to_s3(s3_env: Env, monkeypatch):
-    # batches of 4 MiB, so this small model has the shape of a big one (64 MiB batches)
+    # 5 MiB parts and 4 MiB batches, so this small model has the shape of a big one
+    monkeypatch.setattr(streaming, "PART_SIZE", PART)
     monkeypatch.setattr(streaming, "BATCH_BYTES", 4 << 20)
     registry, _ = stores(s3_env)
     snapshot = _big_snapshot(s3_env.root)
     size = (snapshot / "model.safetensors").stat().st_size
-    # 16 MiB parts: a 4 MiB batch + (4 + 4) parts fit in 150 MiB
-    with tmpfs(s3_env.root / "staging", "150m") as staging:
+    # the bound: a 4 MiB batch + (4 + 4) parts of 5 MiB, 44 MiB
+    with tmpfs(s3_env.root / "staging", "64m") as staging:
         written = write_artifact(registry.store, "vllm/big/v1", snapshot, None, None, staging)
         with tmpfs(s3_env.root / "tiny", "256k") as tiny, pytest.raises(StagingFull) as full:
             write_artifact(registry.store, "vllm/big/v2", snapshot, None, None, tiny)
-    assert written.files["model.tensors"]["size"] > size > 150 << 20
-    assert written.peak_staging < 150 << 20
+    assert written.files["model.tensors"]["size"] > size > 96 << 20 > 64 << 20
+    assert written.peak_staging <= (4 << 20) + 8 * PART
     assert str(full.value).startswith(
         f"no space left in the staging directory {s3_env.root / 'tiny'} while spooling"
     )
