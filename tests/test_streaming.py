@@ -162,6 +162,31 @@ def test_publish_to_s3_streams_and_reads_back_as_the_source(s3_env: Env):
     assert not store.unfinished_uploads("vllm/streamed/")
 
 
+@pytest.mark.s3
+def test_a_part_damaged_on_the_way_is_refused_by_s3_and_sent_again(s3_env: Env, tmp_path):
+    registry, _ = stores(s3_env)
+    store = registry.store
+    damaged = []
+
+    def damage_the_first(request, **_) -> None:
+        if not damaged:
+            damaged.append(request.url)
+            body = request.body.getbuffer()  # the part, as botocore is about to send it
+            body[1000] ^= 0xFF
+
+    store.client.meta.events.register("before-send.s3.UploadPart", damage_the_first)
+    streamed = store.streamed("damaged.tensors", tmp_path / "staging", PART)
+    tensorize.serialize(_batches()[:4], streamed, None)
+    entry = streamed.finish()
+    assert damaged  # the server saw a part whose bytes did not match its SHA-256 ...
+    local = tmp_path / "back.tensors"
+    store.get_file("damaged.tensors", local)
+    assert digests.file_matches(local, entry)  # ... refused it, and got it again intact
+    expected = tmp_path / "local.tensors"
+    tensorize.serialize(_batches()[:4], expected, None)
+    assert local.read_bytes() == expected.read_bytes()
+
+
 def _stream(store):
     from resources.formats.access import stream_kwargs
 

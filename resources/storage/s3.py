@@ -86,6 +86,11 @@ class S3Store(ObjectStore):
         self.resource = resource
         self.env_prefix = env_prefix
         self.client = resource.get_client()
+        # Every write carries a checksum the server verifies (CRC32 by default, SHA-256 for
+        # streamed parts), so the payload is not hashed again for the signature: boto3's
+        # default over https, here over http too (a pass over every byte, on each side).
+        config = self.client.meta.config
+        config.s3 = {**(config.s3 or {}), "payload_signing_enabled": False}
         self.endpoint: str = self.client.meta.endpoint_url
         self.region: str = self.client.meta.region_name
 
