@@ -59,7 +59,7 @@ def bench_model(spec: ModelSpec, work: Path, repeat: int, sweep: bool) -> list[F
     figures += log(throughput.load_local(spec.label, snapshot, work, key, repeat))
     with s3_server("bench") as s3:  # stopped before the vLLM runs: it holds memory
         figures += log(throughput.publish_s3(spec.label, snapshot, work, key, s3))
-        figures += log(throughput.load_s3(spec.label, key, s3))
+        figures += log(throughput.load_s3(spec.label, key, s3, work))
         if sweep:
             figures += log(throughput.size_sweep(spec.label, snapshot, work, key, s3))
     figures += log(runs.memory(spec.label, snapshot, work / "memory", size))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from bench import stages
 from bench.figures import Figure, throughput, timed
 from resources import tensorize
 from resources.formats.access import stream_kwargs
@@ -165,32 +166,19 @@ def bench_store(s3: SeaweedS3) -> S3Store:
 
 def publish_s3(model: str, snapshot: Path, work: Path, key: bytes, s3: SeaweedS3) -> list[Figure]:
     """Figure 1, S3: the pipeline's publish step (serialize, encrypt and upload at once)
-    and tensorizer's own S3 writer, against boto3 uploading the same bytes; and how much
-    staging disk the publish step used."""
-    from tensorizer import EncryptionParams, TensorSerializer
-    from tensorizer.stream_io import open_stream
-
+    against boto3 uploading the same bytes, the staging disk it used, and where its time
+    went (bench/stages.py). The object it publishes is the one `load_s3` reads."""
     store = bench_store(s3)
-    staging = work / "s3-staging"
-    start = time.perf_counter()
-    written = write_artifact(store, "pub", snapshot, DTYPE, key, staging)
-    runs = {PUBLISH_S3: time.perf_counter() - start}
-    weights = tensorize.load_source_weights(snapshot, DTYPE)
-
-    def tensorizer_s3() -> None:  # also the object load_s3 reads
-        with open_stream("s3://bench/model.tensors", "wb", **s3.stream_kwargs()) as stream:
-            serializer = TensorSerializer(stream, encryption=EncryptionParams(key))
-            serializer.write_state_dict(weights)
-            serializer.close()
-
-    runs["tensorizer + encrypt → S3 (its own S3 writer)"] = timed(tensorizer_s3)
-    weights.clear()
+    pid = s3.process.pid
+    with stages.metered(pid) as publish:
+        written = write_artifact(store, "pub", snapshot, DTYPE, key, work / "s3-staging")
     raw = work / "raw.bin"
+    store.get_file(f"pub/{TENSORS_FILE}", raw)
     client = s3.client()
-    client.download_file("bench", "model.tensors", str(raw))
-    runs[BOTO3_PUT] = timed(lambda: client.upload_file(str(raw), "bench", "raw.bin"))
+    put = stages.measure(lambda: client.upload_file(str(raw), "bench", "raw.bin"), pid)
     size = raw.stat().st_size
     raw.unlink()
+    runs = {PUBLISH_S3: publish[0].wall, BOTO3_PUT: put.wall}
     model_bytes = sum(p.stat().st_size for p in snapshot.glob("*.safetensors"))
     staging_peak = Figure(
         "memory",
@@ -202,11 +190,18 @@ def publish_s3(model: str, snapshot: Path, work: Path, key: bytes, s3: SeaweedS3
         model_bytes / 1e9,
         higher_is_better=False,
         target=0.15,
-        note="bounded by max(64 MiB batch, largest tensor) + 8 parts of 16 MiB",
+        note="bounded by a 64 MiB batch + 8 parts of 16 MiB, whatever the largest tensor",
     )
     notes = {PUBLISH_S3: "reads the source (page cache), parts upload as later ones encrypt"}
     figures = throughput("publish (S3)", model, size, runs, BOTO3_PUT, {PUBLISH_S3: 0.9}, notes)
-    return [*figures, staging_peak]
+    gb = size / 1e9
+    return [
+        *figures,
+        staging_peak,
+        stages.busy(model, PUBLISH_S3, publish[0]),
+        stages.busy(model, BOTO3_PUT, put),
+        *stages.stage_figures(model, snapshot, work, key, store, pid, publish[0], gb),
+    ]
 
 
 def load_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: int) -> list[Figure]:
@@ -263,23 +258,58 @@ def load_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: int) 
     )
 
 
-def load_s3(model: str, key: bytes, s3: SeaweedS3) -> list[Figure]:
-    """Figure 2, S3: the pipeline's read-back against one boto3 GET of the same object."""
-    client = s3.client()
-    size = client.head_object(Bucket="bench", Key="model.tensors")["ContentLength"]
+def load_s3(model: str, key: bytes, s3: SeaweedS3, work: Path) -> list[Figure]:
+    """Figure 2, S3: the pipeline's read-back of what `publish_s3` published against one
+    boto3 GET of the same object, and how busy the cores were."""
+    client, store, pid = s3.client(), bench_store(s3), s3.process.pid
+    name = store._full(f"pub/{TENSORS_FILE}")
+    size = client.head_object(Bucket="bench", Key=name)["ContentLength"]
 
     def boto3_get() -> None:
-        body = client.get_object(Bucket="bench", Key="model.tensors")["Body"]
+        body = client.get_object(Bucket="bench", Key=name)["Body"]
         while body.read(64 << 20):
             pass
 
-    source = ("s3://bench/model.tensors", key, s3.stream_kwargs())
+    source = (f"s3://bench/{name}", key, s3.stream_kwargs())
+    get = stages.measure(boto3_get, pid)
+    check = stages.measure(lambda: sum(1 for _ in tensorize.iter_deserialized(*source)), pid)
     runs = {
-        BOTO3_GET: timed(boto3_get),
+        BOTO3_GET: get.wall,
         "S3 → deserialize: decrypt + verify_hash": timed(lambda: tensorize.deserialize(*source)),
-        ITERATE: timed(lambda: sum(1 for _ in tensorize.iter_deserialized(*source))),
+        ITERATE: check.wall,
     }
-    return throughput("load (S3)", model, size, runs, BOTO3_GET, {ITERATE: 0.9})
+    local = work / "check.tensors"
+    store.get_file(f"pub/{TENSORS_FILE}", local)
+    alone = stages.measure(lambda: sum(1 for _ in tensorize.iter_deserialized(str(local), key)))
+    local.unlink()
+    gb = size / 1e9
+    verify_alone = Figure(
+        "breakdown",
+        model,
+        "tensor check alone: decrypt + verify sha256, from the page cache",
+        alone.cpu / gb,
+        "CPU s/GB",
+        f"{ITERATE} ← S3: CPU of this process + the server",
+        check.cpu / gb,
+        higher_is_better=False,
+    )
+    get_cpu = Figure(
+        "breakdown",
+        model,
+        f"{BOTO3_GET}: CPU of this process + the server",
+        get.cpu / gb,
+        "CPU s/GB",
+        f"{ITERATE} ← S3: CPU of this process + the server",
+        check.cpu / gb,
+        higher_is_better=False,
+    )
+    return [
+        *throughput("load (S3)", model, size, runs, BOTO3_GET, {ITERATE: 0.9}),
+        stages.busy(model, f"{ITERATE} ← S3", check),
+        stages.busy(model, BOTO3_GET, get),
+        verify_alone,
+        get_cpu,
+    ]
 
 
 def size_sweep(model: str, snapshot: Path, work: Path, key: bytes, s3: SeaweedS3) -> list[Figure]:
