@@ -31,30 +31,53 @@ def parts(size: int, part_size: int, parts_sha256: list[str]) -> Entry:
     return {"size": size, "part_size": part_size, "parts_sha256": parts_sha256}
 
 
+class Digester:
+    """A file's digest in an entry's scheme, computed as its bytes pass in order; with
+    `whole`, its whole-file sha256 too (what a signature names), in the same pass."""
+
+    def __init__(self, entry: Entry, whole: bool = False):
+        self.part_size: int | None = entry.get("part_size")
+        self.size = 0
+        self._whole = hashlib.sha256() if whole or self.part_size is None else None
+        self._parts: list[str] = []
+        self._part, self._filled = hashlib.sha256(), 0
+
+    def update(self, chunk: bytes) -> None:
+        view = memoryview(chunk).cast("B")
+        self.size += len(view)
+        if self._whole is not None:
+            self._whole.update(view)
+        while self.part_size is not None and view:
+            take = view[: self.part_size - self._filled]
+            self._part.update(take)
+            self._filled += len(take)
+            view = view[len(take) :]
+            if self._filled == self.part_size:
+                self._parts.append(self._part.hexdigest())
+                self._part, self._filled = hashlib.sha256(), 0
+
+    @property
+    def sha256(self) -> str | None:
+        """The whole file's sha256, where it was computed."""
+        return self._whole.hexdigest() if self._whole is not None else None
+
+    def entry(self) -> Entry:
+        """What was read, as an entry of the scheme it was made for."""
+        if self.part_size is None:
+            return whole(self.size, self._whole.hexdigest())
+        last = [self._part.hexdigest()] if self._filled or not self._parts else []
+        return parts(self.size, self.part_size, self._parts + last)
+
+    def matches(self, entry: Entry) -> bool:
+        return self.entry() == _digest_fields(entry)
+
+
 def recompute(entry: Entry, chunks: Iterable[bytes]) -> Entry:
     """The entry's scheme recomputed over `chunks` (the file's bytes, in order)."""
-    part_size = entry.get("part_size")
-    if part_size is None:
-        digest, size = hashlib.sha256(), 0
-        for chunk in chunks:
-            digest.update(chunk)
-            size += len(chunk)
-        return whole(size, digest.hexdigest())
-    digests, current, filled, size = [], hashlib.sha256(), 0, 0
+    digester = Digester(entry)
     for chunk in chunks:
-        view = memoryview(chunk)
-        size += len(view)
-        while view:
-            take = view[: part_size - filled]
-            current.update(take)
-            filled += len(take)
-            view = view[len(take) :]
-            if filled == part_size:
-                digests.append(current.hexdigest())
-                current, filled = hashlib.sha256(), 0
-    if filled or not digests:
-        digests.append(current.hexdigest())
-    return parts(size, part_size, digests)
+        digester.update(chunk)
+    return digester.entry()
 
 
 def file_chunks(path: Path) -> Iterable[bytes]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,16 +123,23 @@ def _serialization():
 
 
 def _stored_digests(
-    store: ObjectStore, record: VersionRecord, record_json: bytes
+    store: ObjectStore,
+    record: VersionRecord,
+    record_json: bytes,
+    known: Mapping[str, str | None] | None = None,
 ) -> dict[str, str | None]:
     """name -> sha256 of each of the version's files as stored now (None: gone), each read
-    as a stream from the store, never staged on disk; and `record_json` as record.json."""
+    as a stream from the store, never staged on disk, unless `known` (a read that hashed
+    them already) has it; and `record_json` as record.json."""
     clash = sorted({RECORD_FILE, *IGNORED} & set(record.files))
     if clash:
         raise SigningError(f"{record.reference}: a file named {clash[0]} cannot be signed")
     prefix, _ = record.location
     digests: dict[str, str | None] = {RECORD_FILE: hashlib.sha256(record_json).hexdigest()}
     for name in sorted(record.files):
+        if known is not None and name in known:
+            digests[name] = known[name]
+            continue
         try:
             digests[name] = store.sha256(f"{prefix}/{name}")
         except NotFound:
@@ -243,9 +251,15 @@ def _difference(signed: dict[str, str], stored: dict[str, str | None]) -> str | 
     return "; ".join(parts) or None
 
 
-def verify_signature(registry: Registry, keys: KeyStore, record: VersionRecord) -> str | None:
+def verify_signature(
+    registry: Registry,
+    keys: KeyStore,
+    record: VersionRecord,
+    stored_sha256: Mapping[str, str | None] | None = None,
+) -> str | None:
     """Why the version's signature does not vouch for its files and record as stored now,
-    in one line; None when it does."""
+    in one line; None when it does. `stored_sha256`: the files' sha256s as stored, where
+    the caller has just read them (None: absent); the others are read here."""
 
     store = registry.store
     try:
@@ -267,7 +281,8 @@ def verify_signature(registry: Registry, keys: KeyStore, record: VersionRecord) 
     except Exception as exc:  # noqa: BLE001 - every way of failing to verify is a finding
         text = str(exc).strip() or type(exc).__name__
         return f"signature: does not verify with key {record.signing_key} ({text})"
-    stored = _stored_digests(store, record, registry.stored(record.repo_id, record.suffix))
+    record_json = registry.stored(record.repo_id, record.suffix)
+    stored = _stored_digests(store, record, record_json, stored_sha256)
     difference = _difference(signed, stored)
     if difference:
         return f"signature: does not match the version as stored ({difference})"

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -259,15 +259,24 @@ def serialize(
 
 
 @contextmanager
-def _deserializer(source: str, key: bytes | None, stream_kwargs: dict | None, streaming: bool):
-    """Streaming: tensors read on demand by one reader thread (decryption still runs on
-    every core); more readers read ahead without bound, holding most of the model."""
+def _deserializer(
+    source: str | BinaryIO, key: bytes | None, stream_kwargs: dict | None, streaming: bool
+):
+    """`source`: a path or URI tensorizer opens, or a file already open (a
+    resources.checked_read.CheckedRead). Streaming: tensors read on demand by one reader
+    thread (decryption still runs on every core); more readers read ahead without bound,
+    holding most of the model."""
     from tensorizer import DecryptionParams, TensorDeserializer
     from tensorizer.stream_io import open_stream
 
     decryption = DecryptionParams.from_key(key) if key is not None else None
+    opened = (
+        open_stream(source, "rb", **(stream_kwargs or {}))
+        if isinstance(source, str)
+        else nullcontext(source)
+    )
     with (
-        open_stream(source, "rb", **(stream_kwargs or {})) as stream,
+        opened as stream,
         TensorDeserializer(
             stream,
             device="cpu",
@@ -291,7 +300,7 @@ def deserialize(
 
 
 def iter_deserialized(
-    source: str, key: bytes | None, stream_kwargs: dict | None = None
+    source: str | BinaryIO, key: bytes | None, stream_kwargs: dict | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """`deserialize`, one (name, tensor) at a time: memory for a tensor, not the model."""
     with _deserializer(source, key, stream_kwargs, streaming=True) as tensors:

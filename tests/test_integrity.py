@@ -31,6 +31,22 @@ def test_untouched_version_verifies(published, capsys):
     assert code == 0 and f"{REF}: OK (5 files" in out
 
 
+def test_verify_reads_each_file_once(published, capsys, monkeypatch):
+    # the digest, the signature's sha256 and tensorizer's check share one read (on S3:
+    # one GET per file, not three for the tensors)
+    reads: list[str] = []
+    read_chunks = LocalStore.read_chunks
+
+    def counted(self, key: str):
+        reads.append(key.rsplit("/", 1)[-1])
+        return read_chunks(self, key)
+
+    monkeypatch.setattr(LocalStore, "read_chunks", counted)
+    code, out = verify(capsys)
+    assert code == 0, out
+    assert sorted(reads) == sorted(set(reads)) and "model.tensors" in reads
+
+
 def test_flipped_byte_is_caught(published, capsys):
     tensors = published / "model.tensors"
     data = bytearray(tensors.read_bytes())

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from resources import digests, tensorize
+from resources.checked_read import CheckedRead
 from resources.formats.format import ArtifactFormat, Progress, artifact_format, no_progress
 from resources.layout import TENSORS_FILE
 from resources.storage.store import NotFound, ObjectStore, StoreError
@@ -160,18 +163,51 @@ def _upload(
     out.upload_s = time.perf_counter() - start
 
 
-def check_files(store: ObjectStore, prefix: str, files: dict[str, dict]) -> list[dict]:
-    """One row per recorded file: present, same size and same sha256 as recorded (each
-    hashed as the store streams it)."""
-    rows = []
+@dataclass
+class FileCheck:
+    """A recorded file as stored now, read once: present, matching its record entry,
+    and its whole-file sha256 (what the signature names)."""
+
+    file: str
+    size: int  # as recorded
+    present: bool = True
+    matches: bool = False
+    sha256: str | None = None  # None: absent
+
+    def row(self) -> dict:
+        """The row reports and metadata show."""
+        fields = {"present": self.present, "sha256_matches": self.matches}
+        return {"file": self.file, "size": self.size, **fields}
+
+
+def check_files(
+    store: ObjectStore,
+    prefix: str,
+    files: dict[str, dict],
+    readers: Mapping[str, Callable[[BinaryIO], None]] | None = None,
+) -> list[FileCheck]:
+    """Each recorded file read once, as the store streams it: its digest against the
+    record and its whole-file sha256; a file named in `readers` is also handed, as it
+    streams, to its reader (tensorizer), which reports its own errors."""
+    checks = []
     for name, expected in sorted(files.items()):
-        row = {"file": name, "size": expected["size"], "present": True, "sha256_matches": False}
+        check = FileCheck(name, expected["size"])
+        reader = (readers or {}).get(name)
         try:
-            row["sha256_matches"] = store.matches(f"{prefix}/{name}", expected)
+            chunks = store.read_chunks(f"{prefix}/{name}")
+            if reader is None:
+                digester = digests.Digester(expected, whole=True)
+                for chunk in chunks:
+                    digester.update(chunk)
+            else:
+                stream = CheckedRead(chunks, expected)
+                reader(stream)
+                digester = stream.finish()
+            check.matches, check.sha256 = digester.matches(expected), digester.sha256
         except NotFound:
-            row["present"] = False
-        rows.append(row)
-    return rows
+            check.present = False
+        checks.append(check)
+    return checks
 
 
 def fetch_files(store: ObjectStore, prefix: str, files: dict[str, dict], dest: Path) -> list[Path]:

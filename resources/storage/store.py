@@ -86,10 +86,6 @@ class ObjectStore(ABC):
         """The object's whole-file sha256 (hex), read as a stream."""
         return digests.recompute({}, self.read_chunks(key))["sha256"]
 
-    def matches(self, key: str, entry: digests.Entry) -> bool:
-        """Whether the object is the file a record's entry describes (either scheme)."""
-        return digests.chunks_match(self.read_chunks(key), entry)
-
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 

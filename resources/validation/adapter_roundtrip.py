@@ -48,7 +48,7 @@ class AdapterRoundTrip:
     tensor_parallel_size: int = 1  # the base's, when it is a sharded vLLM-tensorized version
 
     def check_tensors(self, report: RoundTripReport, restored: Path) -> None:
-        report.files = check_files(self.store, self.prefix, self.files)
+        report.files = [c.row() for c in check_files(self.store, self.prefix, self.files)]
         source = tensorize.load_source_weights(self.snapshot, None)
         report.source_tensors = len(source)
         try:

@@ -10,10 +10,11 @@ edited, a version signed again by another key, and one with no signature.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from resources import tensorize
-from resources.formats.access import stream_kwargs
 from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
 from resources.records import VersionRecord
@@ -53,23 +54,35 @@ class IntegrityReport:
 
 
 def verify_published(registry: Registry, keys: KeyStore, record: VersionRecord) -> IntegrityReport:
+    """Each file read once from the store: its digest against the record and its sha256
+    for the signature, the tensors files decrypted and verified by tensorizer as they
+    stream (resources/checked_read.py)."""
     store = registry.store
     prefix, tensors_file = record.location
-    report = IntegrityReport(
-        record.reference,
-        files=check_files(store, prefix, record.files),
-        signing_key=record.signing_key,
-        signature=verify_signature(registry, keys, record),
-    )
+    report = IntegrityReport(record.reference, signing_key=record.signing_key)
     names = artifact_format(record.format).tensors_files(tensors_file, record.tensor_parallel_size)
-    uri = store.uri(f"{prefix}/{names[0]}")
     try:
         key = keys.get(record.key_id) if record.key_id else None
-        for name in names:
-            uri = store.uri(f"{prefix}/{name}")
-            # one tensor at a time, streamed from the store: memory for a tensor
-            tensors = tensorize.iter_deserialized(uri, key, stream_kwargs(store))
-            report.tensors += sum(1 for _ in tensors)
-    except Exception as exc:  # noqa: BLE001 - every way of failing to read back is a finding
-        report.error = tensorize.describe_load_error(exc, uri, record.key_id)
+    except Exception as exc:  # noqa: BLE001 - a key that cannot be read is a finding
+        report.error = tensorize.describe_load_error(
+            exc, store.uri(f"{prefix}/{names[0]}"), record.key_id
+        )
+        key = None
+
+    def reader(name: str) -> Callable[[BinaryIO], None]:
+        def read(stream: BinaryIO) -> None:
+            if report.error:
+                return  # one failure is the finding; the rest are only hashed
+            try:
+                # one tensor at a time, as the store streams it: memory for a tensor
+                report.tensors += sum(1 for _ in tensorize.iter_deserialized(stream, key))
+            except Exception as exc:  # noqa: BLE001 - every way of failing to read back is a finding
+                uri = store.uri(f"{prefix}/{name}")
+                report.error = tensorize.describe_load_error(exc, uri, record.key_id)
+
+        return read
+
+    checks = check_files(store, prefix, record.files, {name: reader(name) for name in names})
+    report.files = [c.row() for c in checks]
+    report.signature = verify_signature(registry, keys, record, {c.file: c.sha256 for c in checks})
     return report

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from resources import tensorize
-from resources.formats.access import stream_kwargs, vllm_loader_options
+from resources.formats.access import vllm_loader_options
 from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
 from resources.layout import tensors_name
@@ -168,7 +169,8 @@ class RoundTrip:
     tensor_parallel_size: int = 1
 
     def check_tensors(self, report: RoundTripReport) -> None:
-        report.files = check_files(self.store, self.prefix, self.files)
+        """Each file read once: its digest checked while tensorizer decrypts and verifies
+        the tensors files as they stream, compared with the source one tensor at a time."""
         source = None
         fmt = artifact_format(self.fmt)
         if fmt.compares_with_source:
@@ -176,18 +178,32 @@ class RoundTrip:
             source = tensorize.SourceCheckpoint(self.snapshot, self.dtype)
             report.source_tensors = len(source.names())
         tensors_file = tensors_name(self.tensor_parallel_size)
-        for name in fmt.tensors_files(tensors_file, self.tensor_parallel_size):  # one at a time
-            uri = self.store.uri(f"{self.prefix}/{name}")
-            try:
-                published = tensorize.iter_deserialized(uri, self.key, stream_kwargs(self.store))
-                if source is None:
-                    rows = tensorize.describe_weights(dict(published), prefix=f"{name}:")
-                else:
-                    rows = tensorize.compare_published(source, published)
-            except Exception as exc:  # noqa: BLE001 - any failure to read back fails the check
-                report.tensors_error = tensorize.describe_load_error(exc, uri, self.key_id)
-                return
-            report.tensors += rows
+        names = fmt.tensors_files(tensors_file, self.tensor_parallel_size)
+
+        def reader(name: str) -> Callable[[BinaryIO], None]:
+            def read(stream: BinaryIO) -> None:
+                if report.tensors_error:
+                    return  # one failure is the finding; the rest are only hashed
+                uri = self.store.uri(f"{self.prefix}/{name}")
+                try:
+                    published = tensorize.iter_deserialized(stream, self.key)
+                    if source is None:
+                        rows = tensorize.describe_weights(dict(published), prefix=f"{name}:")
+                    else:
+                        rows = tensorize.compare_published(source, published)
+                except Exception as exc:  # noqa: BLE001 - any failure to read back fails it
+                    report.tensors_error = tensorize.describe_load_error(exc, uri, self.key_id)
+                    return
+                report.tensors += rows
+
+            return read
+
+        readers = {name: reader(name) for name in names}
+        checks = check_files(self.store, self.prefix, self.files, readers)
+        report.files = [c.row() for c in checks]
+        if report.tensors_error is None and any(n not in self.files for n in names):
+            missing = [n for n in names if n not in self.files]
+            report.tensors_error = f"the record names no {', '.join(missing)}"
         if source is None:
             report.source_tensors = len(report.tensors)
 
