@@ -201,8 +201,8 @@ class RoundTrip:
         readers = {name: reader(name) for name in names}
         checks = check_files(self.store, self.prefix, self.files, readers)
         report.files = [c.row() for c in checks]
-        if report.tensors_error is None and any(n not in self.files for n in names):
-            missing = [n for n in names if n not in self.files]
+        missing = [n for n in names if n not in self.files]
+        if missing and report.tensors_error is None:
             report.tensors_error = f"the record names no {', '.join(missing)}"
         if source is None:
             report.source_tensors = len(report.tensors)
