@@ -35,10 +35,16 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+STARTED = time.perf_counter()
+
+
 def log(figures: list[Figure]) -> list[Figure]:
+    """Print each figure as it is measured, with the minutes since the bench started."""
+    minutes = (time.perf_counter() - STARTED) / 60
     for f in figures:
         print(
-            f"  {f.group} | {f.name}: {f.value:.3g} {f.unit}, {f.ratio:.2f}× {f.baseline}",
+            f"  [{minutes:4.1f} min] {f.group} | {f.name}: {f.value:.3g} {f.unit}, "
+            f"{f.ratio:.2f}× {f.baseline}",
             file=sys.stderr,
             flush=True,
         )
