@@ -85,9 +85,7 @@ def test_write_artifact_moves_the_tensors_into_the_store(snapshot: Path, tmp_pat
     stored = store.path(f"m/v1/{TENSORS_FILE}")
     assert stored.stat().st_mode & 0o777 == 0o644
     assert written.files[TENSORS_FILE]["sha256"] == tensorize.sha256_file(stored)
-    assert all(
-        r["present"] and r["sha256_matches"] for r in check_files(store, "m/v1", written.files)
-    )
+    assert all(c.present and c.matches for c in check_files(store, "m/v1", written.files))
     assert_same(
         tensorize.deserialize(str(stored), key), tensorize.load_source_weights(snapshot, "float16")
     )
