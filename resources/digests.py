@@ -8,7 +8,7 @@
   digest is also what S3 checked when the part arrived (ChecksumSHA256), like S3's
   composite checksums and OpenSSF model signing's sharded hashing.
 
-`entry_matches` and `file_matches` recompute whichever the entry names.
+`chunks_match`, `file_matches` and `Digester` recompute whichever scheme the entry names.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class Digester:
         return parts(self.size, self.part_size, self._parts + last)
 
     def matches(self, entry: Entry) -> bool:
+        """Whether what was read is the file the entry describes."""
         return self.entry() == _digest_fields(entry)
 
 
@@ -88,10 +89,11 @@ def file_chunks(path: Path) -> Iterable[bytes]:
 
 def file_matches(path: Path, entry: Entry) -> bool:
     """Whether the local file is the one the entry describes."""
-    return recompute(entry, file_chunks(path)) == _digest_fields(entry)
+    return chunks_match(file_chunks(path), entry)
 
 
 def chunks_match(chunks: Iterable[bytes], entry: Entry) -> bool:
+    """Whether `chunks` (a file's bytes, in order) are the file the entry describes."""
     return recompute(entry, chunks) == _digest_fields(entry)
 
 
