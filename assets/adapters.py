@@ -202,6 +202,7 @@ def published_adapter(
         context,
         ref=target.adapter.ref,
         staged=staged_artifact(context, "tensorized_adapter"),
+        asset="tensorized_adapter",
         registry=registry,
         object_store=object_store,
         key_store=key_store,

@@ -23,7 +23,7 @@ from assets.gpu import GPU_OP_TAGS
 from assets.metadata import md_table
 from assets.models import tensorized_model
 from assets.partitions import adapters_partitions, models_partitions
-from assets.state import VERIFY_TAG, staged_artifact
+from assets.state import PROOF, VERIFY_TAG, staged_artifact
 from resources import (
     CatalogResource,
     HubResource,
@@ -34,7 +34,7 @@ from resources import (
 )
 from resources.formats.access import vllm_loader_options
 from resources.layout import validation_key
-from resources.records import AdapterSettings, StagedArtifact
+from resources.records import AdapterSettings, RoundTripProof, StagedArtifact
 from resources.registry import RegistryError
 from resources.storage.store import ObjectStore
 from resources.validation.adapter_roundtrip import AdapterRoundTrip
@@ -99,8 +99,9 @@ def _finish(
     report: RoundTripReport,
     columns: list[str],
 ) -> Iterator[AssetCheckResult]:
-    """Keep the report beside the version (the publish step reads it), then the results,
-    each naming the version it checked and linking the report."""
+    """Keep the report beside the version (for people: nothing reads it back), then the
+    results, each naming the version it checked and linking the report; `tensors_match`
+    carries the proof the publish step signs (assets/state.py round_trip_proof)."""
     op = context.op_execution_context
     report_key = validation_key(target.repo_id, target.suffix, op.run.run_id)
     store.create(report_key, json.dumps(report.to_json(), indent=2, default=str).encode())
@@ -111,11 +112,11 @@ def _finish(
         "reverification": bool(op.run.tags.get(VERIFY_TAG)),
         "report_uri": MetadataValue.url(store.uri(report_key)),
     }
-    yield from _results(report, columns, version)
+    yield from _results(report, columns, version, report.proof(store.uri(report_key)))
 
 
 def _results(
-    report: RoundTripReport, columns: list[str], version: dict
+    report: RoundTripReport, columns: list[str], version: dict, proof: RoundTripProof
 ) -> Iterator[AssetCheckResult]:
     summary = report.summary()
     yield AssetCheckResult(
@@ -128,6 +129,7 @@ def _results(
             "tensors_compared": len(report.tensors),
             "tensors_equal": sum(r["equal"] for r in report.tensors),
             "error": report.tensors_error or "",
+            PROOF: MetadataValue.json(proof.model_dump()),
             "files": MetadataValue.md(
                 md_table(report.files, ["file", "size", "present", "sha256_matches"])
             ),

@@ -140,6 +140,7 @@ def published_version(
         context,
         ref=entry.ref,
         staged=staged_artifact(context, "tensorized_model"),
+        asset="tensorized_model",
         registry=registry,
         object_store=object_store,
         key_store=key_store,

@@ -21,6 +21,7 @@ from assets.progress import step_progress
 from assets.state import (
     ROTATED_FROM_TAG,
     STAGED,
+    round_trip_proof,
     run_aliases,
     run_lineage,
     run_state,
@@ -34,7 +35,7 @@ from resources import (
     digests,
 )
 from resources.formats.artifact import write_artifact
-from resources.layout import registry_key, validation_key
+from resources.layout import registry_key
 from resources.publish import PublishPlan, PublishRefused, earlier_builds, publish_staged
 from resources.records import (
     AdapterSettings,
@@ -227,25 +228,12 @@ def tensorize_step(
     )
 
 
-def _report_key(context: AssetExecutionContext, store: ObjectStore, staged: StagedArtifact) -> str:
-    """This run's round-trip report for the staged version (re-executing: the report of the
-    run that ran the checks)."""
-    for run_id in run_lineage(context):
-        key = validation_key(staged.repo_id, staged.suffix, run_id)
-        if store.exists(key):
-            return key
-    raise Failure(
-        f"no round-trip report for {staged.reference} from this run: its checks did not run; "
-        "run the whole publish job",
-        allow_retries=False,
-    )
-
-
 def publish_step(
     context: AssetExecutionContext,
     *,
     ref: str,
     staged: StagedArtifact,
+    asset: str,
     registry: RegistryResource,
     object_store: ObjectStoreResource,
     key_store: KeyStoreResource,
@@ -254,8 +242,8 @@ def publish_step(
     """Sign a verified version, write its immutable record and move its aliases to it
     (`latest`, or those named in the run's aliases tag).
 
-    Refuses unless this run's round-trip report passed and every file is still there; a
-    reused version is only re-verified, its record stays as it was.
+    Refuses unless this run's round trip on `asset` passed and every file is still there
+    as it checked them; a reused version is only re-verified, its record stays as it was.
     """
     reg = registry.open()
     store = object_store.open()
@@ -267,9 +255,9 @@ def publish_step(
         aliases=run_aliases(context),
         rotated_from=context.run.tags.get(ROTATED_FROM_TAG),
     )
+    proof = round_trip_proof(context, asset, staged.reference)
     try:
-        report = _report_key(context, store, staged)
-        published = publish_staged(reg, store, key_store.open(), staged, plan, report)
+        published = publish_staged(reg, store, key_store.open(), staged, plan, proof)
     except (PublishRefused, SigningError) as exc:
         raise Failure(str(exc), allow_retries=False) from None
     for note in published.kept:

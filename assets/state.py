@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetExecutionContext,
     AssetKey,
     DagsterEventType,
@@ -24,7 +25,7 @@ from dagster import (
     RunsFilter,
 )
 
-from resources.records import RunState, StagedArtifact, Worker
+from resources.records import RoundTripProof, RunState, StagedArtifact, Worker
 
 SHA_TAG = "modelpub/sha"
 # Run tags that steer a run (set by sensors, schedules, or by hand in the launchpad):
@@ -35,6 +36,7 @@ PARTITION_TAG = "dagster/partition"  # how a checks-only run (no partitions_def)
 BASE_TAG = "modelpub/base_suffix"  # an adapter run: the base version it publishes against
 ROOT_RUN_TAG = "dagster/root_run_id"  # set by Dagster on every re-execution
 STAGED = "staged"  # the metadata entry of `tensorized_*` that holds its StagedArtifact
+PROOF = "proof"  # the metadata entry of a `tensors_match` check that holds its RoundTripProof
 
 Context = AssetExecutionContext | OpExecutionContext
 
@@ -77,6 +79,33 @@ def run_output(context: Context, asset: str) -> dict[str, Any]:
     raise Failure(
         f"this run has not materialized {asset} for {context.partition_key!r}; run the whole "
         "publish job (or re-execute a run that did)",
+        allow_retries=False,
+    )
+
+
+def round_trip_proof(context: Context, asset: str, reference: str) -> RoundTripProof:
+    """What this run's blocking `tensors_match` check on `asset` proved about `reference`
+    (re-executing: the run that ran the checks), read from Dagster's event log."""
+    key = AssetKey(asset)
+    for run_id in run_lineage(context):
+        records = context.instance.get_records_for_run(
+            run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+        ).records
+        for record in reversed(records):
+            event = record.event_log_entry.dagster_event
+            evaluation = event.event_specific_data if event is not None else None
+            if (
+                isinstance(evaluation, AssetCheckEvaluation)
+                and evaluation.asset_key == key
+                and evaluation.check_name == "tensors_match"
+                and evaluation.partition == context.partition_key
+                and PROOF in evaluation.metadata
+                and evaluation.metadata.get("version").value == reference
+            ):
+                return RoundTripProof.model_validate(evaluation.metadata[PROOF].value)
+    raise Failure(
+        f"no round trip of {reference} in this run: its checks did not run; run the whole "
+        "publish job",
         allow_retries=False,
     )
 

@@ -141,7 +141,7 @@ def plain_run(spec: dict) -> dict:
         settings=ModelSettings(dtype=entry.dtype, encrypted=True),
     )
     plan = PublishPlan(run_id=run_id, catalog_key=entry.key, hf_ref=entry.ref)
-    publish_staged(registry, store, keys, staged, plan, report_key)
+    publish_staged(registry, store, keys, staged, plan, report.proof(store.uri(report_key)))
     steps["published_version"] = time.perf_counter() - start
     source, published = engines  # the round trip runs the source first
     return {

@@ -386,23 +386,19 @@ def _cmd_serve_command(settings: Settings, args) -> int:
 
 
 def _cmd_serve(settings: Settings, args) -> int:
-    """Replace this process with vLLM's server: signals and the exit status are vLLM's."""
-    import os
-
-    from resources.serving import prepare
+    """vLLM's server in a child process: signals go to it and the exit status is its own."""
+    from resources.serving import prepare, run_server
 
     plan = prepare(args.reference, settings)
     extra = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
     adapters = ", ".join(a.reference for a in plan.adapters) or "none"
     print(
-        f"serving {plan.record.reference} (signature verified; adapters: {adapters}); "
-        f"config files in {plan.model_dir}",
+        f"serving {plan.record.reference} (signature verified, each tensor checked as it "
+        f"loads; adapters: {adapters}); config files in {plan.model_dir}",
         file=sys.stderr,
         flush=True,
     )
-    argv = plan.server_argv(extra)
-    os.execv(argv[0], argv)
-    return 0  # not reached
+    return run_server(plan, extra)
 
 
 def _cmd_verify(settings: Settings, args) -> int:

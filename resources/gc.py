@@ -129,20 +129,20 @@ def find_orphans(
     return Findings(orphans, sorted(unclaimed))
 
 
-def remove(registry: Registry, keys: KeyStore | None, orphan: Orphan) -> bool:
+def remove(
+    registry: Registry, keys: KeyStore | None, orphan: Orphan, by: str = "modelpub gc"
+) -> bool:
     """Delete an orphan's files and key and abort its unfinished uploads; its reservation
-    stays. Whether the suffix got published meanwhile is checked again before every
-    delete: False (and the rest kept) as soon as it has."""
+    stays. The suffix is claimed first, by compare-and-swap on its reservation: a publish
+    (a re-execution of the run) that took it first keeps it whole (False, nothing
+    deleted), and one that comes after the claim is refused, so no record is ever
+    written for files being deleted."""
+    if not registry.claim_abandoned(orphan.repo_id, orphan.suffix, by):
+        return False
     for key in orphan.keys:
-        if registry.is_published(orphan.repo_id, orphan.suffix):
-            return False
         registry.store.delete(key)
     for key in orphan.unfinished:
-        if registry.is_published(orphan.repo_id, orphan.suffix):
-            return False
         registry.store.abort_upload(key)
     if orphan.key_id and keys is not None:
-        if registry.is_published(orphan.repo_id, orphan.suffix):
-            return False
         keys.delete(orphan.key_id)
     return True

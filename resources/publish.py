@@ -7,7 +7,6 @@ inputs from their run and turn a refusal into a non-retryable failure.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,13 +21,14 @@ from resources.records import (
     AliasEntry,
     ModelSettings,
     Reservation,
+    RoundTripProof,
     RunState,
     StagedArtifact,
     VersionRecord,
     now,
     parse_version,
 )
-from resources.registry import ALIAS, AliasProtected, Registry, suffix_number
+from resources.registry import ALIAS, AliasProtected, Registry, RegistryError, suffix_number
 from resources.signing import sign_record
 from resources.storage.keys import KeyStore
 from resources.storage.store import ObjectStore
@@ -79,19 +79,20 @@ def publish_staged(
     keys: KeyStore,
     staged: StagedArtifact,
     plan: PublishPlan,
-    report_key: str,
+    proof: RoundTripProof,
 ) -> Published:
     """Sign a verified version, write its immutable record and move the plan's aliases to it.
 
-    Refused unless the round-trip report at `report_key` passed, the aliases are valid
-    names and every staged file is still in the store. The signature (with the signing
-    key from `keys`) is stored before the record, which is written last: if signing
-    fails nothing is published. A reused version is only re-verified: its record stays as
-    it was and no alias moves. A protected alias is not moved either, and that does not
-    fail the publish: `kept` says so.
+    Refused unless the round trip passed (`proof`), the aliases are valid names, every
+    staged file is still in the store as the round trip read it, and no gc claimed the
+    suffix: the run takes its reservation (compare-and-swap) before anything is visible.
+    The signature (with the signing key from `keys`) covers the digests the round trip
+    proved and is stored before the record, which is written last: if signing fails
+    nothing is published. A reused version is only re-verified: its record stays as it
+    was and no alias moves. A protected alias is not moved either, and that does not fail
+    the publish: `kept` says so.
     """
-    report = json.loads(store.get_bytes(report_key))
-    if not report["passed"]:
+    if not proof.passed:
         raise PublishRefused(f"round-trip validation of {staged.reference} failed; not publishing")
     bad = [a for a in plan.aliases if not ALIAS.match(a)]
     if bad:
@@ -118,15 +119,23 @@ def publish_staged(
             "tensors_uri": store.uri(f"{staged.prefix}/{staged.tensors_file}"),
             "files": staged.files,
             "versions": package_versions(),
-            "validation": report["summary"],
-            "validation_report": store.uri(report_key),
+            "validation": proof.summary,
+            "validation_report": proof.report_uri,
             "dagster_run_id": plan.run_id,
             "published_at": now(),
             "rotated_from": plan.rotated_from,
         }
     )
     registry.check_unpublished(unsigned)
-    record = sign_record(store, keys, unsigned)
+    try:  # from here on no gc deletes the version's files
+        registry.start_publishing(staged.repo_id, staged.suffix, plan.run_id)
+    except RegistryError as exc:
+        raise PublishRefused(str(exc)) from None
+    try:
+        record = sign_record(store, keys, unsigned, proof.sha256)
+    except BaseException:
+        registry.stop_publishing(staged.repo_id, staged.suffix)  # gc may judge it again
+        raise
     registry.publish(record)
     moved, kept = {}, []
     for alias in plan.aliases:

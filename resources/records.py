@@ -24,6 +24,7 @@ RunState = Literal["running", "finished"] | None  # None: not known to this Dags
 # only change whether a publish may move it.
 Why = Literal["publish", "set", "rollback", "protect", "unprotect"]
 MOVES = ("publish", "set", "rollback")
+ReservationState = Literal["reserved", "publishing", "claimed"]
 
 
 def now() -> str:
@@ -233,6 +234,19 @@ class StagedArtifact(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+class RoundTripProof(BaseModel):
+    """What a run's passing round trip proved, handed to its publish step through Dagster's
+    event log (never through the artifact store, which whoever signs must not trust): the
+    whole-file sha256 of every file it read and checked, which is what gets signed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    passed: bool
+    sha256: dict[str, str]  # file -> sha256 of the bytes the checks read
+    summary: dict[str, Any] = Field(default_factory=dict)  # the report's summary
+    report_uri: str | None = None  # the report kept beside the version, for people
+
+
 class Reservation(BaseModel):
     """A suffix taken by one run before it uploads anything, and what that run will
     write: the files' prefix and the encryption key's id. gc reads these to find the
@@ -249,6 +263,11 @@ class Reservation(BaseModel):
     worker: Worker | None = None
     sha: str | None = None  # schema 1: not recorded
     settings: ArtifactSettings | None = None
+    # Who holds the suffix now, changed only by compare-and-swap (Registry.take): its run
+    # ("reserved"), its run writing the record ("publishing"), or a gc deleting what the
+    # run left ("claimed"). Whichever of a publish and a gc swaps first wins.
+    state: ReservationState = "reserved"
+    state_by: str | None = None  # the run publishing it, or the gc that claimed it
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()

@@ -127,6 +127,58 @@ class Registry:
             return None
         return Reservation.model_validate_json(data)
 
+    def _change_reservation(
+        self, repo_id: str, suffix: str, change: Callable[[Reservation], Reservation | None]
+    ) -> Reservation | None:
+        """Apply `change(current)` to a reservation by compare-and-swap, asking again after
+        a concurrent change; None (nothing written) where `change` returns None."""
+        key = layout.registry_key(repo_id, "reservations", suffix)
+        for _ in range(50):
+            found = self.store.read_versioned(key)
+            if found is None:
+                raise RegistryError(f"{repo_id}@{suffix} was never reserved; publish it again")
+            new = change(Reservation.model_validate_json(found[0]))
+            if new is None:
+                return None
+            if self.store.replace(key, new.to_json(), found[1]):
+                return new
+        raise RegistryError(f"{repo_id}@{suffix}: its reservation kept changing; try again")
+
+    def start_publishing(self, repo_id: str, suffix: str, run_id: str) -> None:
+        """Take the suffix for the run about to write its record, before anything of it
+        becomes visible; refused where a gc claimed it first (its files are going)."""
+
+        def change(current: Reservation) -> Reservation:
+            if current.state == "claimed":
+                raise RegistryError(
+                    f"{repo_id}@{suffix}: `modelpub gc` ({current.state_by}) claimed it as "
+                    "abandoned and removes its files; not publishing, run the publish job again"
+                )
+            return current.model_copy(update={"state": "publishing", "state_by": run_id})
+
+        self._change_reservation(repo_id, suffix, change)
+
+    def stop_publishing(self, repo_id: str, suffix: str) -> None:
+        """Hand back a suffix whose publish failed before its record was written."""
+        self._change_reservation(
+            repo_id,
+            suffix,
+            lambda current: current.model_copy(update={"state": "reserved", "state_by": None})
+            if current.state == "publishing"
+            else None,
+        )
+
+    def claim_abandoned(self, repo_id: str, suffix: str, by: str) -> bool:
+        """Take an unpublished suffix for a gc deleting its files; False where a publish
+        took it first (or published it): then nothing of it may be deleted."""
+
+        def change(current: Reservation) -> Reservation | None:
+            if current.state == "publishing" or self.is_published(repo_id, suffix):
+                return None
+            return current.model_copy(update={"state": "claimed", "state_by": by})
+
+        return self._change_reservation(repo_id, suffix, change) is not None
+
     def reservations(self) -> list[tuple[str, str]]:
         """Every (repo_id, suffix) that some run has reserved, published or not."""
         return self._records("reservations")
@@ -166,7 +218,10 @@ class Registry:
             raise RegistryError(f"{repo_id}@{suffix} is not published") from None
 
     def version(self, repo_id: str, suffix: str) -> VersionRecord:
-        data = self.stored(repo_id, suffix)
+        return self.parsed(repo_id, suffix, self.stored(repo_id, suffix))
+
+    def parsed(self, repo_id: str, suffix: str, data: bytes) -> VersionRecord:
+        """A version record's stored bytes, parsed (what was verified is what is read)."""
         try:
             return parse_version(data)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -343,10 +398,12 @@ class Registry:
         why: Why = "protect" if protect else "unprotect"
         return self._change_alias(repo_id, alias, why, by, reason, target)
 
-    def resolve(self, reference: str) -> VersionRecord:
-        """`repo_id`, `repo_id@alias` or `repo_id@vN` -> the version record."""
+    def locate(self, reference: str) -> tuple[str, str]:
+        """`repo_id`, `repo_id@alias` or `repo_id@vN` -> (repo_id, suffix), the alias read once."""
         repo_id, _, name = reference.partition("@")
         name = name or "latest"
-        if SUFFIX.match(name):
-            return self.version(repo_id, name)
-        return self.version(repo_id, self.alias(repo_id, name).suffix)
+        return repo_id, name if SUFFIX.match(name) else self.alias(repo_id, name).suffix
+
+    def resolve(self, reference: str) -> VersionRecord:
+        """`repo_id`, `repo_id@alias` or `repo_id@vN` -> the version record."""
+        return self.version(*self.locate(reference))

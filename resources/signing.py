@@ -156,27 +156,40 @@ def _publish_public_key(store: ObjectStore, public: bytes) -> None:
         )
 
 
-def sign_record(store: ObjectStore, keys: KeyStore, record: VersionRecord) -> VersionRecord:
+def sign_record(
+    store: ObjectStore, keys: KeyStore, record: VersionRecord, proved: Mapping[str, str]
+) -> VersionRecord:
     """`record` naming the key store's signing key, once its signature and the public key
-    are stored beside where it goes. The caller writes the record itself last, so that no
-    version is ever visible without its signature."""
+    are stored beside where it goes. What is signed is `proved`, each file's sha256 as the
+    round trip read and checked it, never whatever the store holds now: the store is read
+    once more and the publish refused where any file differs (swapped since the checks).
+    The caller writes the record itself last, so that no version is ever visible without
+    its signature."""
     signer = Signer.of(keys)
     signed = record.model_copy(update={"signing_key": signer.fingerprint})
-    _publish_public_key(store, signer.public)
     from model_signing import manifest
     from model_signing._hashing.hashing import Digest
     from model_signing._signing import sign_ec_key
     from model_signing._signing.signing import Payload
 
     digests = _stored_digests(store, signed, signed.to_json())
-    gone = sorted(name for name, digest in digests.items() if digest is None)
-    if gone:
-        raise SigningError(f"{record.reference}: cannot sign, {', '.join(gone)} not in the store")
+    unproved = sorted(n for n in record.files if proved.get(n) is None)
+    if unproved:
+        raise SigningError(
+            f"{record.reference}: the round trip did not check {', '.join(unproved)}; not "
+            "publishing, run the publish job again"
+        )
+    changed = sorted(n for n in record.files if digests[n] != proved[n])
+    if changed:
+        raise SigningError(
+            f"{record.reference}: {', '.join(changed)} changed in the store since the round "
+            "trip checked it; not publishing what was not checked, run the publish job again"
+        )
+    _publish_public_key(store, signer.public)
     serialization = _serialization()
     items = [
         serialization.new_item(name, Digest("sha256", bytes.fromhex(digest)))
         for name, digest in digests.items()
-        if digest is not None
     ]
     statement = manifest.Manifest(record.reference.replace("/", "__"), items, serialization)
     with tempfile.TemporaryDirectory(prefix="modelpub-sign-") as tmp:  # mode 0700
@@ -251,6 +264,32 @@ def _difference(signed: dict[str, str], stored: dict[str, str | None]) -> str | 
     return "; ".join(parts) or None
 
 
+def _trusted_statement(keys: KeyStore, store: ObjectStore, record: VersionRecord) -> dict[str, str]:
+    """name -> sha256 the version's signature names, once it verifies with a key the key
+    store trusts; raises SigningError saying why it does not."""
+    bundle, _ = _published(store, record)
+    try:
+        trusted = trusted_public_key(keys, record.signing_key)
+    except ValueError as exc:
+        raise SigningError(
+            f"signature: a signing key in the key store is not a PEM key ({exc})"
+        ) from None
+    if trusted is None:
+        raise SigningError(
+            f"signature: made with key {record.signing_key}, which the key store does not "
+            f"trust (it is not {layout.SIGNING_KEY}, and there is no "
+            f"{layout.retired_signing_key(record.signing_key)}); republish the version, or "
+            "restore the retired key"
+        )
+    try:
+        return _signed_digests(bundle, trusted)
+    except Exception as exc:  # noqa: BLE001 - every way of failing to verify is a finding
+        text = str(exc).strip() or type(exc).__name__
+        raise SigningError(
+            f"signature: does not verify with key {record.signing_key} ({text})"
+        ) from None
+
+
 def verify_signature(
     registry: Registry,
     keys: KeyStore,
@@ -260,33 +299,58 @@ def verify_signature(
     """Why the version's signature does not vouch for its files and record as stored now,
     in one line; None when it does. `stored_sha256`: the files' sha256s as stored, where
     the caller has just read them (None: absent); the others are read here."""
-
-    store = registry.store
     try:
-        bundle, _ = _published(store, record)
-        trusted = trusted_public_key(keys, record.signing_key)
+        signed = _trusted_statement(keys, registry.store, record)
     except SigningError as exc:
         return str(exc)
-    except ValueError as exc:
-        return f"signature: a signing key in the key store is not a PEM key ({exc})"
-    if trusted is None:
-        return (
-            f"signature: made with key {record.signing_key}, which the key store does not "
-            f"trust (it is not {layout.SIGNING_KEY}, and there is no "
-            f"{layout.retired_signing_key(record.signing_key)}); republish the version, or "
-            "restore the retired key"
-        )
-    try:
-        signed = _signed_digests(bundle, trusted)
-    except Exception as exc:  # noqa: BLE001 - every way of failing to verify is a finding
-        text = str(exc).strip() or type(exc).__name__
-        return f"signature: does not verify with key {record.signing_key} ({text})"
     record_json = registry.stored(record.repo_id, record.suffix)
-    stored = _stored_digests(store, record, record_json, stored_sha256)
+    stored = _stored_digests(registry.store, record, record_json, stored_sha256)
     difference = _difference(signed, stored)
     if difference:
         return f"signature: does not match the version as stored ({difference})"
     return None
+
+
+@dataclass(frozen=True)
+class SignedVersion:
+    """A version record whose signature verified, read once: the record parsed from the
+    very bytes that were checked, their sha256 (to pin them by), and each file's sha256
+    as signed, which whoever reads the files next must find."""
+
+    record: VersionRecord
+    record_sha256: str
+    sha256: dict[str, str]
+
+
+def signed_version(
+    registry: Registry, keys: KeyStore, reference: str, pinned: str | None = None
+) -> SignedVersion:
+    """The version `reference` names, its signature verified over its record and the
+    digests the record holds, without reading its files (the reader of each file checks
+    it as it reads). `pinned`: the record's sha256 as verified before; any other record
+    is refused. Raises SigningError with one line naming the reference."""
+    repo_id, suffix = registry.locate(reference)
+    data = registry.stored(repo_id, suffix)
+    digest = hashlib.sha256(data).hexdigest()
+    where = f"{repo_id}@{suffix}"
+    if pinned is not None and digest != pinned:
+        raise SigningError(
+            f"{where}: {RECORD_FILE} is not the record that was verified (it changed in the "
+            "registry since)"
+        )
+    record = registry.parsed(repo_id, suffix, data)
+    try:
+        signed = _trusted_statement(keys, registry.store, record)
+    except SigningError as exc:
+        raise SigningError(f"{where}: {exc}") from None
+    # a per-part entry names no whole-file sha256: its reader checks the signed one
+    stated = {RECORD_FILE: digest} | {
+        n: e.get("sha256") or signed.get(n) for n, e in record.files.items()
+    }
+    difference = _difference(signed, stated)
+    if difference:
+        raise SigningError(f"{where}: signature: does not match the record ({difference})")
+    return SignedVersion(record, digest, {n: signed[n] for n in record.files})
 
 
 def fetch_signed(registry: Registry, record: VersionRecord, dest: Path) -> list[Path]:

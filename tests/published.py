@@ -1,33 +1,33 @@
 """Real published versions without running Dagster: a tiny model from the test's mirror,
-written by the real artifact writer, a passing round-trip report, then `publish_staged`
+written by the real artifact writer, a passing round trip made by hand, then `publish_staged`
 (signed, recorded, aliased) as the publish step does it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import partial
 
 from resources.catalog import partition_key
-from resources.formats.artifact import write_artifact
+from resources.formats.artifact import check_files, write_artifact
 from resources.layout import (
     ADAPTER_TENSORS_FILE,
     TENSORS_FILE,
     adapter_prefix,
     model_prefix,
-    validation_key,
 )
 from resources.publish import PublishPlan, publish_staged
 from resources.records import (
     AdapterSettings,
     ArtifactSettings,
     ModelSettings,
+    RoundTripProof,
     StagedArtifact,
     VersionRecord,
 )
 from resources.registry import Registry
 from resources.storage import open_store
 from resources.storage.keys import KeyStore, open_key_store
+from resources.storage.store import ObjectStore
 from tests.conftest import Env
 
 RUN_ID = "test-run"
@@ -47,7 +47,7 @@ def _stage(
     dtype: str | None,
     tensors_file: str,
     settings: ArtifactSettings,
-) -> tuple[StagedArtifact, str]:
+) -> tuple[StagedArtifact, RoundTripProof]:
     registry, keys = stores(env)
     store = registry.store
     suffix = registry.reserve_suffix(repo_id, RUN_ID)
@@ -63,8 +63,6 @@ def _stage(
         staging,
         tensors_file=tensors_file,
     )
-    report_key = validation_key(repo_id, suffix, RUN_ID)
-    store.create(report_key, json.dumps({"passed": True, "summary": {}}).encode())
     staged = StagedArtifact(
         repo_id=repo_id,
         suffix=suffix,
@@ -76,14 +74,21 @@ def _stage(
         reused=False,
         settings=settings,
     )
-    return staged, report_key
+    return staged, proof_of(store, staged)
 
 
-def stage(env: Env, repo_id: str) -> tuple[StagedArtifact, str]:
-    """`repo_id` as a run leaves it before publishing: reserved, uploaded (encrypted, fp16)
-    and validated. Returns the staged artifact and its round-trip report's key."""
-    settings = ModelSettings(dtype="float16", encrypted=True)
-    return _stage(env, repo_id, partial(model_prefix, repo_id), "float16", TENSORS_FILE, settings)
+def proof_of(store: ObjectStore, staged: StagedArtifact) -> RoundTripProof:
+    """A test double: a passing round trip made by hand, whose digests are read from the
+    store as the round trip's own read would (no vLLM run, no comparison with the source)."""
+    checks = check_files(store, staged.prefix, staged.files)
+    return RoundTripProof(passed=True, sha256={c.file: c.sha256 for c in checks if c.matches})
+
+
+def stage(env: Env, repo_id: str, dtype: str = "float16") -> tuple[StagedArtifact, RoundTripProof]:
+    """`repo_id` as a run leaves it before publishing: reserved, uploaded (encrypted, cast
+    to `dtype`) and validated. Returns the staged artifact and what its round trip proved."""
+    settings = ModelSettings(dtype=dtype, encrypted=True)
+    return _stage(env, repo_id, partial(model_prefix, repo_id), dtype, TENSORS_FILE, settings)
 
 
 def publish_tiny_adapter(
@@ -103,12 +108,12 @@ def publish_tiny_adapter(
     return publish(env, *_stage(env, repo_id, prefix, None, ADAPTER_TENSORS_FILE, settings))
 
 
-def publish(env: Env, staged: StagedArtifact, report_key: str) -> VersionRecord:
+def publish(env: Env, staged: StagedArtifact, proof: RoundTripProof) -> VersionRecord:
     registry, keys = stores(env)
     plan = PublishPlan(run_id=RUN_ID, catalog_key=partition_key(staged.repo_id), hf_ref="main")
-    return publish_staged(registry, registry.store, keys, staged, plan, report_key).record
+    return publish_staged(registry, registry.store, keys, staged, plan, proof).record
 
 
-def publish_tiny(env: Env, repo_id: str) -> VersionRecord:
-    """Publish the next version of `repo_id` (a model in the mirror), signed."""
-    return publish(env, *stage(env, repo_id))
+def publish_tiny(env: Env, repo_id: str, dtype: str = "float16") -> VersionRecord:
+    """Publish the next version of `repo_id` (a model in the mirror, cast to `dtype`), signed."""
+    return publish(env, *stage(env, repo_id, dtype))

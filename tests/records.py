@@ -27,3 +27,9 @@ def version_record(repo_id: str, suffix: str, **fields: Any) -> VersionRecord:
             **fields,
         }
     )
+
+
+def recorded_sha256(record: VersionRecord) -> dict[str, str]:
+    """The sha256 each of the record's (whole-file) entries holds: what a round trip of
+    files that match it would prove, for tests that sign a hand-written record."""
+    return {name: entry["sha256"] for name, entry in record.files.items()}

@@ -17,7 +17,7 @@ from resources.storage.store import LocalStore
 from resources.validation.roundtrip import RoundTrip, RoundTripReport
 from resources.vllm.runner import cuda_available
 from tests.conftest import LLAMA, PROMPTS
-from tests.records import version_record
+from tests.records import recorded_sha256, version_record
 
 REPO = "org/sharded"
 
@@ -252,7 +252,8 @@ def test_verify_reads_every_rank_file(env, capsys):
         tensorize.serialize(part, path, key)
         store.put_file(f"vllm/{REPO}/v1/{name}", path)
         rank_files[name] = {"size": path.stat().st_size, "sha256": tensorize.sha256_file(path)}
-    Registry(store).publish(sign_record(store, keys, record(store, "v1", "vllm", 2, rank_files)))
+    sharded = record(store, "v1", "vllm", 2, rank_files)
+    Registry(store).publish(sign_record(store, keys, sharded, recorded_sha256(sharded)))
 
     assert main(["verify", f"{REPO}@v1"]) == 0
     assert f"{REPO}@v1: OK (2 files, {len(weights)} tensors verified)" in capsys.readouterr().out

@@ -3,21 +3,24 @@ recorded, what is refused, and which earlier run of the same build a run waits f
 
 from __future__ import annotations
 
-import json
+import hashlib
 from datetime import UTC, datetime
 
 import pytest
 
 from resources.layout import model_prefix, signature_key, validation_key
 from resources.publish import PublishPlan, PublishRefused, earlier_builds, publish_staged
-from resources.records import ModelSettings, ModelVersion, StagedArtifact
+from resources.records import ModelSettings, ModelVersion, RoundTripProof, StagedArtifact
 from resources.registry import Registry, RegistryError
+from resources.signing import SigningError
 from resources.storage.keys import KeyStore, open_key_store
 from resources.storage.store import LocalStore
 
 REPO, SHA = "org/m", "a" * 40
 SETTINGS = ModelSettings(dtype="float16", encrypted=True)
 PLAN = PublishPlan(run_id="run-1", catalog_key="org__m", hf_ref="main")
+BYTES = b"bytes"
+DIGEST = hashlib.sha256(BYTES).hexdigest()
 NOW = datetime.now(UTC)  # the reservations below are made just now: all in flight
 
 
@@ -33,18 +36,22 @@ def keys(tmp_path) -> KeyStore:
 
 def stage(
     registry: Registry, passed: bool = True, run_id: str = "run-1"
-) -> tuple[StagedArtifact, str]:
-    """A version as a run's tensorize step leaves it: reserved, files uploaded, and the
-    run's round-trip report written. Returns it and the report's key."""
+) -> tuple[StagedArtifact, RoundTripProof]:
+    """A version as a run's tensorize step leaves it: reserved, files uploaded, and what
+    the run's round trip proved (a hand-made proof: a test double for the checks)."""
     suffix = registry.reserve_suffix(REPO, run_id, sha=SHA, settings=SETTINGS)
     prefix = model_prefix(REPO, suffix)
     files = {}
     for name in ("model.tensors", "config.json"):
-        registry.store.create(f"{prefix}/{name}", b"bytes")
-        files[name] = {"size": 5, "sha256": "0" * 64}
-    report_key = validation_key(REPO, suffix, run_id)
+        registry.store.create(f"{prefix}/{name}", BYTES)
+        files[name] = {"size": len(BYTES), "sha256": DIGEST}
     summary = {"passed": passed, "tensors": {"passed": passed, "count": 3}}
-    registry.store.create(report_key, json.dumps({"passed": passed, "summary": summary}).encode())
+    proof = RoundTripProof(
+        passed=passed,
+        sha256=dict.fromkeys(files, DIGEST),
+        summary=summary,
+        report_uri=registry.store.uri(validation_key(REPO, suffix, run_id)),
+    )
     staged = StagedArtifact(
         repo_id=REPO,
         suffix=suffix,
@@ -56,7 +63,7 @@ def stage(
         reused=False,
         settings=SETTINGS,
     )
-    return staged, report_key
+    return staged, proof
 
 
 def test_a_verified_version_is_recorded_and_aliased(registry, keys):
@@ -69,7 +76,7 @@ def test_a_verified_version_is_recorded_and_aliased(registry, keys):
     assert (record.hf_sha, record.dagster_run_id, record.rotated_from) == (SHA, "run-1", "v0")
     assert record.settings == SETTINGS and record.files == staged.files
     assert record.validation["tensors"]["count"] == 3
-    assert record.validation_report == registry.store.uri(report)
+    assert record.validation_report == report.report_uri
     assert registry.aliases(REPO) == {"latest": "v1", "prod": "v1"}
     assert record.signing_key and registry.store.exists(signature_key(REPO, "v1"))
 
@@ -80,17 +87,24 @@ def test_a_verified_version_is_recorded_and_aliased(registry, keys):
         (False, ["latest"], None, "round-trip validation of org/m@v1 failed"),
         (True, ["Latest!"], None, "not alias names like 'latest'"),
         (True, ["latest"], "config.json", "config.json no longer in the store"),
+        (True, ["latest"], "swap", "model.tensors changed in the store since the round trip"),
+        (True, ["latest"], "gc", "`modelpub gc` \\(gc-1\\) claimed it as abandoned"),
     ],
 )
 def test_what_must_not_be_published_is_refused_and_nothing_is_written(
     registry, keys, passed, aliases, remove, message
 ):
     staged, report = stage(registry, passed=passed)
-    if remove:
+    if remove == "swap":  # between the round trip and the publish step
+        registry.store.delete(f"{staged.prefix}/model.tensors")
+        registry.store.create(f"{staged.prefix}/model.tensors", b"other")
+    elif remove == "gc":
+        assert registry.claim_abandoned(REPO, staged.suffix, "gc-1")
+    elif remove:
         registry.store.delete(f"{staged.prefix}/{remove}")
 
     plan = PLAN.model_copy(update={"aliases": aliases})
-    with pytest.raises(PublishRefused, match=message):
+    with pytest.raises((PublishRefused, SigningError), match=message):
         publish_staged(registry, registry.store, keys, staged, plan, report)
 
     assert registry.versions(REPO) == [] and registry.aliases(REPO) == {}

@@ -29,7 +29,7 @@ from resources.storage.store import LocalStore
 from tests.conftest import LLAMA, OPT
 from tests.processes import run_tool
 from tests.published import publish, publish_tiny, stage, stores
-from tests.records import version_record
+from tests.records import recorded_sha256, version_record
 
 REF = f"{LLAMA}@v1"
 ADAPTER_FILES = {"adapter_model.tensors": b"tensors", "adapter_config.json": b'{"r": 8}'}
@@ -167,7 +167,9 @@ def test_a_version_signed_again_by_another_key_is_refused(env, published, capsys
     their own (bundle, public key and record all consistent): the key store does not
     trust that key."""
     registry, _ = stores(env)
-    resigned = sign_record(registry.store, other_key(env.root), published)
+    resigned = sign_record(
+        registry.store, other_key(env.root), published, recorded_sha256(published)
+    )
     assert resigned.signing_key != published.signing_key
     path = store_path(env, layout.registry_key(LLAMA, "versions", "v1"))
     path.write_bytes(resigned.to_json())
@@ -300,7 +302,7 @@ def test_an_adapter_version_is_signed_over_its_files_under_its_base(env):
     prefix, _ = adapter.location
     for name, data in ADAPTER_FILES.items():
         registry.store.create(f"{prefix}/{name}", data)
-    registry.publish(sign_record(registry.store, keys, adapter))
+    registry.publish(sign_record(registry.store, keys, adapter, recorded_sha256(adapter)))
     record = registry.version("org/lora", "v1")
 
     assert signing.verify_signature(registry, keys, record) is None

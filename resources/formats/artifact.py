@@ -177,7 +177,7 @@ class FileCheck:
     def row(self) -> dict:
         """The row reports and metadata show."""
         fields = {"present": self.present, "sha256_matches": self.matches}
-        return {"file": self.file, "size": self.size, **fields}
+        return {"file": self.file, "size": self.size, **fields, "sha256": self.sha256}
 
 
 def check_files(

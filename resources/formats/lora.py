@@ -173,6 +173,9 @@ def restore_adapter(
                     uri = store.uri(f"{prefix}/{name}")
                     raise AdapterError(tensorize.describe_load_error(exc, uri, key_id)) from None
                 save_file(tensors, staged / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        for path in staged.rglob("*"):  # decrypted weights: this user's only
+            path.chmod(0o600 if path.is_file() else 0o700)
+        staged.chmod(0o700)
         with contextlib.suppress(FileNotFoundError):
             dest.rmdir()
         staged.rename(dest)

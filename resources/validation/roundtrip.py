@@ -23,6 +23,7 @@ from resources.formats.access import vllm_loader_options
 from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
 from resources.layout import tensors_name
+from resources.records import RoundTripProof
 from resources.storage.store import ObjectStore
 from resources.validation import expectations
 from resources.vllm.runner import (
@@ -148,6 +149,15 @@ class RoundTripReport:
 
     def to_json(self) -> dict:
         return {"passed": self.passed, "summary": self.summary(), **asdict(self)}
+
+    def proof(self, report_uri: str | None) -> RoundTripProof:
+        """What the publish step signs: the sha256 of each file as these checks read it."""
+        return RoundTripProof(
+            passed=self.passed,
+            sha256={r["file"]: r["sha256"] for r in self.files if r["sha256_matches"]},
+            summary=self.summary(),
+            report_uri=report_uri,
+        )
 
 
 @dataclass
