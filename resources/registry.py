@@ -163,9 +163,11 @@ class Registry:
         self._change_reservation(
             repo_id,
             suffix,
-            lambda current: current.model_copy(update={"state": "reserved", "state_by": None})
-            if current.state == "publishing"
-            else None,
+            lambda current: (
+                current.model_copy(update={"state": "reserved", "state_by": None})
+                if current.state == "publishing"
+                else None
+            ),
         )
 
     def claim_abandoned(self, repo_id: str, suffix: str, by: str) -> bool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -264,3 +267,161 @@ def test_local_store_reports_staging_files_of_a_dead_writer(tmp_path):
     store.abort_upload("vllm/org/model/v1/.model.tensors.k2j4h1")
     assert store.unfinished_uploads("vllm/org/model/v1") == []
     assert store.list("vllm/org/model/v1") == ["vllm/org/model/v1/config.json"]
+
+
+class GatedStore(LocalStore):
+    """A local store that stops one thread before its `pause_at`-th store call until the
+    test lets it go: a barrier, so each interleaving of two actors is run exactly."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.gated: int | None = None  # the thread id to stop
+        self.pause_at = -1
+        self.calls = 0
+        self.paused, self.resume = threading.Event(), threading.Event()
+        self._local = threading.local()
+
+    @property
+    def inside(self) -> bool:
+        return getattr(self._local, "inside", False)
+
+    @inside.setter
+    def inside(self, value: bool) -> None:
+        self._local.inside = value
+
+    def _gate(self) -> None:
+        if threading.get_ident() != self.gated:
+            return
+        if self.calls == self.pause_at:
+            self.paused.set()
+            assert self.resume.wait(30)
+        self.calls += 1
+
+
+def _gated(name: str):
+    method = getattr(LocalStore, name)
+
+    def call(self, *args, **kwargs):
+        outermost = not self.inside
+        if outermost:  # a call the store makes of itself (under its own lock) is not gated
+            self._gate()
+        self.inside = True
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.inside = not outermost
+
+    return call
+
+
+for _name in (
+    "read_chunks",
+    "exists",
+    "list",
+    "delete",
+    "create",
+    "read_versioned",
+    "replace",
+    "put_file",
+    "get_bytes",
+    "abort_upload",
+    "unfinished_uploads",
+):
+    setattr(GatedStore, _name, _gated(_name))
+
+
+def _interleave(first, second, store: GatedStore, pause_at: int) -> dict[str, BaseException]:
+    """Run `first` in a thread until its `pause_at`-th store call, then `second` to its
+    end, then the rest of `first`; the exceptions each raised, by name."""
+    errors: dict[str, BaseException] = {}
+
+    def run(name, action):
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - what each actor ended with is the result
+            errors[name] = exc
+
+    started = threading.Event()
+
+    def gated_first():
+        store.gated = threading.get_ident()
+        started.set()
+        run("first", first)
+
+    thread = threading.Thread(target=gated_first)
+    store.pause_at, store.calls = pause_at, 0
+    store.paused.clear()
+    store.resume.clear()
+    thread.start()
+    started.wait()
+    while thread.is_alive() and not store.paused.wait(0.01):
+        pass  # `first` may end before its pause_at-th call
+    run("second", second)
+    store.resume.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    return errors
+
+
+@pytest.mark.parametrize("gc_first", [True, False], ids=["gc-paused", "publish-paused"])
+@pytest.mark.parametrize("pause_at", range(12))
+def test_gc_and_a_re_execution_interleaved_publish_whole_or_not_at_all(
+    tmp_path, gc_first, pause_at
+):
+    """A run failed after its checks; gc judges its reservation abandoned while a
+    re-execution of that run publishes it. At every interleaving of their store calls,
+    either the version is published whole (files, key, signature) and gc deleted nothing,
+    or gc removed it and the re-execution refused: never a record without files or key."""
+    from resources.publish import PublishPlan, PublishRefused, publish_staged
+    from resources.records import ModelSettings, RoundTripProof, StagedArtifact
+    from resources.signing import verify_signature
+
+    store = GatedStore(tmp_path / "store")
+    registry = Registry(store)
+    keys = open_key_store(str(tmp_path / "keys"), str(tmp_path / "store"))
+    suffix = registry.reserve_suffix(REPO, "failed-run", key_id=lambda s: f"org__model/{s}")
+    keys.create(f"org__model/{suffix}")
+    _upload(registry, suffix, None)
+    prefix = model_prefix(REPO, suffix)
+    files = {
+        n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+        for n, d in (("model.tensors", b"weights"), ("config.json", b"{}"))
+    }
+    staged = StagedArtifact(
+        repo_id=REPO,
+        suffix=suffix,
+        sha="a" * 40,
+        prefix=prefix,
+        tensors_file="model.tensors",
+        key_id=f"org__model/{suffix}",
+        files=files,
+        reused=False,
+        settings=ModelSettings(dtype="float16", encrypted=True),
+    )
+    proof = RoundTripProof(passed=True, sha256={n: f["sha256"] for n, f in files.items()})
+    plan = PublishPlan(run_id="re-execution", catalog_key="org__model", hf_ref="main")
+    orphan = gc.find_orphans(registry, keys, RUNS.get).orphans[0]  # the failed run: over
+
+    def collect():
+        gc.remove(registry, keys, orphan)
+
+    def republish():
+        publish_staged(registry, store, keys, staged, plan, proof)
+
+    errors = (
+        _interleave(collect, republish, store, pause_at)
+        if gc_first
+        else _interleave(republish, collect, store, pause_at)
+    )
+    publish_error = errors.get("second" if gc_first else "first")
+    assert not [e for e in errors.values() if not isinstance(e, PublishRefused)], errors
+    if registry.is_published(REPO, suffix):
+        record = registry.version(REPO, suffix)
+        assert publish_error is None
+        assert sorted(store.list(prefix)) == sorted(f"{prefix}/{n}" for n in files)
+        assert keys.exists(record.key_id)
+        assert verify_signature(registry, keys, record) is None
+    else:
+        assert isinstance(publish_error, PublishRefused)
+        assert re.search("claimed it as abandoned|no longer in the store", str(publish_error))
+        assert store.list(prefix) == [] and not keys.exists(f"org__model/{suffix}")
