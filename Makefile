@@ -69,7 +69,7 @@ test: install postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -rs -p no:cacheprovider
+	$(PY) -m pytest -q -rs -p no:cacheprovider --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check --fix .

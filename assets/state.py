@@ -11,7 +11,7 @@ a failed run reads what the run it re-executes produced (its parent, and so on u
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dagster import (
@@ -60,22 +60,25 @@ def run_lineage(context: Context) -> list[str]:
     return lineage
 
 
+def _run_events(context: Context, of_type: DagsterEventType) -> Iterator[Any]:
+    """The event-specific data of this run's events of one type, newest first, then those
+    of the run it re-executes, and so on back."""
+    for run_id in run_lineage(context):
+        records = context.instance.get_records_for_run(run_id, of_type=of_type).records
+        for record in reversed(records):
+            event = record.event_log_entry.dagster_event
+            if event is not None:
+                yield event.event_specific_data
+
+
 def run_output(context: Context, asset: str) -> dict[str, Any]:
     """The metadata `asset` recorded for this partition in this run (or, re-executing, in
     the run this one re-executes)."""
     key = AssetKey(asset)
-    for run_id in run_lineage(context):
-        records = context.instance.get_records_for_run(
-            run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
-        ).records
-        for record in reversed(records):
-            materialization = record.event_log_entry.asset_materialization
-            if (
-                materialization is not None
-                and materialization.asset_key == key
-                and materialization.partition == context.partition_key
-            ):
-                return {k: v.value for k, v in materialization.metadata.items()}
+    for data in _run_events(context, DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = data.materialization
+        if materialization.asset_key == key and materialization.partition == context.partition_key:
+            return {k: v.value for k, v in materialization.metadata.items()}
     raise Failure(
         f"this run has not materialized {asset} for {context.partition_key!r}; run the whole "
         "publish job (or re-execute a run that did)",
@@ -87,22 +90,16 @@ def round_trip_proof(context: Context, asset: str, reference: str) -> RoundTripP
     """What this run's blocking `tensors_match` check on `asset` proved about `reference`
     (re-executing: the run that ran the checks), read from Dagster's event log."""
     key = AssetKey(asset)
-    for run_id in run_lineage(context):
-        records = context.instance.get_records_for_run(
-            run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
-        ).records
-        for record in reversed(records):
-            event = record.event_log_entry.dagster_event
-            evaluation = event.event_specific_data if event is not None else None
-            if (
-                isinstance(evaluation, AssetCheckEvaluation)
-                and evaluation.asset_key == key
-                and evaluation.check_name == "tensors_match"
-                and evaluation.partition == context.partition_key
-                and PROOF in evaluation.metadata
-                and evaluation.metadata.get("version").value == reference
-            ):
-                return RoundTripProof.model_validate(evaluation.metadata[PROOF].value)
+    for evaluation in _run_events(context, DagsterEventType.ASSET_CHECK_EVALUATION):
+        if (
+            isinstance(evaluation, AssetCheckEvaluation)
+            and evaluation.asset_key == key
+            and evaluation.check_name == "tensors_match"
+            and evaluation.partition == context.partition_key
+            and PROOF in evaluation.metadata
+            and evaluation.metadata["version"].value == reference
+        ):
+            return RoundTripProof.model_validate(evaluation.metadata[PROOF].value)
     raise Failure(
         f"no round trip of {reference} in this run: its checks did not run; run the whole "
         "publish job",

@@ -15,6 +15,7 @@ from resources import tensorize
 from resources.formats.artifact import check_files, write_artifact
 from resources.layout import TENSORS_FILE
 from resources.storage.store import LocalStore
+from tests.real_parts import require
 
 
 @pytest.fixture
@@ -91,11 +92,9 @@ def test_write_artifact_moves_the_tensors_into_the_store(snapshot: Path, tmp_pat
     )
 
 
-@pytest.mark.skipif(
-    not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat("/tmp").st_dev,
-    reason="needs a second filesystem",
-)
 def test_staged_file_on_another_filesystem_is_copied(tmp_path: Path):
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat("/tmp").st_dev:
+        require("a second filesystem (/dev/shm)", "/dev/shm is absent or on the same one as /tmp")
     store = LocalStore(tmp_path / "store")
     shm = Path("/dev/shm") / f"modelpub-test-{os.getpid()}"
     shm.write_bytes(b"weights")
