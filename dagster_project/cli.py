@@ -537,7 +537,7 @@ def _cmd_gc(settings: Settings, args) -> int:
         status = "orphaned"
         if args.delete:
             removed = gc.remove(registry, keys, orphan)
-            status = "removed" if removed else "kept (published meanwhile)"
+            status = "removed" if removed else "kept (a publish took it meanwhile)"
         statuses.append(status)
     if args.json:
         _print_json(
