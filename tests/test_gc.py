@@ -269,6 +269,25 @@ def test_local_store_reports_staging_files_of_a_dead_writer(tmp_path):
     assert store.list("vllm/org/model/v1") == ["vllm/org/model/v1/config.json"]
 
 
+def test_gc_reports_and_removes_the_staging_directory_of_a_killed_local_publish(env, capsys):
+    """A local publish writes the tensors into `.staging-<random>/` beside their place and
+    renames them; killed before the rename, that directory is what it leaves."""
+    registry = Registry(LocalStore(env.settings.store))
+    assert registry.reserve_suffix(REPO, "killed-run") == "v1"
+    leftover = f"{model_prefix(REPO, 'v1')}/.staging-q8x1z/model.tensors"
+    registry.store.path(leftover).parent.mkdir(parents=True)
+    registry.store.path(leftover).write_bytes(b"partial")
+    assert registry.store.list(model_prefix(REPO, "v1")) == []  # never a version's file
+
+    assert cli.main(["gc", "--older-than", "0"]) == 0
+    report = capsys.readouterr().out
+    assert f"orphaned: {REPO}@v1" in report and "0 files, 1 unfinished uploads" in report
+    assert registry.store.uri(leftover) in report
+    assert cli.main(["gc", "--older-than", "0", "--delete"]) == 0
+    assert f"removed: {REPO}@v1" in capsys.readouterr().out
+    assert not registry.store.path(leftover).parent.exists()
+
+
 class GatedStore(LocalStore):
     """A local store that stops one thread before its `pause_at`-th store call until the
     test lets it go: a barrier, so each interleaving of two actors is run exactly."""

@@ -174,11 +174,26 @@ def test_a_part_damaged_on_the_way_is_refused_by_s3_and_sent_again(s3_env: Env, 
             body = request.body.getbuffer()  # the part, as botocore is about to send it
             body[1000] ^= 0xFF
 
-    store.client.meta.events.register("before-send.s3.UploadPart", damage_the_first)
+    sent, refused = [], []
+
+    def count_sends(request, **_) -> None:
+        sent.append(request.url)
+
+    def note_refusal(response, **_) -> None:
+        if response is not None:  # (http response, parsed): what the server answered
+            refused.append(response[1].get("Error", {}).get("Code"))
+
+    events = store.client.meta.events
+    events.register("before-send.s3.UploadPart", damage_the_first)
+    events.register("before-send.s3.UploadPart", count_sends)
+    events.register("needs-retry.s3.UploadPart", note_refusal)
     streamed = store.streamed("damaged.tensors", tmp_path / "staging", PART)
     tensorize.serialize(_batches()[:4], streamed, None)
     entry = streamed.finish()
-    assert damaged  # the server saw a part whose bytes did not match its SHA-256 ...
+    # the server saw a part whose bytes did not match its SHA-256, answered BadDigest,
+    # and the same part was sent again ...
+    assert len(damaged) == 1 and "BadDigest" in refused
+    assert sent.count(damaged[0]) == 2
     local = tmp_path / "back.tensors"
     store.get_file("damaged.tensors", local)
     assert digests.file_matches(local, entry)  # ... refused it, and got it again intact

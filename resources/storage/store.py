@@ -6,6 +6,7 @@ create-exactly-once (`create`) and compare-and-swap (`replace`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -257,8 +258,14 @@ class LocalStore(ObjectStore):
         return sorted(
             str(p.relative_to(self.root))
             for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
+            if p.is_file() and not self._hidden(p)
         )
+
+    def _hidden(self, path: Path) -> bool:
+        """A writer's own file: hidden itself (`.<name>.<random>`, a lock) or inside a
+        hidden directory (`.staging-<random>/`, where tensors are written before the
+        rename)."""
+        return any(part.startswith(".") for part in path.relative_to(self.root).parts)
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -297,20 +304,24 @@ class LocalStore(ObjectStore):
             return True
 
     def unfinished_uploads(self, prefix: str) -> list[str]:
-        """Staging files (`.<name>.<random>`) left behind by a writer that died."""
+        """Staging files (`.<name>.<random>`, `.staging-<random>/<name>`) left behind by a
+        writer that died."""
         base = self.root / prefix
         if not base.is_dir():
             return []
         return sorted(
             str(p.relative_to(self.root))
-            for p in base.rglob(".*")
-            if p.is_file() and not p.name.endswith(".lock")
+            for p in base.rglob("*")
+            if p.is_file() and self._hidden(p) and not p.name.endswith(".lock")
         )
 
     def abort_upload(self, key: str) -> None:
         path = self.path(key)
-        if path.name.startswith(".") and not path.name.endswith(".lock"):
+        if self._hidden(path) and not path.name.endswith(".lock"):
             path.unlink(missing_ok=True)
+            if path.parent.name.startswith(".staging-"):
+                with contextlib.suppress(OSError):  # not empty: another file is left
+                    path.parent.rmdir()
 
     @contextmanager
     def config_dir(self, prefix: str, files: dict[str, dict]) -> Iterator[Path]:
