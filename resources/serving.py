@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,12 @@ class LoadRequest:
             raise ServeError(
                 'load_format="modelpub" needs model_loader_extra_config={"reference": '
                 '"repo_id@vN"}; resources.serving.vllm_kwargs gives both'
+            )
+        unknown = sorted(config.keys() - {f.name for f in fields(cls)})
+        if unknown:
+            raise ServeError(
+                f'load_format="modelpub" takes no {", ".join(unknown)} in '
+                "model_loader_extra_config; resources.serving.vllm_kwargs gives what it takes"
             )
         adapters = tuple(ServedAdapter(**a) for a in config.pop("adapters", []))
         return cls(**config, adapters=adapters)

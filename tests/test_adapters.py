@@ -198,7 +198,9 @@ def published_base(tmp_path_factory, mirror_template, adapter_template) -> Env:
 
 
 @pytest.mark.vllm
-def test_publish_restore_an_adapter_and_print_its_serve_lines(published_base: Env, tmp_path, capsys):
+def test_publish_restore_an_adapter_and_print_its_serve_lines(
+    published_base: Env, tmp_path, capsys
+):
     env = published_base
     assert main(["publish", LORA, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)

@@ -192,6 +192,13 @@ def test_the_loader_used_by_hand_checks_the_signature_and_the_bytes(env: Env):
         _load(plan, env, by_hand)
 
 
+def test_a_load_request_without_a_reference_or_with_unknown_keys_is_one_line():
+    with pytest.raises(ServeError, match='needs model_loader_extra_config={"reference"'):
+        LoadRequest.of({"tensorizer_uri": "s3://b/model.tensors"})
+    with pytest.raises(ServeError, match="takes no tensorizer_uri in model_loader_extra"):
+        LoadRequest.of({"reference": f"{LLAMA}@v1", "tensorizer_uri": "s3://b/model.tensors"})
+
+
 def test_an_adapter_reference_names_its_base(env: Env):
     _, adapter = _published(env)
     with pytest.raises(ServeError, match=f"is an adapter; serve its base, {LLAMA}@v1"):
