@@ -257,7 +257,9 @@ def test_serve_of_a_bf16_model_answers_as_transformers_and_peft_do(env: Env, tmp
 
 
 @pytest.mark.vllm
-def test_serve_refuses_tensors_swapped_after_prepare_in_one_line(env: Env, monkeypatch, capfd):
+def test_serve_and_the_loader_by_hand_refuse_tensors_swapped_after_prepare(
+    env: Env, monkeypatch, capfd
+):
     base, _ = _published(env, with_adapter=False)
     for name, value in ENGINE_ENV.items():
         monkeypatch.setenv(name, value)
@@ -269,6 +271,30 @@ def test_serve_refuses_tensors_swapped_after_prepare_in_one_line(env: Env, monke
     assert line.startswith(f"{base.reference}: ") and "model.tensors" in line
     assert line.endswith("; not serving it") and len(line.splitlines()) == 1
     assert "Traceback" not in capfd.readouterr().err  # vLLM's is not shown
+
+    # the loader used by hand, no `prepare`, no pin: the same check refuses the bytes
+    done = subprocess.run(
+        [sys.executable, "-c", DIRECT_SCRIPT, str(plan.model_dir), base.reference],
+        env={**os.environ, **ENGINE_ENV},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert f"{base.reference}: " in done.stdout and "model.tensors" in done.stdout
+
+
+DIRECT_SCRIPT = """
+import sys
+from vllm import LLM
+try:
+    LLM(model=sys.argv[1], load_format="modelpub", dtype="float32", max_model_len=128,
+        enforce_eager=True, model_loader_extra_config={"reference": sys.argv[2]})
+except Exception as exc:
+    print("refused:", exc)
+    sys.exit(3)
+"""
 
 
 # Loads a version in Python as a user would, counting every byte read from the store.
