@@ -36,6 +36,11 @@ def is_weight_file(name: str) -> bool:
     return name.endswith(WEIGHT_SUFFIXES) or name.endswith(".safetensors.index.json")
 
 
+def weight_bytes(snapshot: Path) -> int:
+    """The size of the snapshot's safetensors weights, the only ones published."""
+    return sum(p.stat().st_size for p in snapshot.glob("*.safetensors"))
+
+
 def config_files(snapshot: Path) -> list[Path]:
     """Everything vLLM needs beside the weights: config, tokenizer, generation config."""
     return sorted(

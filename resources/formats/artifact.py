@@ -88,7 +88,7 @@ def write_artifact(
 
 def _part_size(snapshot: Path) -> int:
     """Parts for a tensors file up to twice the checkpoint (an fp16 source cast to fp32)."""
-    return part_size_for(2 * sum(p.stat().st_size for p in snapshot.glob("*.safetensors")))
+    return part_size_for(2 * tensorize.weight_bytes(snapshot))
 
 
 def _write_streamed(

@@ -32,6 +32,8 @@ from resources.vllm.runner import (
     VllmRunError,
     compare_generations,
     context_length,
+    engines_fit_side_by_side,
+    generate_each,
     runtime_dtype,
 )
 
@@ -240,10 +242,14 @@ class RoundTrip:
             )
             if self.tensor_parallel_size > 1:
                 common["extra_engine_args"] = {"tensor_parallel_size": self.tensor_parallel_size}
-            source = generate(GenerationSpec(model=str(self.snapshot), **common))
             with self.store.config_dir(self.prefix, self.files) as model_dir:
-                published = generate(
-                    GenerationSpec(model=str(model_dir), tensorizer=loader, **common)
+                source, published = generate_each(
+                    [
+                        GenerationSpec(model=str(self.snapshot), **common),
+                        GenerationSpec(model=str(model_dir), tensorizer=loader, **common),
+                    ],
+                    generate,
+                    side_by_side=engines_fit_side_by_side(tensorize.weight_bytes(self.snapshot)),
                 )
         except (VllmRunError, PromptsTooLong) as exc:
             report.generations_error = str(exc)

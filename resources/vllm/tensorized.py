@@ -17,7 +17,7 @@ from pathlib import Path
 
 from resources.layout import tensors_name
 from resources.tensorize import TensorizeError
-from resources.vllm.runner import run_child
+from resources.vllm.runner import exit_with, run_child
 
 # Set in the serializer's processes: the vLLM plugin then skips the Hub download of config
 # files that vLLM's serializer does after writing the tensors (see skip_hub_artifacts).
@@ -96,5 +96,4 @@ def _serialize(payload: dict) -> dict:
 
 
 if __name__ == "__main__":
-    result = _serialize(json.loads(Path(sys.argv[1]).read_text()))
-    Path(sys.argv[2]).write_text(json.dumps(result))
+    exit_with(sys.argv[2], _serialize(json.loads(Path(sys.argv[1]).read_text())))
