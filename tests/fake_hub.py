@@ -37,6 +37,15 @@ class FakeHub:
         self.failing: set[str] = set()
         self.fail_next = 0  # answer this many requests with `fail_status`:
         self.fail_status = 503  # 503 as an overloaded Hub does, 429 when rate-limiting
+        # A hanging Hub without a clock: these repos answer only once `release()` is called.
+        self.held: set[str] = set()
+        self._released = threading.Event()
+        # Answers wait until this many requests were in flight at once (a barrier), so a
+        # test sees parallel requests however slow the machine is; `most_in_flight` shows it.
+        self.together = 0
+        self.most_in_flight = 0
+        self._in_flight = 0
+        self._met = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -51,6 +60,20 @@ class FakeHub:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _enter(self) -> None:
+        with self._met:
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
+            self._met.notify_all()
+            self._met.wait_for(lambda: self.most_in_flight >= self.together, timeout=60)
+
+    def _leave(self) -> None:
+        with self._met:
+            self._in_flight -= 1
 
     def _git(self, repo: str, *args: str) -> bytes | None:
         done = subprocess.run(
@@ -86,6 +109,8 @@ class FakeHub:
 
             def _resolve(self, repo: str, rev: str) -> str | None:
                 time.sleep(hub.delays.get(repo, hub.delays.get("*", 0.0)))
+                if repo in hub.held:
+                    hub._released.wait(timeout=600)
                 if repo in hub.failing:
                     self._send(500, b"Internal Error")
                     return None
@@ -110,6 +135,13 @@ class FakeHub:
             def do_GET(self) -> None:
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append(f"{self.command} {path}")
+                hub._enter()
+                try:
+                    self._answer(path)
+                finally:
+                    hub._leave()
+
+            def _answer(self, path: str) -> None:
                 if hub.fail_next > 0:
                     hub.fail_next -= 1
                     self._send(hub.fail_status, b"overloaded")

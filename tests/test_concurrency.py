@@ -1,11 +1,15 @@
 """Two runs of one entry in flight at once (a sensor, schedules and people guarantee it):
-each step reads its own run's state, so both succeed and neither touches the other's."""
+each step reads its own run's state, so both succeed and neither touches the other's.
+
+The interleavings are fixed by gates (tests/gates.py), not by timing: two publishes meet
+right after reserving their suffixes, so each is in flight while the other is.
+"""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, RunsFilter
@@ -15,17 +19,20 @@ from dagster_project.cli import publish
 from dagster_project.definitions import build_definitions
 from resources.registry import Registry
 from resources.storage import LocalStore
+from resources.validation.roundtrip import RoundTrip
 from tests.conftest import LLAMA
+from tests.gates import Gate
 
 pytestmark = pytest.mark.vllm
 
 KEY = LLAMA.replace("/", "__")
+RESERVED = "resources.registry:Registry.reserve_suffix"
 
 
-def start_publish(*flags: str) -> subprocess.Popen:
+def start_publish(gate: Gate, *flags: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "dagster_project.cli", "publish", LLAMA, *flags],
-        env=os.environ.copy(),
+        env=gate.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -47,7 +54,8 @@ def assert_overlapped(instance: DagsterInstance, run_ids: list[str]) -> None:
 
 
 def test_two_forced_publishes_of_one_entry_both_publish_their_own_suffix(env, instance):
-    workers = [start_publish("--force"), start_publish("--force")]
+    both_reserved = Gate(str(env.root / "gate"), RESERVED, parties=2)
+    workers = [start_publish(both_reserved, "--force"), start_publish(both_reserved, "--force")]
     for worker in workers:
         finish(worker)
 
@@ -67,13 +75,14 @@ def test_two_forced_publishes_of_one_entry_both_publish_their_own_suffix(env, in
 
 def test_two_unforced_publishes_of_one_sha_make_one_version(env, instance):
     """The documented rule: the lower suffix goes on, the other waits and reuses it."""
-    workers = [start_publish(), start_publish()]
+    both_reserved = Gate(str(env.root / "gate"), RESERVED, parties=2)
+    workers = [start_publish(both_reserved), start_publish(both_reserved)]
     for worker in workers:
         finish(worker)
 
     registry = Registry(LocalStore(env.settings.store))
     assert [r.suffix for r in registry.versions(LLAMA)] == ["v1"]
-    # Both reserved before either published, so the waiting path was the one taken.
+    assert len(both_reserved.arrived()) == 2  # so the waiting path was the one taken
     waiter = registry.reservation(LLAMA, "v2")
     assert waiter is not None and not registry.is_published(LLAMA, "v2")
     assert not (env.root / "store" / "vllm" / LLAMA / "v2").exists()
@@ -82,9 +91,18 @@ def test_two_unforced_publishes_of_one_sha_make_one_version(env, instance):
     assert_overlapped(instance, [r.dagster_run.run_id for r in runs])
 
 
-def test_a_publish_overlapping_a_reverify_of_the_same_entry(env, instance):
+def test_a_publish_overlapping_a_reverify_of_the_same_entry(env, instance, monkeypatch):
     v1 = publish(env.settings, LLAMA)
-    worker = start_publish("--force")
+    reserved = Gate(str(env.root / "gate"), RESERVED)
+    worker = start_publish(reserved, "--force")
+    reserved.wait_arrived()
+    check = RoundTrip.run
+
+    def open_then_check(self, generate):
+        reserved.open()  # the publish goes on while the re-verify checks
+        return check(self, generate)
+
+    monkeypatch.setattr(RoundTrip, "run", open_then_check)
     defs = build_definitions(env.settings)
     reverify = defs.resolve_job_def("reverify_model").execute_in_process(
         instance=instance,
@@ -93,7 +111,7 @@ def test_a_publish_overlapping_a_reverify_of_the_same_entry(env, instance):
     )
     finish(worker)
 
-    assert reverify.success
+    assert reverify.success and Path(reserved.root, "open").exists()
     evaluations = reverify.get_asset_check_evaluations()
     assert len(evaluations) == 3 and all(e.passed for e in evaluations)
     assert {e.metadata["version"].value for e in evaluations} == {f"{LLAMA}@v1"}

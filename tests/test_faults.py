@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from dagster_project.cli import PublishFailed, main, publish
 from resources.registry import Registry, RegistryError
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
+from tests.gates import Gate
 from tests.published import stores
 from tests.real_parts import tmpfs
 
@@ -43,21 +43,19 @@ def test_full_staging_disk_fails_clearly_and_a_rerun_publishes(s3_env, tiny_stag
 
 
 def test_killed_publish_leaves_nothing_visible_and_a_rerun_publishes(env, capsys):
+    # the publish stops (tests/gates.py) once the round trip has checked the uploaded tensors
+    checked = Gate(str(env.root / "gate"), "resources.validation.roundtrip:RoundTrip.check_tensors")
     cli = [sys.executable, "-m", "dagster_project.cli", "publish", LLAMA]
     worker = subprocess.Popen(
         cli,
-        env=os.environ.copy(),
+        env=checked.env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    uploaded = Path(env.settings.store) / f"vllm/{LLAMA}/v1/model.tensors"
-    deadline = time.monotonic() + 240
-    while not uploaded.exists() and worker.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert worker.poll() is None, "the publish finished before it could be killed"
-    assert uploaded.exists(), "no upload appeared within 240 s"
-    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its vLLM child, mid-validation
+    checked.wait_arrived()
+    assert (Path(env.settings.store) / f"vllm/{LLAMA}/v1/model.tensors").exists()
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker, mid-validation
     worker.wait()
     assert versions(env) == []
     with pytest.raises(RegistryError, match="no alias 'latest'"):

@@ -13,7 +13,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from resources.storage import open_store
 from resources.storage.keys import open_key_store
 from resources.storage.s3 import parse_s3_uri
 from tests.conftest import LLAMA, catalog_yaml, use_s3
+from tests.gates import Gate
 from tests.s3_server import ARTIFACTS_BUCKET, IDENTITIES, SeaweedS3
 
 WIDE = "test-org/wide-llama"
@@ -59,22 +59,6 @@ def commit_wide_llama(repo: Path) -> None:
     git(repo, "commit", "-q", "-m", "wide llama")
 
 
-def kill_during_upload(server: SeaweedS3, store_uri: str, publisher: subprocess.Popen) -> None:
-    """SIGKILL the server as soon as a multipart upload of the artifact is in flight."""
-    bucket, prefix = parse_s3_uri(store_uri)
-    client = server.client()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/vllm/")
-        if uploads.get("Uploads"):
-            server.kill()
-            return
-        if publisher.poll() is not None:
-            pytest.fail(f"publish ended before its upload could be cut:\n{publisher.stdout.read()}")
-        time.sleep(0.02)
-    pytest.fail("no upload started within 300 s")
-
-
 def artifact_bucket_objects(server: SeaweedS3) -> dict[str, bytes]:
     client = server.client()
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=ARTIFACTS_BUCKET)
@@ -95,13 +79,21 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
         env.write_catalog(catalog_yaml(env.mirror, [{"repo_id": WIDE}]))
         store_uri = env.settings.store
 
+        # the publish stops (tests/gates.py) once the first part of its upload is sent
+        uploading = Gate(str(env.root / "gate"), "resources.storage.s3:_Multipart.upload")
         first = subprocess.Popen(
             [sys.executable, "-m", "dagster_project.cli", "publish", WIDE],
+            env=uploading.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        kill_during_upload(server, store_uri, first)
+        uploading.wait_arrived()
+        bucket, prefix = parse_s3_uri(store_uri)
+        in_flight = server.client().list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/vllm/")
+        assert in_flight.get("Uploads"), "no multipart upload in flight"
+        server.kill()
+        uploading.open()
         output = first.communicate(timeout=300)[0]
         assert first.returncode == 1, output
         summary = output[output.index("modelpub: publishing") :]  # after Dagster's logs

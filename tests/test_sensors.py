@@ -149,9 +149,11 @@ def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(e
     repos = [f"big-org/model-{i:03d}" for i in range(200)]
     sha = head(env, LLAMA)
     with FakeHub(env.root / "hub") as hub:
-        # 0.25 s per answer: 50 s for the whole catalog one by one, near Dagster's 60 s limit.
-        hub.delays["*"] = 0.25
-        hub_catalog(env, hub, repos, chunk=50, budget_s=10)
+        # 0.25 s per answer: 50 s for the whole catalog one by one, near Dagster's 60 s
+        # limit. The first answers wait until 8 requests (the sensor's workers) are in
+        # flight together: polled one by one, the tick would run out of its budget.
+        hub.delays["*"], hub.together = 0.25, 8
+        hub_catalog(env, hub, repos, chunk=50, budget_s=30)
         cursor, seen = None, {}
         for _ in range(4):
             result = tick(env, instance, cursor)
@@ -163,6 +165,7 @@ def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(e
                 seen[key] = requested_sha
         assert seen == {r.replace("/", "__"): sha for r in repos}
         assert sorted(Counter(hub.requests).values()) == [1] * 200
+        assert hub.most_in_flight == 8
 
         # The next round starts again at the first chunk: only the entry that moved runs.
         moved = hub.root / repos[3]
@@ -176,17 +179,17 @@ def test_failing_and_hanging_hub_answers_do_not_hold_up_the_tick(env, instance):
     repos = ["org/ok", "org/fails", "org/hangs"]
     sha = head(env, LLAMA)
     with FakeHub(env.root / "hub") as hub:
-        hub.failing, hub.delays = {"org/fails"}, {"org/hangs": 8}
-        hub_catalog(env, hub, repos, budget_s=2)
+        # org/hangs answers only when released: the tick must return without it
+        hub.failing, hub.held = {"org/fails"}, {"org/hangs"}
+        hub_catalog(env, hub, repos, budget_s=3)
 
         first = tick(env, instance)
-        answered_by_then = list(hub.answered)
         assert requested(first) == {"org__ok": sha}
-        # The tick returned before the hanging hub answered: it did not wait for it.
         assert any("org/hangs" in r for r in hub.requests)
-        assert not any("org/hangs" in a for a in answered_by_then)
+        assert not any("org/hangs" in a for a in hub.answered)
 
-        hub.failing, hub.delays = set(), {}
+        hub.release()
+        hub.failing, hub.held = set(), set()
         second = tick(env, instance, first.cursor)
     assert requested(second) == {"org__fails": sha, "org__hangs": sha}
 
