@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +20,40 @@ os.environ.setdefault("MODELPUB_RETRY_DELAY_S", "0.5")
 
 from dagster_project.demo import commit_tiny_model  # noqa: E402
 from resources.settings import Settings
+from resources.vllm.engine_host import HOST_ENV
 from tests.s3_server import ARTIFACTS_BUCKET, IDENTITIES, KEYS_BUCKET, SeaweedS3
 
 LLAMA = "test-org/tiny-llama"
 OPT = "test-org/tiny-opt"
 PROMPTS = ["Hello world", "The quick brown fox"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_host(request, tmp_path_factory) -> Iterator[str | None]:
+    """One warm engine host (resources/vllm/engine_host.py) for the session's vLLM engines,
+    CLI and daemon children included: each engine forks from it instead of importing vLLM
+    afresh (about 8 s of a core each). Only where a collected test runs vLLM."""
+    if not any(item.get_closest_marker("vllm") for item in request.session.items):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("engine-host")
+    socket_path = str(root / "host.sock")
+    with (root / "host.log").open("wb") as log:
+        host = subprocess.Popen(
+            [sys.executable, "-m", "resources.vllm.engine_host", socket_path],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while not Path(socket_path).exists():
+        assert host.poll() is None and time.monotonic() < deadline, "the engine host did not start"
+        time.sleep(0.05)
+    os.environ[HOST_ENV] = socket_path
+    yield socket_path
+    del os.environ[HOST_ENV]
+    os.killpg(host.pid, signal.SIGKILL)
+    host.wait()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from dagster_project.demo import commit_tiny_model
 from resources.records import StagedArtifact
 from resources.registry import Registry
 from resources.storage.store import LocalStore
+from resources.vllm.engine_host import HOST_ENV
 from tests.conftest import LLAMA, OPT, catalog_yaml
 
 pytestmark = pytest.mark.vllm
@@ -91,7 +92,8 @@ def test_publish_verify_and_republish(env, capsys):
     assert f"{LLAMA}@v1" in listing and f"{LLAMA}@v2" in listing and "latest" in listing
 
 
-def test_publish_a_second_architecture_unencrypted(env):
+def test_publish_a_second_architecture_unencrypted(env, monkeypatch):
+    monkeypatch.delenv(HOST_ENV)  # the engines start as a user's do, without an engine host
     env.write_catalog(
         Path(env.settings.catalog)
         .read_text()

@@ -19,18 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from resources.errors import ModelpubError
-
-ENGINE_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: faster start on CPU
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default would take a large slice of RAM
-    "VLLM_NO_USAGE_STATS": "1",
-    "VLLM_DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    # Every engine here runs eager (enforce_eager); tracing the one helper vLLM's sampler
-    # still compiles took 3 s of each start, for the same token ids.
-    "TORCHDYNAMO_DISABLE": "1",
-}
+from resources.vllm import engine_host
+from resources.vllm.engine_host import ENGINE_ENV
 
 
 class VllmRunError(ModelpubError):
@@ -106,30 +96,57 @@ def lora_rank_limit(rank: int) -> int:
 def run_child(
     module: str, payload: dict, timeout_s: float, extra_env: dict[str, str] | None = None
 ) -> dict:
-    """Run `python -m module payload.json out.json` with the engine environment and return
-    the JSON it wrote, plus `process_s`."""
+    """Run `python -m module payload.json out.json` with the engine environment (forked by
+    the engine host where one runs: resources/vllm/engine_host.py) and return the JSON it
+    wrote, plus `process_s`."""
     with tempfile.TemporaryDirectory(prefix="modelpub-vllm-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(payload))
         env = {**os.environ, **ENGINE_ENV, **(extra_env or {})}
         start = time.perf_counter()
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", module, str(spec_path), str(out_path)],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise VllmRunError(f"vLLM did not finish within {timeout_s:.0f}s") from None
-        if done.returncode != 0 or not out_path.exists():
-            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-25:])
-            raise VllmRunError(f"vLLM exited with status {done.returncode}:\n{tail}")
+        args = [str(spec_path), str(out_path)]
+        returncode, output = _run(module, args, env, Path(tmp), timeout_s)
+        if returncode != 0 or not out_path.exists():
+            tail = "\n".join(output.strip().splitlines()[-25:])
+            raise VllmRunError(f"vLLM exited with status {returncode}:\n{tail}")
         result = json.loads(out_path.read_text())
         result["process_s"] = time.perf_counter() - start
         return result
+
+
+def _run(
+    module: str, args: list[str], env: dict[str, str], tmp: Path, timeout_s: float
+) -> tuple[int, str]:
+    """Run the child (forked by the engine host where one answers, else a fresh
+    interpreter); its exit status and its stderr (stdout where stderr is empty)."""
+    socket_path = engine_host.host_socket()
+    if socket_path:
+        request = engine_host.ChildRequest(
+            module, args, env, os.getcwd(), str(tmp / "stdout"), str(tmp / "stderr")
+        )
+        try:
+            child = engine_host.ForkedChild(socket_path, request)
+        except engine_host.HostUnavailable as e:
+            print(f"modelpub: {e}; starting vLLM in a fresh process", file=sys.stderr)
+        else:
+            try:
+                returncode = child.wait(timeout_s)
+            except TimeoutError:
+                raise VllmRunError(f"vLLM did not finish within {timeout_s:.0f}s") from None
+            stderr, stdout = (Path(request.stderr).read_text(), Path(request.stdout).read_text())
+            return returncode, stderr or stdout
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise VllmRunError(f"vLLM did not finish within {timeout_s:.0f}s") from None
+    return done.returncode, done.stderr or done.stdout
 
 
 def generate(spec: GenerationSpec, timeout_s: float = 900) -> dict:
