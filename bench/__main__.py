@@ -1,8 +1,9 @@
 """`python -m bench [--smoke]`: measure the pipeline against the machine's limits.
 
 Writes results.json, results.md (the table, also printed) and results.png into
---out (bench/results by default). `--smoke` runs every figure on the tiny model only:
-a quick check that the bench works, not a measurement.
+--out (bench/results by default). `--smoke` runs every figure on the tiny model only (but
+the multiprocess Dagster run), its vLLM engines forked by an engine host where
+MODELPUB_ENGINE_HOST names one: a quick check that the bench works, not a measurement.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench.models import (
     write_large_model,
 )
 from bench.s3server import s3_server
+from resources.vllm.engine_host import HOST_ENV
 
 MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
 
@@ -51,8 +53,9 @@ def log(figures: list[Figure]) -> list[Figure]:
     return figures
 
 
-def bench_model(spec: ModelSpec, work: Path, repeat: int, sweep: bool) -> list[Figure]:
-    """Every figure for one model; `sweep`: its point of the size sweep too."""
+def bench_model(spec: ModelSpec, work: Path, repeat: int, smoke: bool) -> list[Figure]:
+    """Every figure for one model, its point of the size sweep too; `smoke`: the multiprocess
+    Dagster run left out (tests/test_deploy.py and tests/test_daemon.py run that executor)."""
     from tensorizer import EncryptionParams
 
     print(f"{spec.label}: making the model", file=sys.stderr, flush=True)
@@ -66,10 +69,14 @@ def bench_model(spec: ModelSpec, work: Path, repeat: int, sweep: bool) -> list[F
     with s3_server("bench") as s3:  # stopped before the vLLM runs: it holds memory
         figures += log(throughput.publish_s3(spec.label, snapshot, work, key, s3))
         figures += log(throughput.load_s3(spec.label, key, s3, work))
-        if sweep:
+        if smoke or spec == LARGE:
             figures += log(throughput.size_sweep(spec.label, snapshot, work, key, s3))
     figures += log(runs.memory(spec.label, snapshot, work / "memory", size))
-    figures += log(runs.publish_runs(spec.label, mirror, spec.name, work / "runs", size, repeat))
+    figures += log(
+        runs.publish_runs(
+            spec.label, mirror, spec.name, work / "runs", size, repeat, multiprocess=not smoke
+        )
+    )
     return figures
 
 
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--repeat", type=int, default=None, help="runs per local figure")
     args = parser.parse_args(argv)
+    if not args.smoke:  # a measurement: every vLLM engine starts as a user's does
+        os.environ.pop(HOST_ENV, None)
     models = [TINY] if args.smoke else [TINY, LARGE]
     repeat = args.repeat or (1 if args.smoke else 2)
     started, load_before = time.perf_counter(), _load()
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # the tiny model's figures are fixed costs, not throughput: measured once
             runs = repeat if spec == LARGE else 1
-            figures += bench_model(spec, work, runs, sweep=args.smoke or spec == LARGE)
+            figures += bench_model(spec, work, runs, smoke=args.smoke)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if not args.smoke:

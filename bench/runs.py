@@ -83,16 +83,21 @@ def _publish(kind: str, mirror: Path, repo_id: str, home: Path) -> dict:
 
 
 def publish_runs(
-    model: str, mirror: Path, repo_id: str, work: Path, model_bytes: int, repeat: int
+    model: str,
+    mirror: Path,
+    repo_id: str,
+    work: Path,
+    model_bytes: int,
+    repeat: int,
+    multiprocess: bool = True,
 ) -> list[Figure]:
     """Plain and Dagster publishes, alternating, `repeat` of each; the fastest of each
     kind counts (the round trip's vLLM engines dominate both and vary the most). The
-    multiprocess run, which has no target, runs once."""
+    multiprocess run, which has no target, runs once where `multiprocess`."""
     plains, dagsters = [], []
     for i in range(repeat):
         plains.append(_publish("plain_run", mirror, repo_id, work / f"plain{i}"))
         dagsters.append(_publish("dagster_run", mirror, repo_id, work / f"dagster{i}"))
-    multi = _publish("dagster_multiprocess_run", mirror, repo_id, work / "multi")
     plain = min(plains, key=lambda r: r["seconds"])
     dagster = min(dagsters, key=lambda r: r["seconds"])
     engine_peak = max(e["peak_rss"] for p in plains for e in p["engines"].values())
@@ -103,7 +108,7 @@ def publish_runs(
     }
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in plain["steps"].items())
     dagster_steps = ", ".join(f"{k} {v:.1f} s" for k, v in dagster["steps"].items())
-    return [
+    figures = [
         Figure(
             "vLLM start",
             model,
@@ -173,17 +178,23 @@ def publish_runs(
             f"{dagster_steps}; importing Dagster and the definitions took "
             f"{dagster['import_s']:.1f} s more (once per process, not counted)",
         ),
-        Figure(
-            "Dagster",
-            model,
-            "full publish run (multiprocess executor: a process per step, as the daemon runs it)",
-            multi["seconds"],
-            "s",
-            "sum of the steps' own work (plain calls)",
-            plain["seconds"],
-            higher_is_better=False,
-            note="each step starts a Python process and imports the project and its "
-            "resources; steps (start to success events): "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in multi["steps"].items()),
-        ),
     ]
+    if multiprocess:
+        multi = _publish("dagster_multiprocess_run", mirror, repo_id, work / "multi")
+        figures.append(
+            Figure(
+                "Dagster",
+                model,
+                "full publish run (multiprocess executor: a process per step, as the daemon "
+                "runs it)",
+                multi["seconds"],
+                "s",
+                "sum of the steps' own work (plain calls)",
+                plain["seconds"],
+                higher_is_better=False,
+                note="each step is a process forked from a server that imported the project "
+                "once per run; steps (start to success events): "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in multi["steps"].items()),
+            )
+        )
+    return figures

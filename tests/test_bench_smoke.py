@@ -60,7 +60,7 @@ def test_smoke_bench_reports_every_figure_with_its_baseline(tmp_path: Path):
     # the paths the pipeline really takes are timed, each labelled by its code path
     for path in (
         "iter_deserialized",
-        "multiprocess executor",
+        "full publish run (Dagster job, in process)",  # the multiprocess run is full-bench only
         "vLLM engine of the round trip",
         "write_artifact → S3, encrypted, streamed",
         "peak staging disk",

@@ -158,9 +158,11 @@ def test_a_bad_retry_delay_is_one_line(raw):
 
 
 # Reading the environment where it belongs: the engine's child process is handed the
-# environment (runner), and the vLLM plugin reads its flag inside vLLM.
+# environment (runner, and the engine host that forks it), and the vLLM plugin reads its
+# flag inside vLLM.
 READERS = {
     "resources/settings.py",
+    "resources/vllm/engine_host.py",
     "resources/vllm/runner.py",
     "resources/vllm/plugin.py",
 }
