@@ -65,11 +65,9 @@ def plain_run(spec: dict) -> dict:
     from resources.layout import model_prefix, validation_key
     from resources.publish import PublishPlan, publish_staged
     from resources.records import ModelSettings, StagedArtifact
-    from resources.registry import Registry
     from resources.settings import Settings
     from resources.sources.hub import make_hub
-    from resources.storage import open_store
-    from resources.storage.keys import open_key_store
+    from resources.stores import open_stores
     from resources.validation.roundtrip import RoundTrip
     from resources.vllm import runner as vllm_runner
 
@@ -88,9 +86,8 @@ def plain_run(spec: dict) -> dict:
     steps["model_snapshot"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    store = open_store(settings.store, settings.store_s3)
-    registry = Registry(store)
-    keys = open_key_store(settings.keys, settings.store, settings.keys_s3)
+    registry, keys = open_stores(settings)
+    store = registry.store
     suffix = registry.reserve_suffix(entry.repo_id, run_id)
     key_id = f"{partition_key(entry.repo_id)}/{suffix}"
     key = keys.create(key_id)

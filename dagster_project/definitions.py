@@ -24,7 +24,6 @@ from resources.errors import ModelpubError
 from resources.settings import HF_TOKEN_ENV, Settings
 from resources.storage.s3 import dagster_s3_config
 
-
 # What every step process imports, loaded once per run by the multiprocess executor's fork
 # server: each step then forks from it instead of importing Dagster, the definitions and
 # torch afresh (about 4 s of a core per step here).

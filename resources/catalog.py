@@ -259,6 +259,12 @@ class Catalog(_Strict):
             for a in m.adapters
         ]
 
+    def is_adapter(self, name: str) -> bool:
+        """Whether `name` (a partition key or repo id) names an adapter, not a model entry."""
+        return partition_key(name) not in self.keys and any(
+            name in (t.key, t.adapter.repo_id) for t in self.adapters
+        )
+
     def adapter(self, name: str) -> AdapterTarget:
         """The adapter with partition key, adapter repo id or adapter key `name`."""
         for target in self.adapters:

@@ -21,10 +21,9 @@ from resources.catalog import Catalog, CatalogError, HubSpec, load_catalog
 from resources.errors import ModelpubError
 from resources.settings import Settings, hub_token
 from resources.sources.hub import HuggingFaceHub
-from resources.storage import open_store
-from resources.storage.keys import open_key_store
 from resources.storage.s3 import S3Store
 from resources.storage.store import LocalStore, ObjectStore
+from resources.stores import artifact_store, key_store
 
 # The checkout's lock, beside the package: `make install` installs exactly it.
 LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
@@ -260,7 +259,7 @@ def _shares_credentials(store: ObjectStore, keys: ObjectStore) -> bool:
 
 def _key_store_check(settings: Settings, store: ObjectStore) -> Check:
     try:
-        keys = open_key_store(settings.keys, settings.store, settings.keys_s3).store
+        keys = key_store(settings).store
         if _shares_credentials(store, keys):
             return Check(
                 "key store",
@@ -278,7 +277,7 @@ def check_stores(settings: Settings) -> list[Check]:
     """Both stores reachable, and the keys kept from the artifacts: in a place of their
     own and, on S3, under credentials of their own."""
     try:
-        store = open_store(settings.store, settings.store_s3)
+        store = artifact_store(settings)
     except ModelpubError as exc:
         return [Check("object store", False, str(exc), "check MODELPUB_STORE")]
     return [_probe("object store", store), _key_store_check(settings, store)]

@@ -43,8 +43,8 @@ from resources.records import AdapterVersion, ModelVersion, VersionRecord
 from resources.registry import Registry, suffix_number
 from resources.settings import Settings
 from resources.signing import SignedVersion, SigningError, signed_version
-from resources.storage import open_store
-from resources.storage.keys import KeyStore, open_key_store
+from resources.storage.keys import KeyStore
+from resources.stores import open_stores
 from resources.vllm.runner import lora_rank_limit, runtime_dtype
 
 LOAD_FORMAT = "modelpub"
@@ -161,12 +161,6 @@ class ServePlan:
         """Delete the decrypted adapter directories this plan restored."""
         for adapter in self.adapters:
             shutil.rmtree(adapter.path, ignore_errors=True)
-
-
-def open_stores(settings: Settings) -> tuple[Registry, KeyStore]:
-    """The registry and the key store the settings name."""
-    registry = Registry(open_store(settings.store, settings.store_s3))
-    return registry, open_key_store(settings.keys, settings.store, settings.keys_s3)
 
 
 def _signed(

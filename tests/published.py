@@ -25,9 +25,9 @@ from resources.records import (
     VersionRecord,
 )
 from resources.registry import Registry
-from resources.storage import open_store
-from resources.storage.keys import KeyStore, open_key_store
+from resources.storage.keys import KeyStore
 from resources.storage.store import ObjectStore
+from resources.stores import open_stores
 from tests.conftest import Env
 
 RUN_ID = "test-run"
@@ -35,9 +35,7 @@ RUN_ID = "test-run"
 
 def stores(env: Env) -> tuple[Registry, KeyStore]:
     """The registry and key store the CLI opens for `env` (local, or S3 with `s3_env`)."""
-    settings = env.settings
-    store = open_store(settings.store, settings.store_s3)
-    return Registry(store), open_key_store(settings.keys, settings.store, settings.keys_s3)
+    return open_stores(env.settings)
 
 
 def _stage(

@@ -300,7 +300,7 @@ def test_a_move_is_made_when_dagster_is_unavailable(published, capsys, monkeypat
     def no_instance(settings):
         raise OSError("dagster_home is read-only")
 
-    monkeypatch.setattr("dagster_project.cli._instance", no_instance)
+    monkeypatch.setattr("dagster_project.cli.aliases.instance", no_instance)
     code, out, err = cli(capsys, "alias", "set", f"{LLAMA}@v1", "latest")
     assert code == 0 and "v2 -> v1" in out
     assert err.strip() == (

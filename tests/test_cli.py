@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from dagster_project import cli
+from dagster_project.cli.runner import ensure_partition
 from resources.catalog import CatalogError
 from resources.errors import ModelpubError
 from resources.formats.format import FormatError, StagingFull
@@ -138,7 +139,7 @@ def test_a_publish_that_loses_the_partition_race_still_runs(instance, monkeypatc
     monkeypatch.setattr(
         instance, "has_dynamic_partition", lambda *a: next(seen, None) or real_check(*a)
     )
-    cli._ensure_partition(instance, "models", key)
+    ensure_partition(instance, "models", key)
     assert instance.get_dynamic_partitions("models") == [key]
 
 

@@ -11,6 +11,7 @@ from dagster import build_schedule_context, build_sensor_context, validate_run_c
 
 from assets.gpu import GPU_STEPS
 from dagster_project import cli, launch
+from dagster_project.cli import runner
 from dagster_project.definitions import build_definitions
 from resources.catalog import load_catalog
 from resources.errors import ModelpubError
@@ -56,9 +57,9 @@ def test_sensor_and_cli_launch_a_tensor_parallel_entry_alike(k8s_env, instance, 
 
     launched = []
     monkeypatch.setattr(
-        cli, "_run_publish", lambda settings, parts, run, verbose: launched.append(run)
+        runner, "_run_publish", lambda settings, parts, run, verbose: launched.append(run)
     )
-    cli.publish(k8s_env.settings, LLAMA)
+    runner.publish(k8s_env.settings, LLAMA)
     [by_hand] = launched
     assert (by_hand.job_name, by_hand.partition_key) == (request.job_name, request.partition_key)
     assert by_hand.run_config == request.run_config

@@ -18,7 +18,7 @@ from resources import tensorize
 from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
 from resources.records import VersionRecord
-from resources.registry import Registry
+from resources.registry import Registry, RegistryError
 from resources.signing import verify_signature
 from resources.storage.keys import KeyStore
 
@@ -86,3 +86,11 @@ def verify_published(registry: Registry, keys: KeyStore, record: VersionRecord) 
     report.files = [c.row() for c in checks]
     report.signature = verify_signature(registry, keys, record, {c.file: c.sha256 for c in checks})
     return report
+
+
+def require_verified(registry: Registry, keys: KeyStore, record: VersionRecord) -> None:
+    """Refuse a rollback to a version whose files or tensors no longer verify."""
+    report = verify_published(registry, keys, record)
+    if not report.ok:
+        problems = "; ".join(" ".join(p.split()) for p in report.problems)
+        raise RegistryError(f"{record.reference} fails verification, not rolling back: {problems}")
