@@ -10,17 +10,14 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
 
-from assets.errors import TRANSIENT_RETRY, classified_errors
-from assets.partitions import adapters_partitions
+from assets.errors import classified_errors
+from assets.paths import ADAPTER_PATH, Serve, published_asset
 from assets.publishing import (
-    OWNERS,
     PublishConfig,
-    publish_step,
     snapshot_metadata,
-    stage_tags,
     tensorize_step,
 )
-from assets.state import BASE_TAG, SHA_TAG, pin_tag, run_tag, staged_artifact
+from assets.state import BASE_TAG, SHA_TAG, pin_tag, run_tag
 from resources import (
     CatalogResource,
     HubResource,
@@ -35,6 +32,7 @@ from resources.layout import ADAPTER_TENSORS_FILE, adapter_prefix
 from resources.records import AdapterSettings, AdapterVersion, VersionRecord
 from resources.registry import Registry, RegistryError
 from resources.serve import adapter_serve_command
+from resources.stage import StageRequest
 from resources.storage.store import ObjectStore
 
 
@@ -73,12 +71,8 @@ def fetch_checked(
 
 
 @asset(
-    partitions_def=adapters_partitions,
+    **ADAPTER_PATH.step("fetch"),
     kinds={"huggingface", "git"},
-    owners=OWNERS,
-    group_name="adapters",
-    tags=stage_tags("adapter", "fetch"),
-    retry_policy=TRANSIENT_RETRY,
     description="The adapter's repo at a pinned commit sha, and the base version it is "
     "published against (the base's `latest`, pinned for the run). Fails unless the "
     "adapter names that base and every LoRA tensor fits the base's weights.",
@@ -116,13 +110,9 @@ def adapter_snapshot(
 
 
 @asset(
-    partitions_def=adapters_partitions,
+    **ADAPTER_PATH.step("serialize"),
     deps=[adapter_snapshot],
     kinds={"tensorizer", "pytorch"},
-    owners=OWNERS,
-    group_name="adapters",
-    tags=stage_tags("adapter", "serialize"),
-    retry_policy=TRANSIENT_RETRY,
     description="The adapter's weights serialized with tensorizer (encrypted when its base "
     "is) in their own dtype, uploaded with adapter_config.json under the base version: "
     "vllm/<base>/<base suffix>/adapters/<adapter>/<suffix>/. Not visible to serving code "
@@ -144,8 +134,7 @@ def tensorized_adapter(
     base_suffix = run_tag(context, BASE_TAG, "adapter_snapshot", "base_suffix")
     base = registry.open().version(target.base.repo_id, base_suffix)
     path, info = fetch_checked(target, catalog, hub, base, sha)
-    return tensorize_step(
-        context,
+    request = StageRequest(
         repo_id=target.adapter.repo_id,
         sha=sha,
         settings=AdapterSettings(
@@ -156,55 +145,37 @@ def tensorized_adapter(
             base_suffix=base_suffix,
             base_hf_sha=base.hf_sha,
         ),
-        force=config.force,
-        snapshot=lambda: path,
+        key_prefix=context.partition_key,
         prefix=lambda suffix: adapter_prefix(
             target.base.repo_id, base_suffix, target.adapter.repo_id, suffix
         ),
-        cast=None,
         tensors_file=ADAPTER_TENSORS_FILE,
-        registry=registry,
-        object_store=object_store,
-        key_store=key_store,
-        tensorizer=tensorizer,
+        cast=None,
+        force=config.force,
+    )
+    return tensorize_step(
+        context, request, lambda: path, registry, object_store, key_store, tensorizer
     )
 
 
-@asset(
-    partitions_def=adapters_partitions,
-    deps=[tensorized_adapter],
-    kinds={"vllm"},
-    owners=OWNERS,
-    group_name="adapters",
-    tags=stage_tags("adapter", "publish"),
-    retry_policy=TRANSIENT_RETRY,
+def _adapter_serve(registry: Registry) -> Serve:
+    """How to serve an adapter version: its base version's command, the adapter attached."""
+
+    def serve(record: AdapterVersion, store: ObjectStore) -> str:
+        base = registry.version(record.base_repo_id, record.base_suffix)
+        return adapter_serve_command(record, base, store)
+
+    return serve
+
+
+published_adapter = published_asset(
+    ADAPTER_PATH,
+    "published_adapter",
+    tensorized_adapter,
+    ref=lambda catalog, key: catalog.adapter(key).adapter.ref,
+    serve=_adapter_serve,
     description="The immutable registry record (registry/<adapter repo>/versions/<suffix>) "
     "that makes a verified adapter visible to serving code, naming its base version, and "
     "the adapter's `latest` alias moved to it. Runs only when every blocking check on "
     "`tensorized_adapter` passed.",
 )
-@classified_errors()
-def published_adapter(
-    context: AssetExecutionContext,
-    catalog: CatalogResource,
-    object_store: ObjectStoreResource,
-    registry: RegistryResource,
-    key_store: KeyStoreResource,
-) -> MaterializeResult:
-    target = catalog.load().adapter(context.partition_key)
-    reg = registry.open()
-
-    def serve(record: AdapterVersion, store: ObjectStore) -> str:
-        base = reg.version(record.base_repo_id, record.base_suffix)
-        return adapter_serve_command(record, base, store)
-
-    return publish_step(
-        context,
-        ref=target.adapter.ref,
-        staged=staged_artifact(context, "tensorized_adapter"),
-        asset="tensorized_adapter",
-        registry=registry,
-        object_store=object_store,
-        key_store=key_store,
-        serve=serve,
-    )

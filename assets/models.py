@@ -2,18 +2,15 @@
 
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
 
-from assets.errors import TRANSIENT_RETRY, classified_errors
+from assets.errors import classified_errors
 from assets.gpu import GPU_OP_TAGS
-from assets.partitions import models_partitions
+from assets.paths import MODEL_PATH, published_asset
 from assets.publishing import (
-    OWNERS,
     PublishConfig,
-    publish_step,
     snapshot_metadata,
-    stage_tags,
     tensorize_step,
 )
-from assets.state import SHA_TAG, pin_tag, run_tag, staged_artifact
+from assets.state import SHA_TAG, pin_tag, run_tag
 from resources import (
     CatalogResource,
     HubResource,
@@ -26,16 +23,13 @@ from resources.formats.format import FormatError, choose_format
 from resources.layout import model_prefix, tensors_name
 from resources.records import ModelSettings
 from resources.serve import serve_command
+from resources.stage import StageRequest
 from resources.vllm.runner import PromptsTooLong, context_length, cuda_available
 
 
 @asset(
-    partitions_def=models_partitions,
+    **MODEL_PATH.step("fetch"),
     kinds={"huggingface", "git"},
-    owners=OWNERS,
-    group_name="models",
-    tags=stage_tags("model", "fetch"),
-    retry_policy=TRANSIENT_RETRY,
     description="The catalog entry's Hugging Face repo, resolved once to a commit sha and "
     "fetched into the local snapshot cache. Every later step uses that sha.",
 )
@@ -55,13 +49,9 @@ def model_snapshot(
 
 
 @asset(
-    partitions_def=models_partitions,
+    **MODEL_PATH.step("serialize"),
     deps=[model_snapshot],
     kinds={"tensorizer", "pytorch"},
-    owners=OWNERS,
-    group_name="models",
-    tags=stage_tags("model", "serialize"),
-    retry_policy=TRANSIENT_RETRY,
     pool="gpu",  # vLLM's serializer loads the model onto the GPU (vllm format)
     op_tags=GPU_OP_TAGS,
     description="The snapshot's weights serialized with tensorizer (encrypted unless the "
@@ -93,8 +83,7 @@ def tensorized_model(
         context_length(source, entry.prompts, entry.max_tokens)
     except PromptsTooLong as exc:
         raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
-    return tensorize_step(
-        context,
+    request = StageRequest(
         repo_id=entry.repo_id,
         sha=sha,
         settings=ModelSettings(
@@ -103,46 +92,24 @@ def tensorized_model(
             format=fmt,
             tensor_parallel_size=entry.tensor_parallel_size,
         ),
-        force=config.force,
-        snapshot=lambda: source,
+        key_prefix=context.partition_key,
         prefix=lambda suffix: model_prefix(entry.repo_id, suffix),
-        cast=entry.dtype,
         tensors_file=tensors_name(entry.tensor_parallel_size),
-        registry=registry,
-        object_store=object_store,
-        key_store=key_store,
-        tensorizer=tensorizer,
+        cast=entry.dtype,
+        force=config.force,
+    )
+    return tensorize_step(
+        context, request, lambda: source, registry, object_store, key_store, tensorizer
     )
 
 
-@asset(
-    partitions_def=models_partitions,
-    deps=[tensorized_model],
-    kinds={"vllm"},
-    owners=OWNERS,
-    group_name="models",
-    tags=stage_tags("model", "publish"),
-    retry_policy=TRANSIENT_RETRY,
+published_version = published_asset(
+    MODEL_PATH,
+    "published_version",
+    tensorized_model,
+    ref=lambda catalog, key: catalog.entry(key).ref,
+    serve=lambda registry: serve_command,
     description="The immutable registry record that makes a verified artifact visible to "
     "serving code, and the `latest` alias moved to it. Runs only when every blocking "
     "round-trip check on `tensorized_model` passed.",
 )
-@classified_errors()
-def published_version(
-    context: AssetExecutionContext,
-    catalog: CatalogResource,
-    object_store: ObjectStoreResource,
-    registry: RegistryResource,
-    key_store: KeyStoreResource,
-) -> MaterializeResult:
-    entry = catalog.load().entry(context.partition_key)
-    return publish_step(
-        context,
-        ref=entry.ref,
-        staged=staged_artifact(context, "tensorized_model"),
-        asset="tensorized_model",
-        registry=registry,
-        object_store=object_store,
-        key_store=key_store,
-        serve=serve_command,
-    )

@@ -7,13 +7,17 @@ written, recorded and aliased by one piece of code.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+)
 from pydantic import Field
 
 from assets.metadata import md_table, rate
@@ -34,17 +38,14 @@ from resources import (
     TensorizerResource,
     digests,
 )
-from resources.formats.artifact import write_artifact
 from resources.layout import registry_key
-from resources.publish import PublishPlan, PublishRefused, earlier_builds, publish_staged
+from resources.publish import PublishPlan, PublishRefused, publish_staged
 from resources.records import (
-    AdapterSettings,
-    ModelSettings,
     StagedArtifact,
     VersionRecord,
 )
-from resources.registry import Registry
 from resources.signing import SigningError
+from resources.stage import StageRequest, StagingRun, stage
 from resources.storage.store import ObjectStore
 from resources.summary import (
     COLUMNS,
@@ -54,13 +55,6 @@ from resources.summary import (
     history_cells,
     human_size,
 )
-
-OWNERS = ["team:ml-platform"]
-
-
-def stage_tags(artifact: str, stage: str) -> dict[str, str]:
-    """Asset tags for selecting in the UI and CLI, e.g. `tag:modelpub/stage=publish`."""
-    return {"modelpub/artifact": artifact, "modelpub/stage": stage}
 
 
 class PublishConfig(Config):
@@ -84,138 +78,51 @@ def snapshot_metadata(repo_id: str, ref: str, sha: str, path: Path) -> dict:
     }
 
 
-def _earlier_run_of_same_build(
-    context: AssetExecutionContext,
-    reg: Registry,
-    build: tuple[str, str, str],
-    settings: ModelSettings | AdapterSettings,
-    poll_s: float = 2.0,
-) -> VersionRecord | None:
-    """Wait, by the rule in `resources.publish.earlier_builds`, for earlier runs of this
-    build; the version one of them published, or None to go on with this run's suffix."""
-    repo_id, sha, _ = build
-    announced = set()
-    states = partial(run_state, context.instance)
-    ours = run_lineage(context)
-    while True:
-        earlier = earlier_builds(reg, build, settings, ours, states, datetime.now(UTC))
-        published = reg.find_by_sha(repo_id, sha, settings)
-        if published is not None or not earlier:
-            return published
-        for r in earlier:
-            if r.run_id not in announced:
-                context.log.info(
-                    f"run {r.run_id} is publishing {repo_id}@{sha[:12]} as {r.suffix} with "
-                    "the same settings; waiting for it, to reuse that version"
-                )
-                announced.add(r.run_id)
-        time.sleep(poll_s)
-
-
-def _reused(context: AssetExecutionContext, record: VersionRecord) -> MaterializeResult:
-    staged = StagedArtifact.of_version(record)
-    context.log.info(
-        f"{staged.repo_id}@{staged.sha[:12]} is already published as {staged.suffix}; "
-        "re-verifying it instead of publishing again"
-    )
-    return MaterializeResult(
-        metadata={
-            "suffix": staged.suffix,
-            "reused": True,
-            "sha": staged.sha,
-            STAGED: MetadataValue.json(staged.to_metadata()),
-        }
-    )
-
-
 def tensorize_step(
     context: AssetExecutionContext,
-    *,
-    repo_id: str,
-    sha: str,
-    settings: ModelSettings | AdapterSettings,
-    force: bool,
+    request: StageRequest,
     snapshot: Callable[[], Path],
-    prefix: Callable[[str], str],
-    cast: str | None,
-    tensors_file: str,
     registry: RegistryResource,
     object_store: ObjectStoreResource,
     key_store: KeyStoreResource,
     tensorizer: TensorizerResource,
 ) -> MaterializeResult:
-    """Serialize `snapshot()` under a newly reserved suffix at `prefix(suffix)`, or reuse
-    the version already published (or being published by an earlier run) from `sha`
-    with the same `settings`.
-
-    `cast` is the dtype the weights are converted to (None keeps theirs). A `vllm`
-    format has vLLM write the tensors, one file per rank of `tensor_parallel_size`;
-    `tensors_file` then names vLLM's `tensorizer_uri` (a per-rank template when sharded).
-    """
-    reg = registry.open()
-    existing = None if force else reg.find_by_sha(repo_id, sha, settings)
-    if existing is not None:
-        return _reused(context, existing)
-
-    def key_name(suffix: str) -> str | None:
-        return f"{context.partition_key}/{suffix}" if settings.encrypted else None
-
-    suffix = reg.reserve_suffix(
-        repo_id,
-        context.run.run_id,
-        prefix=prefix,
-        key_id=key_name,
-        worker=run_worker(context),
-        sha=sha,
-        settings=settings,
-    )
-    if not force:
-        earlier = _earlier_run_of_same_build(context, reg, (repo_id, sha, suffix), settings)
-        if earlier is not None:
-            return _reused(context, earlier)
-    source = snapshot()
-    key_id = key_name(suffix)
-    key = key_store.open().create(key_id) if key_id else None
-    where = prefix(suffix)
+    """Stage `request` in this run (resources/stage.py: reuse the build's version, or
+    reserve a suffix and write the artifact) and record what was staged."""
     store = object_store.open()
-    context.log.info(
-        f"serializing {repo_id}@{sha[:12]} ({settings.format} format) to {store.uri(where)}"
+    run = StagingRun(
+        run_id=context.run.run_id,
+        lineage=run_lineage(context),
+        states=partial(run_state, context.instance),
+        worker=run_worker(context),
+        log=context.log.info,
     )
-    written = write_artifact(
+    staged = stage(
+        registry.open(),
         store,
-        where,
-        source,
-        cast,
-        key,
+        key_store.open(),
+        request,
+        run,
+        snapshot,
         tensorizer.staging(context.run.run_id),
-        tensors_file,
-        fmt=settings.format,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        progress=step_progress(context),
+        step_progress(context),
     )
-    staged = StagedArtifact(
-        repo_id=repo_id,
-        suffix=suffix,
-        sha=sha,
-        prefix=where,
-        tensors_file=tensors_file,
-        key_id=key_id,
-        files=written.files,
-        reused=False,
-        settings=settings,
-    )
+    artifact, written = staged.artifact, staged.written
+    recorded = {"suffix": artifact.suffix, "sha": artifact.sha, "reused": written is None}
+    handed_on = {STAGED: MetadataValue.json(artifact.to_metadata())}  # for the later steps
+    if written is None:
+        return MaterializeResult(metadata={**recorded, **handed_on})
     rows = [
         {"file": n, "size": human_size(f["size"]), "sha256": digests.short(f)}
         for n, f in written.files.items()
     ]
+    tensors = f"{artifact.prefix}/{artifact.tensors_file}"
     return MaterializeResult(
         metadata={
-            "suffix": suffix,
-            "sha": sha,
-            "reused": False,
-            "uri": MetadataValue.url(store.uri(f"{where}/{tensors_file}")),
-            "encrypted": settings.encrypted,
-            "key_id": key_id or "(not encrypted)",
+            **recorded,
+            "uri": MetadataValue.url(store.uri(tensors)),
+            "encrypted": artifact.settings.encrypted,
+            "key_id": artifact.key_id or "(not encrypted)",
             "tensors_size": human_size(written.tensors_bytes),
             "serialize_throughput": rate(written.tensors_bytes, written.serialize_s),
             "upload_throughput": rate(written.total_bytes, written.upload_s),
@@ -223,7 +130,7 @@ def tensorize_step(
             if written.peak_staging is None
             else f"streamed, staging peak {human_size(written.peak_staging)}",
             "files": MetadataValue.md(md_table(rows, ["file", "size", "sha256"])),
-            STAGED: MetadataValue.json(staged.to_metadata()),
+            **handed_on,
         }
     )
 

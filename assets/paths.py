@@ -1,0 +1,99 @@
+"""The publish paths (models, adapters): what their assets share, declared once.
+
+No `from __future__ import annotations` here: Dagster reads the asset function's
+annotations (context and resources) at definition time.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    DynamicPartitionsDefinition,
+    MaterializeResult,
+    asset,
+)
+
+from assets.errors import TRANSIENT_RETRY, classified_errors
+from assets.partitions import adapters_partitions, models_partitions
+from assets.publishing import publish_step
+from assets.state import staged_artifact
+from resources import CatalogResource, KeyStoreResource, ObjectStoreResource, RegistryResource
+from resources.catalog import Catalog
+from resources.records import VersionRecord
+from resources.registry import Registry
+from resources.storage.store import ObjectStore
+
+OWNERS = ["team:ml-platform"]
+
+
+def stage_tags(artifact: str, stage: str) -> dict[str, str]:
+    """Asset tags for selecting in the UI and CLI, e.g. `tag:modelpub/stage=publish`."""
+    return {"modelpub/artifact": artifact, "modelpub/stage": stage}
+
+
+@dataclass(frozen=True)
+class PublishPath:
+    """What the assets of one publish path (models, adapters) share: what they publish,
+    their partitions and group, and how each step is declared."""
+
+    artifact: str  # "model" or "adapter"
+    group: str
+    partitions: DynamicPartitionsDefinition
+
+    def step(self, stage: str, **declared: Any) -> dict[str, Any]:
+        """The `@asset` arguments of this path's `stage` (fetch, serialize, publish): its
+        partitions, owners, group, tags and retry policy, plus what the step declares."""
+        return {
+            "partitions_def": self.partitions,
+            "owners": OWNERS,
+            "group_name": self.group,
+            "tags": stage_tags(self.artifact, stage),
+            "retry_policy": TRANSIENT_RETRY,
+            **declared,
+        }
+
+
+MODEL_PATH = PublishPath("model", "models", models_partitions)
+ADAPTER_PATH = PublishPath("adapter", "adapters", adapters_partitions)
+Serve = Callable[[VersionRecord, ObjectStore], str]
+
+
+def published_asset(
+    path: PublishPath,
+    name: str,
+    staged: AssetsDefinition,
+    ref: Callable[[Catalog, str], str],
+    serve: Callable[[Registry], Serve],
+    description: str,
+) -> AssetsDefinition:
+    """The last asset of a publish path: `publish_step` on what this run's `staged` step
+    staged. `ref` is the catalog ref of the partition's repo; `serve` how to serve a
+    version of it, given the registry."""
+    staged_name = staged.key.to_user_string()
+
+    @asset(
+        name=name, deps=[staged], kinds={"vllm"}, **path.step("publish"), description=description
+    )
+    @classified_errors()
+    def published(
+        context: AssetExecutionContext,
+        catalog: CatalogResource,
+        object_store: ObjectStoreResource,
+        registry: RegistryResource,
+        key_store: KeyStoreResource,
+    ) -> MaterializeResult:
+        return publish_step(
+            context,
+            ref=ref(catalog.load(), context.partition_key),
+            staged=staged_artifact(context, staged_name),
+            asset=staged_name,
+            registry=registry,
+            object_store=object_store,
+            key_store=key_store,
+            serve=serve(registry.open()),
+        )
+
+    return published
