@@ -30,7 +30,6 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,9 +41,6 @@ from resources.records import VersionRecord
 from resources.registry import Registry
 from resources.storage.keys import KeyStore
 from resources.storage.store import NotFound, ObjectStore
-
-if TYPE_CHECKING:
-    from model_signing.hashing import Config as HashingConfig
 
 RECORD_FILE = "record.json"
 SIGNATURE_FILE = "signature.sigstore.json"
@@ -107,21 +103,6 @@ class Signer:
         return fingerprint(self.public)
 
 
-def _hashing() -> HashingConfig:
-    from model_signing import hashing
-
-    return hashing.Config().set_ignored_paths(paths=IGNORED).set_allow_symlinks(True)
-
-
-def _serialization():
-    """What model_signing's file hashing records in a manifest (method, sha256, the ignored
-    names): the parameters its `verify key` command reads back from a signature."""
-    from model_signing import manifest
-
-    with tempfile.TemporaryDirectory(prefix="modelpub-empty-") as empty:
-        return manifest.SerializationType.from_args(_hashing().hash(empty).serialization_type)
-
-
 def _stored_digests(
     store: ObjectStore,
     record: VersionRecord,
@@ -167,10 +148,7 @@ def sign_record(
     its signature."""
     signer = Signer.of(keys)
     signed = record.model_copy(update={"signing_key": signer.fingerprint})
-    from model_signing import manifest
-    from model_signing._hashing.hashing import Digest
-    from model_signing._signing import sign_ec_key
-    from model_signing._signing.signing import Payload
+    from resources import model_signing_api
 
     digests = _stored_digests(store, signed, signed.to_json())
     unproved = sorted(n for n in record.files if proved.get(n) is None)
@@ -186,17 +164,14 @@ def sign_record(
             "trip checked it; not publishing what was not checked, run the publish job again"
         )
     _publish_public_key(store, signer.public)
-    serialization = _serialization()
-    items = [
-        serialization.new_item(name, Digest("sha256", bytes.fromhex(digest)))
-        for name, digest in digests.items()
-    ]
-    statement = manifest.Manifest(record.reference.replace("/", "__"), items, serialization)
+    statement = model_signing_api.digest_manifest(
+        record.reference.replace("/", "__"), digests, IGNORED
+    )
     with tempfile.TemporaryDirectory(prefix="modelpub-sign-") as tmp:  # mode 0700
         private, bundle = Path(tmp) / "signing.pem", Path(tmp) / SIGNATURE_FILE
         private.write_bytes(signer.private)
         try:
-            sign_ec_key.Signer(private).sign(Payload(statement)).write(bundle)
+            model_signing_api.sign(statement, private, bundle)
         except ValueError as exc:
             raise SigningError(f"{record.reference}: signing failed: {exc}") from None
         store.put_file(layout.signature_key(record.repo_id, record.suffix), bundle)
@@ -236,16 +211,13 @@ def trusted_public_key(keys: KeyStore, key_fingerprint: str) -> bytes | None:
 def _signed_digests(bundle: bytes, public: bytes) -> dict[str, str]:
     """name -> sha256 the bundle's statement names, once its signature verifies with
     `public`; raises (ValueError and others) when it does not."""
-    from model_signing._signing import sign_ec_key, sign_sigstore_pb
+    from resources.model_signing_api import verified_digests
 
     with tempfile.TemporaryDirectory(prefix="modelpub-verify-") as tmp:
         bundle_path, key_path = Path(tmp) / SIGNATURE_FILE, Path(tmp) / PUBLIC_KEY_FILE
         bundle_path.write_bytes(bundle)
         key_path.write_bytes(public)
-        statement = sign_ec_key.Verifier(key_path).verify(
-            sign_sigstore_pb.Signature.read(bundle_path)
-        )
-    return {rd.identifier: rd.digest.digest_hex for rd in statement.resource_descriptors()}
+        return verified_digests(bundle_path, key_path)
 
 
 def _difference(signed: dict[str, str], stored: dict[str, str | None]) -> str | None:
