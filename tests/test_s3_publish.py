@@ -14,49 +14,21 @@ import json
 import subprocess
 import sys
 from functools import partial
-from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
 from assets.state import run_state
 from dagster_project import cli
-from dagster_project.demo import commit_tiny_model, git
 from resources import gc
 from resources.registry import Registry
 from resources.settings import Settings
 from resources.storage import open_store
 from resources.storage.keys import open_key_store
 from resources.storage.s3 import parse_s3_uri
-from tests.conftest import LLAMA, catalog_yaml, use_s3
+from tests.conftest import LLAMA, use_s3
 from tests.gates import Gate
 from tests.s3_server import ARTIFACTS_BUCKET, IDENTITIES, SeaweedS3
-
-WIDE = "test-org/wide-llama"
-
-
-def commit_wide_llama(repo: Path) -> None:
-    """The tiny test Llama with wide layers: ~200 MB of float32 weights, so that its
-    upload lasts long enough to be cut, while vLLM still loads it in seconds."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    commit_tiny_model(repo, arch="llama", seed=0)  # the git repo and the tokenizer
-    config = LlamaConfig.from_pretrained(repo)
-    config.update(
-        dict(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=3,
-            num_attention_heads=16,
-            num_key_value_heads=16,
-            head_dim=64,
-        )
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(repo)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "wide llama")
 
 
 def artifact_bucket_objects(server: SeaweedS3) -> dict[str, bytes]:
@@ -75,14 +47,13 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
     server.start()
     try:
         use_s3(monkeypatch, env, server)
-        commit_wide_llama(env.mirror / WIDE)
-        env.write_catalog(catalog_yaml(env.mirror, [{"repo_id": WIDE}]))
         store_uri = env.settings.store
 
-        # the publish stops (tests/gates.py) once the first part of its upload is sent
+        # the publish stops (tests/gates.py) once the first part of its upload is sent: the
+        # multipart upload is in flight however small the model
         uploading = Gate(str(env.root / "gate"), "resources.storage.s3:_Multipart.upload")
         first = subprocess.Popen(
-            [sys.executable, "-m", "dagster_project.cli", "publish", WIDE],
+            [sys.executable, "-m", "dagster_project.cli", "publish", LLAMA],
             env=uploading.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -103,24 +74,24 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
 
         server.start()  # same data directory, same ports
         registry = Registry(open_store(store_uri, env.settings.store_s3))
-        assert registry.versions(WIDE) == []
-        assert registry.aliases(WIDE) == {}
-        assert registry.reservation(WIDE, "v1") is not None  # the dead run's suffix stays taken
+        assert registry.versions(LLAMA) == []
+        assert registry.aliases(LLAMA) == {}
+        assert registry.reservation(LLAMA, "v1") is not None  # the dead run's suffix stays taken
 
-        record = cli.publish(env.settings, WIDE)
+        record = cli.publish(env.settings, LLAMA)
         assert record.suffix == "v2"
-        assert record.tensors_uri == f"{store_uri}/vllm/{WIDE}/v2/model.tensors"
+        assert record.tensors_uri == f"{store_uri}/vllm/{LLAMA}/v2/model.tensors"
         assert record.validation["passed"]
         assert record.validation["generations"]["passed"]
-        assert registry.resolve(WIDE) == record
-        assert registry.aliases(WIDE) == {"latest": "v2"}
+        assert registry.resolve(LLAMA) == record
+        assert registry.aliases(LLAMA) == {"latest": "v2"}
 
         keys = open_key_store(env.settings.keys, store_uri, env.settings.keys_s3)
         runs = partial(run_state, DagsterInstance.get())
         orphans = gc.find_orphans(registry, keys, runs).orphans
         dead_key = record.key_id.replace("/v2", "/v1")
         assert [(o.reference, o.unfinished, o.key_id) for o in orphans] == [
-            (f"{WIDE}@v1", [f"vllm/{WIDE}/v1/model.tensors"], dead_key)
+            (f"{LLAMA}@v1", [f"vllm/{LLAMA}/v1/model.tensors"], dead_key)
         ]
         assert "ended without publishing" in orphans[0].why
         assert gc.remove(registry, keys, orphans[0])
@@ -133,16 +104,17 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
             for form in (key, key.hex().encode(), base64.b64encode(key)):
                 assert form not in body, f"key material in s3://{ARTIFACTS_BUCKET}/{name}"
 
-        assert cli.main(["verify", f"{WIDE}@latest"]) == 0  # re-reads every tensor from S3
+        assert cli.main(["verify", f"{LLAMA}@latest"]) == 0  # re-reads every tensor from S3
 
         model_dir = env.root / "serve"
-        assert cli.main(["fetch-config", f"{WIDE}@v2", str(model_dir)]) == 0
-        assert json.loads((model_dir / "config.json").read_text())["hidden_size"] == 1024
+        assert cli.main(["fetch-config", f"{LLAMA}@v2", str(model_dir)]) == 0
+        config = json.loads((model_dir / "config.json").read_text())
+        assert config == json.loads((env.mirror / LLAMA / "config.json").read_text())
         assert not (model_dir / "model.tensors").exists()
         capsys.readouterr()
-        assert cli.main(["serve-command", f"{WIDE}@latest"]) == 0
+        assert cli.main(["serve-command", f"{LLAMA}@latest"]) == 0
         command = capsys.readouterr().out
-        assert f"modelpub fetch-config {WIDE}@v2" in command
+        assert f"modelpub fetch-config {LLAMA}@v2" in command
         assert server.endpoint in command and record.tensors_uri in command
         for identity in IDENTITIES.values():
             assert identity.secret_key not in command

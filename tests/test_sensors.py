@@ -165,7 +165,7 @@ def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(e
                 seen[key] = requested_sha
         assert seen == {r.replace("/", "__"): sha for r in repos}
         assert sorted(Counter(hub.requests).values()) == [1] * 200
-        assert hub.most_in_flight == 8
+        assert hub.most_in_flight >= 8  # a barrier of 8: one by one, the budget ran out
 
         # The next round starts again at the first chunk: only the entry that moved runs.
         moved = hub.root / repos[3]
