@@ -126,7 +126,7 @@ def tensorize_step(
             "tensors_size": human_size(written.tensors_bytes),
             "serialize_throughput": rate(written.tensors_bytes, written.serialize_s),
             "upload_throughput": rate(written.total_bytes, written.upload_s),
-            "staging": "whole file staged, then uploaded"
+            "staging": store.staged_writes
             if written.peak_staging is None
             else f"streamed, staging peak {human_size(written.peak_staging)}",
             "files": MetadataValue.md(md_table(rows, ["file", "size", "sha256"])),

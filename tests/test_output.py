@@ -72,7 +72,7 @@ def test_publish_prints_a_line_per_step_and_a_summary(env):
         [line] = [x for x in lines if x.startswith(step + " ")]
         assert re.search(r"  \d+\.\d s$", line), line  # elapsed time
     [serialized] = [x for x in lines if x.startswith("serialize+encrypt")]
-    staged = r"\(whole file staged, then uploaded\)"  # a local store: no streaming
+    staged = r"\(written in place, nothing staged\)"  # a local store: renamed into place
     assert re.search(rf"\d MB/s, upload [\d.]+ MB/s  {staged}  -> v1", serialized), serialized
     [checks] = [x for x in lines if x.startswith("round trip")]
     assert "tensors_match ok" in checks and "vllm_outputs_match ok" in checks

@@ -79,6 +79,9 @@ class ObjectStore(ABC):
         unless the store has a place that makes `put_staged` a rename."""
         yield staging
 
+    # How a file written through `staging_dir` lands, as a publish's step line says it.
+    staged_writes = "whole file staged, then uploaded"
+
     @abstractmethod
     def read_chunks(self, key: str) -> Iterator[bytes]:
         """The object's bytes in order, a few MiB at a time: nothing staged on disk."""
@@ -181,6 +184,8 @@ class LocalStore(ObjectStore):
         os.fchmod(fd, self.file_mode)
         os.close(fd)
         return Path(tmp)
+
+    staged_writes = "written in place, nothing staged"
 
     @contextmanager
     def staging_dir(self, key: str, staging: Path) -> Iterator[Path]:
