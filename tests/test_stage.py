@@ -35,13 +35,10 @@ REQUEST = StageRequest(
 
 
 @pytest.fixture
-def registry(tmp_path) -> Registry:
-    return Registry(LocalStore(tmp_path / "store"))
-
-
-@pytest.fixture
-def keys(tmp_path) -> KeyStore:
-    return open_key_store(str(tmp_path / "keys"), str(tmp_path / "store"))
+def stores(tmp_path) -> tuple[Registry, KeyStore]:
+    """A local registry and its key store, beside each other as a publisher has them."""
+    store = str(tmp_path / "store")
+    return Registry(LocalStore(store)), open_key_store(str(tmp_path / "keys"), store)
 
 
 def run(run_id: str, **kwargs) -> StagingRun:
@@ -69,8 +66,9 @@ def publish(registry, keys, staged, run_id: str) -> None:
 
 
 def test_a_new_build_is_written_under_a_reserved_suffix_with_its_own_key(
-    registry, keys, tmp_path, mirror_template
+    stores, tmp_path, mirror_template
 ):
+    registry, keys = stores
     staged = staged_in(registry, keys, tmp_path, mirror_template)
     artifact = staged.artifact
     assert (artifact.suffix, artifact.key_id, artifact.reused) == (
@@ -85,14 +83,16 @@ def test_a_new_build_is_written_under_a_reserved_suffix_with_its_own_key(
     assert all(c.matches for c in checks) and {c.file for c in checks} >= {"model.tensors"}
 
 
-def test_an_unencrypted_build_gets_no_key(registry, keys, tmp_path, mirror_template):
+def test_an_unencrypted_build_gets_no_key(stores, tmp_path, mirror_template):
+    registry, keys = stores
     plain = ModelSettings(dtype="float16", encrypted=False)
     request = StageRequest(**{**REQUEST.__dict__, "settings": plain})
     staged = staged_in(registry, keys, tmp_path, mirror_template, request)
     assert staged.artifact.key_id is None and not keys.exists("test-org__tiny-llama/v1")
 
 
-def test_a_published_build_is_reused_unless_forced(registry, keys, tmp_path, mirror_template):
+def test_a_published_build_is_reused_unless_forced(stores, tmp_path, mirror_template):
+    registry, keys = stores
     publish(registry, keys, staged_in(registry, keys, tmp_path, mirror_template), "run-1")
     again = staged_in(registry, keys, tmp_path, mirror_template, run_=run("run-2"))
     assert (again.artifact.suffix, again.artifact.reused, again.written) == ("v1", True, None)
@@ -105,8 +105,9 @@ def test_a_published_build_is_reused_unless_forced(registry, keys, tmp_path, mir
 
 
 def test_a_later_run_of_the_same_build_waits_and_reuses_the_earlier_ones_version(
-    registry, keys, tmp_path, mirror_template
+    stores, tmp_path, mirror_template
 ):
+    registry, keys = stores
     first = staged_in(registry, keys, tmp_path, mirror_template)  # v1, checks still running
     lines, waits = [], []
 
@@ -128,8 +129,9 @@ def test_a_later_run_of_the_same_build_waits_and_reuses_the_earlier_ones_version
 
 
 def test_a_run_goes_on_with_its_own_suffix_once_the_earlier_one_ended(
-    registry, keys, tmp_path, mirror_template
+    stores, tmp_path, mirror_template
 ):
+    registry, keys = stores
     staged_in(registry, keys, tmp_path, mirror_template)  # run-1 staged v1, then died
     ended = set()
 
