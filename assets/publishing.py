@@ -11,13 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from dagster import (
-    AssetExecutionContext,
-    Config,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-)
+from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue
 from pydantic import Field
 
 from assets.metadata import md_table, rate
@@ -40,10 +34,7 @@ from resources import (
 )
 from resources.layout import registry_key
 from resources.publish import PublishPlan, PublishRefused, publish_staged
-from resources.records import (
-    StagedArtifact,
-    VersionRecord,
-)
+from resources.records import StagedArtifact, VersionRecord
 from resources.signing import SigningError
 from resources.stage import StageRequest, StagingRun, stage
 from resources.storage.store import ObjectStore

@@ -26,7 +26,10 @@ from resources.storage.s3 import dagster_s3_config
 
 # What every step process imports, loaded once per run by the multiprocess executor's fork
 # server: each step then forks from it instead of importing Dagster, the definitions and
-# torch afresh (about 4 s of a core per step here).
+# torch afresh (about 4 s of a core per step here). The fork server is one per process, so
+# its environment is that of the process's first run: right for the daemon's run workers
+# (a process per run); a script running several jobs under different settings in one
+# process gets the first one's.
 STEP_PRELOAD = ["dagster_project.definitions", "resources.validation.roundtrip"]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -68,7 +68,7 @@ class Staged:
     (None where an existing version is reused)."""
 
     artifact: StagedArtifact
-    written: WrittenArtifact | None = field(default=None)
+    written: WrittenArtifact | None = None
 
 
 def stage(

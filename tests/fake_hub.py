@@ -58,6 +58,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()  # held answers end first: closing the server waits for them
         self.server.shutdown()
         self.server.server_close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -82,3 +83,8 @@ def test_a_killed_caller_takes_its_child_with_it(tmp_path):
     caller.send_signal(signal.SIGKILL)
     caller.wait()
     assert gone(pid)
+
+
+def test_only_the_hosts_own_user_can_connect():
+    """Whoever connects runs code as the host's user: its socket is 0600 from the start."""
+    assert stat.S_IMODE(os.stat(os.environ[HOST_ENV]).st_mode) == 0o600

@@ -9,7 +9,8 @@ that socket, asks the host to fork the child instead of starting a fresh interpr
 Each child still runs in a process of its own, with the caller's environment, directory
 and arguments, its stdout and stderr in the caller's files: a crash fails a check, not
 the caller. A caller that goes away (killed) takes its child with it. Without a host, or
-when it cannot be reached, children start fresh as before.
+when it cannot be reached, children start fresh as before. Whoever can connect runs code
+as the host's user, so its socket is 0600.
 """
 
 from __future__ import annotations
@@ -146,9 +147,14 @@ def _handle(conn: socket.socket) -> None:
 def serve(socket_path: str) -> None:
     """Import what engines need, then fork a handler per request, until killed."""
     # Bound first: a caller that comes while vLLM is being imported waits in the backlog.
+    # Mode 0600 from the start: whoever connects runs code as this user.
     Path(socket_path).unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_path)
+    umask = os.umask(0o177)
+    try:
+        listener.bind(socket_path)
+    finally:
+        os.umask(umask)
     listener.listen(64)
     os.environ.update(ENGINE_ENV)
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy")

@@ -117,35 +117,44 @@ def run_child(
 def _run(
     module: str, args: list[str], env: dict[str, str], tmp: Path, timeout_s: float
 ) -> tuple[int, str]:
-    """Run the child (forked by the engine host where one answers, else a fresh
-    interpreter); its exit status and its stderr (stdout where stderr is empty)."""
-    socket_path = engine_host.host_socket()
-    if socket_path:
-        request = engine_host.ChildRequest(
-            module, args, env, os.getcwd(), str(tmp / "stdout"), str(tmp / "stderr")
-        )
-        try:
-            child = engine_host.ForkedChild(socket_path, request)
-        except engine_host.HostUnavailable as e:
-            print(f"modelpub: {e}; starting vLLM in a fresh process", file=sys.stderr)
-        else:
-            try:
-                returncode = child.wait(timeout_s)
-            except TimeoutError:
-                raise VllmRunError(f"vLLM did not finish within {timeout_s:.0f}s") from None
-            stderr, stdout = (Path(request.stderr).read_text(), Path(request.stdout).read_text())
-            return returncode, stderr or stdout
+    """Run the child, forked by the engine host where one answers, else in a fresh
+    interpreter; its exit status and its stderr (stdout where stderr is empty)."""
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", module, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
+        forked = _run_forked(module, args, env, tmp, timeout_s)
+        return forked if forked is not None else _run_fresh(module, args, env, timeout_s)
+    except (TimeoutError, subprocess.TimeoutExpired):
         raise VllmRunError(f"vLLM did not finish within {timeout_s:.0f}s") from None
+
+
+def _run_forked(
+    module: str, args: list[str], env: dict[str, str], tmp: Path, timeout_s: float
+) -> tuple[int, str] | None:
+    """The child forked by the engine host MODELPUB_ENGINE_HOST names; None without one."""
+    socket_path = engine_host.host_socket()
+    if not socket_path:
+        return None
+    stdout, stderr = tmp / "stdout", tmp / "stderr"
+    request = engine_host.ChildRequest(module, args, env, os.getcwd(), str(stdout), str(stderr))
+    try:
+        child = engine_host.ForkedChild(socket_path, request)
+    except engine_host.HostUnavailable as e:
+        print(f"modelpub: {e}; starting vLLM in a fresh process", file=sys.stderr)
+        return None
+    returncode = child.wait(timeout_s)
+    return returncode, stderr.read_text() or stdout.read_text()
+
+
+def _run_fresh(
+    module: str, args: list[str], env: dict[str, str], timeout_s: float
+) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
     return done.returncode, done.stderr or done.stdout
 
 
