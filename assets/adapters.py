@@ -11,7 +11,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
 
 from assets.errors import classified_errors
-from assets.paths import ADAPTER_PATH, Serve, published_asset
+from assets.paths import ADAPTER_PATH, published_asset
 from assets.publishing import (
     PublishConfig,
     snapshot_metadata,
@@ -158,14 +158,10 @@ def tensorized_adapter(
     )
 
 
-def _adapter_serve(registry: Registry) -> Serve:
+def _adapter_serve(record: AdapterVersion, registry: Registry, store: ObjectStore) -> str:
     """How to serve an adapter version: its base version's command, the adapter attached."""
-
-    def serve(record: AdapterVersion, store: ObjectStore) -> str:
-        base = registry.version(record.base_repo_id, record.base_suffix)
-        return adapter_serve_command(record, base, store)
-
-    return serve
+    base = registry.version(record.base_repo_id, record.base_suffix)
+    return adapter_serve_command(record, base, store)
 
 
 published_adapter = published_asset(

@@ -108,7 +108,7 @@ published_version = published_asset(
     "published_version",
     tensorized_model,
     ref=lambda catalog, key: catalog.entry(key).ref,
-    serve=lambda registry: serve_command,
+    serve=lambda record, registry, store: serve_command(record, store),
     description="The immutable registry record that makes a verified artifact visible to "
     "serving code, and the `latest` alias moved to it. Runs only when every blocking "
     "round-trip check on `tensorized_model` passed.",

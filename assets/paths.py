@@ -18,13 +18,10 @@ from dagster import (
 
 from assets.errors import TRANSIENT_RETRY, classified_errors
 from assets.partitions import adapters_partitions, models_partitions
-from assets.publishing import publish_step
+from assets.publishing import Serve, publish_step
 from assets.state import staged_artifact
 from resources import CatalogResource, KeyStoreResource, ObjectStoreResource, RegistryResource
 from resources.catalog import Catalog
-from resources.records import VersionRecord
-from resources.registry import Registry
-from resources.storage.store import ObjectStore
 
 OWNERS = ["team:ml-platform"]
 
@@ -58,7 +55,6 @@ class PublishPath:
 
 MODEL_PATH = PublishPath("model", "models", models_partitions)
 ADAPTER_PATH = PublishPath("adapter", "adapters", adapters_partitions)
-Serve = Callable[[VersionRecord, ObjectStore], str]
 
 
 def published_asset(
@@ -66,12 +62,12 @@ def published_asset(
     name: str,
     staged: AssetsDefinition,
     ref: Callable[[Catalog, str], str],
-    serve: Callable[[Registry], Serve],
+    serve: Serve,
     description: str,
 ) -> AssetsDefinition:
     """The last asset of a publish path: `publish_step` on what this run's `staged` step
     staged. `ref` is the catalog ref of the partition's repo; `serve` how to serve a
-    version of it, given the registry."""
+    version of it."""
     staged_name = staged.key.to_user_string()
 
     @asset(
@@ -93,7 +89,7 @@ def published_asset(
             registry=registry,
             object_store=object_store,
             key_store=key_store,
-            serve=serve(registry.open()),
+            serve=serve,
         )
 
     return published

@@ -35,6 +35,7 @@ from resources import (
 from resources.layout import registry_key
 from resources.publish import PublishPlan, PublishRefused, publish_staged
 from resources.records import StagedArtifact, VersionRecord
+from resources.registry import Registry
 from resources.signing import SigningError
 from resources.stage import StageRequest, StagingRun, stage
 from resources.storage.store import ObjectStore
@@ -46,6 +47,8 @@ from resources.summary import (
     history_cells,
     human_size,
 )
+
+Serve = Callable[[VersionRecord, Registry, ObjectStore], str]  # the lines that serve a version
 
 
 class PublishConfig(Config):
@@ -135,7 +138,7 @@ def publish_step(
     registry: RegistryResource,
     object_store: ObjectStoreResource,
     key_store: KeyStoreResource,
-    serve: Callable[[VersionRecord, ObjectStore], str],
+    serve: Serve,
 ) -> MaterializeResult:
     """Sign a verified version, write its immutable record and move its aliases to it
     (`latest`, or those named in the run's aliases tag).
@@ -193,7 +196,7 @@ def publish_step(
                 )
             ),
             "record_uri": MetadataValue.url(store.uri(registry_key(repo_id, "versions", suffix))),
-            "serve_command": MetadataValue.md(f"```\n{serve(record, store)}\n```"),
+            "serve_command": MetadataValue.md(f"```\n{serve(record, reg, store)}\n```"),
             "record": MetadataValue.json(record.to_dict()),
         }
     )
