@@ -10,6 +10,14 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
 
+from assets.dagster_resources import (
+    CatalogResource,
+    HubResource,
+    KeyStoreResource,
+    ObjectStoreResource,
+    RegistryResource,
+    TensorizerResource,
+)
 from assets.errors import classified_errors
 from assets.paths import ADAPTER_PATH, published_asset
 from assets.publishing import (
@@ -18,21 +26,13 @@ from assets.publishing import (
     tensorize_step,
 )
 from assets.state import BASE_TAG, SHA_TAG, pin_tag, run_tag
-from resources import (
-    CatalogResource,
-    HubResource,
-    KeyStoreResource,
-    ObjectStoreResource,
-    RegistryResource,
-    TensorizerResource,
-)
 from resources.catalog import AdapterTarget
 from resources.formats.lora import AdapterError, AdapterInfo, check_compatible
 from resources.layout import ADAPTER_TENSORS_FILE, adapter_prefix
-from resources.records import AdapterSettings, AdapterVersion, VersionRecord
-from resources.registry import Registry, RegistryError
-from resources.serve import adapter_serve_command
-from resources.stage import StageRequest
+from resources.registry.records import AdapterSettings, AdapterVersion, VersionRecord
+from resources.registry.registry import Registry, RegistryError
+from resources.registry.stage import StageRequest
+from resources.serving.command import adapter_serve_command
 from resources.storage.store import ObjectStore
 
 

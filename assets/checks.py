@@ -19,12 +19,7 @@ from dagster import (
 )
 
 from assets.adapters import tensorized_adapter
-from assets.gpu import GPU_OP_TAGS
-from assets.metadata import md_table
-from assets.models import tensorized_model
-from assets.partitions import adapters_partitions, models_partitions
-from assets.state import PROOF, VERIFY_TAG, staged_artifact
-from resources import (
+from assets.dagster_resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
@@ -32,10 +27,15 @@ from resources import (
     RegistryResource,
     VllmResource,
 )
+from assets.gpu import GPU_OP_TAGS
+from assets.metadata import md_table
+from assets.models import tensorized_model
+from assets.partitions import adapters_partitions, models_partitions
+from assets.state import PROOF, VERIFY_TAG, staged_artifact
 from resources.formats.access import vllm_loader_options
 from resources.layout import validation_key
-from resources.records import AdapterSettings, RoundTripProof, StagedArtifact
-from resources.registry import RegistryError
+from resources.registry.records import AdapterSettings, RoundTripProof, StagedArtifact
+from resources.registry.registry import RegistryError
 from resources.storage.store import ObjectStore
 from resources.validation.adapter_roundtrip import AdapterRoundTrip
 from resources.validation.roundtrip import RoundTrip, RoundTripReport

@@ -2,6 +2,14 @@
 
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
 
+from assets.dagster_resources import (
+    CatalogResource,
+    HubResource,
+    KeyStoreResource,
+    ObjectStoreResource,
+    RegistryResource,
+    TensorizerResource,
+)
 from assets.errors import classified_errors
 from assets.gpu import GPU_OP_TAGS
 from assets.paths import MODEL_PATH, published_asset
@@ -11,19 +19,11 @@ from assets.publishing import (
     tensorize_step,
 )
 from assets.state import SHA_TAG, pin_tag, run_tag
-from resources import (
-    CatalogResource,
-    HubResource,
-    KeyStoreResource,
-    ObjectStoreResource,
-    RegistryResource,
-    TensorizerResource,
-)
 from resources.formats.format import FormatError, choose_format
 from resources.layout import model_prefix, tensors_name
-from resources.records import ModelSettings
-from resources.serve import serve_command
-from resources.stage import StageRequest
+from resources.registry.records import ModelSettings
+from resources.registry.stage import StageRequest
+from resources.serving.command import serve_command
 from resources.vllm.runner import PromptsTooLong, context_length, cuda_available
 
 

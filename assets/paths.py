@@ -16,11 +16,16 @@ from dagster import (
     asset,
 )
 
+from assets.dagster_resources import (
+    CatalogResource,
+    KeyStoreResource,
+    ObjectStoreResource,
+    RegistryResource,
+)
 from assets.errors import TRANSIENT_RETRY, classified_errors
 from assets.partitions import adapters_partitions, models_partitions
 from assets.publishing import Serve, publish_step
 from assets.state import staged_artifact
-from resources import CatalogResource, KeyStoreResource, ObjectStoreResource, RegistryResource
 from resources.catalog import Catalog
 
 OWNERS = ["team:ml-platform"]

@@ -14,6 +14,12 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue
 from pydantic import Field
 
+from assets.dagster_resources import (
+    KeyStoreResource,
+    ObjectStoreResource,
+    RegistryResource,
+    TensorizerResource,
+)
 from assets.metadata import md_table, rate
 from assets.progress import step_progress
 from assets.state import (
@@ -25,21 +31,8 @@ from assets.state import (
     run_state,
     run_worker,
 )
-from resources import (
-    KeyStoreResource,
-    ObjectStoreResource,
-    RegistryResource,
-    TensorizerResource,
-    digests,
-)
 from resources.layout import registry_key
-from resources.publish import PublishPlan, PublishRefused, publish_staged
-from resources.records import StagedArtifact, VersionRecord
-from resources.registry import Registry
-from resources.signing import SigningError
-from resources.stage import StageRequest, StagingRun, stage
-from resources.storage.store import ObjectStore
-from resources.summary import (
+from resources.operations.summary import (
     COLUMNS,
     HISTORY_COLUMNS,
     VersionSummary,
@@ -47,6 +40,13 @@ from resources.summary import (
     history_cells,
     human_size,
 )
+from resources.registry.publish import PublishPlan, PublishRefused, publish_staged
+from resources.registry.records import StagedArtifact, VersionRecord
+from resources.registry.registry import Registry
+from resources.registry.signing import SigningError
+from resources.registry.stage import StageRequest, StagingRun, stage
+from resources.storage import digests
+from resources.storage.store import ObjectStore
 
 Serve = Callable[[VersionRecord, Registry, ObjectStore], str]  # the lines that serve a version
 
@@ -81,7 +81,7 @@ def tensorize_step(
     key_store: KeyStoreResource,
     tensorizer: TensorizerResource,
 ) -> MaterializeResult:
-    """Stage `request` in this run (resources/stage.py: reuse the build's version, or
+    """Stage `request` in this run (resources/registry/stage.py: reuse the build's version, or
     reserve a suffix and write the artifact) and record what was staged."""
     store = object_store.open()
     run = StagingRun(

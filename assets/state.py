@@ -25,7 +25,7 @@ from dagster import (
     RunsFilter,
 )
 
-from resources.records import RoundTripProof, RunState, StagedArtifact, Worker
+from resources.registry.records import RoundTripProof, RunState, StagedArtifact, Worker
 
 SHA_TAG = "modelpub/sha"
 # Run tags that steer a run (set by sensors, schedules, or by hand in the launchpad):

@@ -63,8 +63,8 @@ def plain_run(spec: dict) -> dict:
     from resources.catalog import load_catalog, partition_key
     from resources.formats.artifact import write_artifact
     from resources.layout import model_prefix, validation_key
-    from resources.publish import PublishPlan, publish_staged
-    from resources.records import ModelSettings, StagedArtifact
+    from resources.registry.publish import PublishPlan, publish_staged
+    from resources.registry.records import ModelSettings, StagedArtifact
     from resources.settings import Settings
     from resources.sources.hub import make_hub
     from resources.stores import open_stores

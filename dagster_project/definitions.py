@@ -6,11 +6,7 @@ from dagster import Definitions, EnvVar, ExecutorDefinition, multiprocess_execut
 
 from assets.adapters import adapter_snapshot, published_adapter, tensorized_adapter
 from assets.checks import adapter_roundtrip_checks, roundtrip_checks
-from assets.models import model_snapshot, published_version, tensorized_model
-from dagster_project.jobs import publish_adapter_job, publish_model_job, reverify_model_job
-from dagster_project.schedules import build_reverify_schedule, build_rotate_schedule
-from dagster_project.sensors import build_revision_sensor
-from resources import (
+from assets.dagster_resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
@@ -18,11 +14,15 @@ from resources import (
     RegistryResource,
     TensorizerResource,
     VllmResource,
+    s3_resource,
 )
+from assets.models import model_snapshot, published_version, tensorized_model
+from dagster_project.jobs import publish_adapter_job, publish_model_job, reverify_model_job
+from dagster_project.schedules import build_reverify_schedule, build_rotate_schedule
+from dagster_project.sensors import build_revision_sensor
 from resources.catalog import load_catalog
 from resources.errors import ModelpubError
 from resources.settings import HF_TOKEN_ENV, Settings
-from resources.storage.s3 import dagster_s3_config
 
 # What every step process imports, loaded once per run by the multiprocess executor's fork
 # server: each step then forks from it instead of importing Dagster, the definitions and
@@ -51,7 +51,7 @@ def build_definitions(settings: Settings) -> Definitions:
     catalog = load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
     automation = catalog.automation
     store = ObjectStoreResource(
-        uri=settings.store, s3=dagster_s3_config(settings.store, settings.store_s3)
+        uri=settings.store, s3=s3_resource(settings.store, settings.store_s3)
     )
     return Definitions(
         assets=[
@@ -82,7 +82,7 @@ def build_definitions(settings: Settings) -> Definitions:
             "key_store": KeyStoreResource(
                 uri=settings.keys,
                 artifact_store_uri=settings.store,
-                s3=dagster_s3_config(settings.keys, settings.keys_s3),
+                s3=s3_resource(settings.keys, settings.keys_s3),
             ),
             "registry": RegistryResource(store=store),
             "tensorizer": TensorizerResource(staging_dir=settings.staging),

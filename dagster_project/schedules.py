@@ -19,12 +19,12 @@ from dagster import (
     schedule,
 )
 
+from assets.dagster_resources import CatalogResource, RegistryResource
 from dagster_project import launch
 from dagster_project.jobs import publish_model_job, reverify_model_job
-from resources import CatalogResource, RegistryResource
 from resources.catalog import Catalog, ModelEntry, RepublishSpec
-from resources.records import VersionRecord
-from resources.registry import Registry, RegistryError
+from resources.registry.records import VersionRecord
+from resources.registry.registry import Registry, RegistryError
 from resources.storage.store import StoreError
 
 

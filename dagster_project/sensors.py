@@ -23,12 +23,12 @@ from dagster import (
     sensor,
 )
 
+from assets.dagster_resources import CatalogResource, HubResource, RegistryResource
 from assets.partitions import adapters_partitions, models_partitions
 from dagster_project import launch
 from dagster_project.jobs import publish_adapter_job, publish_model_job
-from resources import CatalogResource, HubResource, RegistryResource
 from resources.catalog import AdapterTarget, Catalog, WatchSpec
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.sources.watch import WatchCursor, WatchedItem, poll
 from resources.storage.store import StoreError
 

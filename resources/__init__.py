@@ -1,48 +1,17 @@
-"""The domain library, by concern, and the Dagster resources over it.
+"""The domain library: plain classes and functions that never import Dagster.
 
-    catalog, records, layout, errors   the schema, typed records, store keys, error base
-    storage/    bytes: a local directory or S3, and the key store
-    registry, gc                       version records, aliases, reservations; cleanup
+    settings, catalog, errors, layout  the environment, what to publish, the error base,
+                                       where everything lives in the store
+    stores      the artifact store, registry and key store that Settings name
+    storage/    bytes: a local directory or S3, the key store, digests, streamed uploads
+    formats/    published artifacts: tensorizer I/O, HF-tensorized, PEFT LoRA, checked reads
+    registry/   version records, aliases, reservations, staging and publishing, signing, gc
     sources/    hubs (Hugging Face, git mirrors) and watching their refs
-    tensorize   tensorizer I/O (serialize, encrypt, deserialize, verify)
-    formats/    writing and restoring published artifacts (HF-tensorized, PEFT LoRA)
-    vllm/       vLLM: the engine runner, the vLLM-tensorized format, the plugin, serving
+    vllm/       vLLM engines: the runner, the engine host, the vLLM-tensorized format, plugin
     validation/ round-trip checks, integrity, Great Expectations
-    dagster_resources  one ConfigurableResource per external system (re-exported here)
+    serving/    a published version into vLLM: prepare, the `modelpub` loader, `vllm serve`
+    operations/ doctor and the one-line summaries
 
-The resources are re-exported lazily, so that importing a domain module (as the
-read-only CLI commands do) does not import Dagster's resource machinery with it.
+The Dagster resources over these live beside the assets (assets/dagster_resources.py);
+an import contract (pyproject.toml) keeps Dagster out of this package.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from resources.dagster_resources import (
-        CatalogResource,
-        HubResource,
-        KeyStoreResource,
-        ObjectStoreResource,
-        RegistryResource,
-        TensorizerResource,
-        VllmResource,
-    )
-
-__all__ = [
-    "CatalogResource",
-    "HubResource",
-    "KeyStoreResource",
-    "ObjectStoreResource",
-    "RegistryResource",
-    "TensorizerResource",
-    "VllmResource",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from resources import dagster_resources
-
-        return getattr(dagster_resources, name)
-    raise AttributeError(f"module 'resources' has no attribute {name!r}")

@@ -29,6 +29,50 @@ MAX_CATALOG_BYTES = 1 << 20
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
 
+# The five fields of a cron string, with the names each allows, as Dagster's schedules
+# read them (and its @-shorthands); checked here so the catalog check needs no Dagster.
+CRON_FIELDS = (
+    (0, 59, ()),
+    (0, 23, ()),
+    (1, 31, ()),
+    (1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    (0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+CRON_SHORTHANDS = {"@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually"}
+CRON_ITEM = re.compile(r"^(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?$")
+
+
+def is_cron(value: str) -> bool:
+    """A standard five-field cron string (lists, ranges, steps, month and day names)."""
+    if value.strip().lower() in CRON_SHORTHANDS:
+        return True
+    fields = value.lower().split()
+    if len(fields) != 5:
+        return False
+    days: set[int] = set()
+    for text, (low, high, names) in zip(fields, CRON_FIELDS, strict=True):
+        values: set[int] = set()
+        for item in text.split(","):
+            match = CRON_ITEM.match(item)
+            if not match or match.group(4) == "0":
+                return False
+            first, last = match.group(2) or str(low), match.group(3) or match.group(2) or str(high)
+            start, end = (names.index(e) + low if e in names else _number(e) for e in (first, last))
+            if not (low <= start <= high and low <= end <= high):
+                return False
+            wrapped = range(start, high + 1), range(low, end + 1)  # 5-1 wraps round, as in cron
+            values.update(*(wrapped if start > end else [range(start, end + 1)]))
+        if high == 31:
+            days = values
+        if high == 12 and values == {2} and min(days) >= 30:
+            return False  # only the 30th or 31st of February: never fires
+    return True
+
+
+def _number(text: str) -> int:
+    return int(text) if text.isdigit() else -1
+
+
 class CatalogError(ModelpubError):
     """A catalog that cannot be used; the message names the file, entry and field."""
 
@@ -201,16 +245,14 @@ class RepublishSpec(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from dagster._utils.schedules import is_valid_cron_string
-
-        if not is_valid_cron_string(value):
+        if not is_cron(value):
             raise ValueError(f"{value!r} is not a cron string like '0 3 * * *'")
         return value
 
     @field_validator("aliases")
     @classmethod
     def _aliases(cls, value: list[str]) -> list[str]:
-        from resources.registry import ALIAS
+        from resources.registry.registry import ALIAS
 
         for alias in value:
             if not ALIAS.match(alias):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.settings import Settings
 from resources.storage import open_store
 from resources.storage.keys import KeyStore, open_key_store

@@ -15,8 +15,8 @@ from resources.layout import (
     adapter_prefix,
     model_prefix,
 )
-from resources.publish import PublishPlan, publish_staged
-from resources.records import (
+from resources.registry.publish import PublishPlan, publish_staged
+from resources.registry.records import (
     AdapterSettings,
     ArtifactSettings,
     ModelSettings,
@@ -24,7 +24,7 @@ from resources.records import (
     StagedArtifact,
     VersionRecord,
 )
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.storage.keys import KeyStore
 from resources.storage.store import ObjectStore
 from resources.stores import open_stores

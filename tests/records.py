@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from resources.records import VersionRecord, parse_version
+from resources.registry.records import VersionRecord, parse_version
 
 
 def version_record(repo_id: str, suffix: str, **fields: Any) -> VersionRecord:

@@ -4,9 +4,9 @@ description of where it is (plain inputs: no server is contacted)."""
 from __future__ import annotations
 
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from resources.formats.access import stream_kwargs, vllm_loader_options
+from resources.settings import EnvValue, S3Env
 from resources.storage.s3 import S3Store
 from resources.storage.store import LocalStore, StoreError
 
@@ -14,8 +14,9 @@ KEY = "vllm/org/m/v1/model.tensors"
 
 
 def s3_store(**credentials: str) -> S3Store:
-    resource = S3Resource(endpoint_url="http://127.0.0.1:9", region_name="eu-west-1", **credentials)
-    return S3Store("bucket", "pub", resource, "MODELPUB_S3")
+    values = {"endpoint_url": "http://127.0.0.1:9", "region_name": "eu-west-1", **credentials}
+    s3 = S3Env({name: EnvValue(name, value) for name, value in values.items()})
+    return S3Store("bucket", "pub", s3, "MODELPUB_S3")
 
 
 def test_a_local_store_needs_only_paths(tmp_path):

@@ -15,12 +15,12 @@ from safetensors.torch import load_file, save_file
 
 from dagster_project.cli import PublishFailed, main, publish, publish_adapter
 from dagster_project.demo import commit_tiny_adapter
-from resources import tensorize
 from resources.catalog import CatalogError, parse_catalog
+from resources.formats import tensorize
 from resources.formats.artifact import write_artifact
 from resources.formats.lora import ADAPTER_WEIGHTS, AdapterError, check_compatible, restore_adapter
 from resources.layout import ADAPTER_TENSORS_FILE
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.storage.keys import open_key_store
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA, OPT, Env, activate, catalog_yaml, home_settings

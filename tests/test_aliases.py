@@ -11,8 +11,8 @@ import pytest
 
 from dagster_project.cli import main
 from resources.layout import alias_key, model_prefix
-from resources.publish import publish_staged
-from resources.registry import Registry, RegistryError
+from resources.registry.publish import publish_staged
+from resources.registry.registry import Registry, RegistryError
 from resources.storage import open_store
 from resources.storage.keys import open_key_store
 from resources.storage.store import LocalStore

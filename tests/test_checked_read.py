@@ -1,4 +1,4 @@
-"""A stored file read once for tensorizer and for its checks (resources/checked_read.py)."""
+"""A stored file read once for tensorizer and for its checks (resources/formats/checked_read.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import hashlib
 import pytest
 import torch
 
-from resources import digests, tensorize
-from resources.checked_read import CheckedRead
+from resources.formats import tensorize
+from resources.formats.checked_read import CheckedRead
+from resources.storage import digests
 from resources.storage.store import StoreError
 
 PART = 1 << 20

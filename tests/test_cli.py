@@ -16,11 +16,11 @@ from resources.catalog import CatalogError
 from resources.errors import ModelpubError
 from resources.formats.format import FormatError, StagingFull
 from resources.formats.lora import AdapterError
-from resources.registry import Registry, RegistryError
+from resources.formats.tensorize import TensorizeError
+from resources.registry.registry import Registry, RegistryError
 from resources.sources.hub import HubError
 from resources.storage.keys import KeyStoreError
 from resources.storage.store import LocalStore, StoreError
-from resources.tensorize import TensorizeError
 from resources.vllm.runner import VllmRunError
 from tests.conftest import LLAMA
 from tests.records import version_record

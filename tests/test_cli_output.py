@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 from dagster_project import cli
-from resources.records import parse_version
-from resources.registry import Registry
+from resources.registry.records import parse_version
+from resources.registry.registry import Registry
 from resources.storage.store import LocalStore
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"

@@ -17,7 +17,7 @@ from dagster import DagsterInstance, RunsFilter
 from assets.state import PARTITION_TAG, SHA_TAG, VERIFY_TAG
 from dagster_project.cli import publish
 from dagster_project.definitions import build_definitions
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.storage import LocalStore
 from resources.validation.roundtrip import RoundTrip
 from tests.conftest import LLAMA
@@ -26,7 +26,7 @@ from tests.gates import Gate
 pytestmark = pytest.mark.vllm
 
 KEY = LLAMA.replace("/", "__")
-RESERVED = "resources.registry:Registry.reserve_suffix"
+RESERVED = "resources.registry.registry:Registry.reserve_suffix"
 
 
 def start_publish(gate: Gate, *flags: str) -> subprocess.Popen:

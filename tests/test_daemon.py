@@ -12,7 +12,7 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from assets.state import SHA_TAG
 from dagster_project.demo import commit_tiny_model, git
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.storage import open_store
 from tests.conftest import LLAMA, PROMPTS
 from tests.processes import dagster_home, start, stop, wait_for

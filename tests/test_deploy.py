@@ -11,7 +11,7 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.settings import Settings
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from resources import digests
+from resources.storage import digests
 
 DATA = bytes(range(256)) * 1000  # 256,000 bytes
 

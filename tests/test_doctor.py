@@ -10,7 +10,7 @@ import sys
 import pytest
 import tensorizer._crypt
 
-from resources import doctor
+from resources.operations import doctor
 from resources.settings import Settings
 from tests.conftest import LLAMA, catalog_yaml
 from tests.fake_hub import FakeHub

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dagster_project.cli import PublishFailed, main, publish
-from resources.registry import Registry, RegistryError
+from resources.registry.registry import Registry, RegistryError
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA
 from tests.gates import Gate

@@ -11,8 +11,8 @@ from dagster_project.cli import PublishFailed, main, publish
 from resources.formats.artifact import write_artifact
 from resources.formats.format import FORMATS, FormatError, artifact_format, choose_format
 from resources.layout import RANK_TEMPLATE, tensors_name
-from resources.records import VersionRecord
-from resources.registry import Registry
+from resources.registry.records import VersionRecord
+from resources.registry.registry import Registry
 from resources.storage.store import LocalStore
 from resources.validation.roundtrip import RoundTrip, RoundTripReport
 from resources.vllm.runner import cuda_available
@@ -237,8 +237,8 @@ def test_verify_reads_every_rank_file(env, capsys):
     """`modelpub verify` on a sharded version: each rank's file decrypts and hash-verifies,
     and a missing rank is named. (Rank files written with tensorizer directly: vLLM writes
     real ones only on a CUDA host.)"""
-    from resources import tensorize
-    from resources.signing import sign_record
+    from resources.formats import tensorize
+    from resources.registry.signing import sign_record
     from resources.storage.keys import open_key_store
 
     store = LocalStore(env.settings.store)

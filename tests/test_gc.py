@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dagster_project import cli
-from resources import gc
 from resources.catalog import CatalogError, load_catalog
 from resources.layout import adapter_prefix, model_prefix, registry_key
-from resources.records import Worker
-from resources.registry import Registry
+from resources.registry import gc
+from resources.registry.records import Worker
+from resources.registry.registry import Registry
 from resources.storage import open_store
 from resources.storage.keys import open_key_store
 from resources.storage.store import LocalStore
@@ -391,9 +391,9 @@ def test_gc_and_a_re_execution_interleaved_publish_whole_or_not_at_all(
     re-execution of that run publishes it. At every interleaving of their store calls,
     either the version is published whole (files, key, signature) and gc deleted nothing,
     or gc removed it and the re-execution refused: never a record without files or key."""
-    from resources.publish import PublishPlan, PublishRefused, publish_staged
-    from resources.records import ModelSettings, RoundTripProof, StagedArtifact
-    from resources.signing import verify_signature
+    from resources.registry.publish import PublishPlan, PublishRefused, publish_staged
+    from resources.registry.records import ModelSettings, RoundTripProof, StagedArtifact
+    from resources.registry.signing import verify_signature
 
     store = GatedStore(tmp_path / "store")
     registry = Registry(store)

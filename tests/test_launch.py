@@ -15,7 +15,7 @@ from dagster_project.cli import runner
 from dagster_project.definitions import build_definitions
 from resources.catalog import load_catalog
 from resources.errors import ModelpubError
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.storage import LocalStore
 from tests.conftest import LLAMA, catalog_yaml
 from tests.records import version_record

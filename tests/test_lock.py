@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from resources.doctor import LOCK, parse_lock
+from resources.operations.doctor import LOCK, parse_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ("cpu", "test")  # what `make lock` installs

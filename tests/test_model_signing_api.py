@@ -1,7 +1,7 @@
-"""The private parts of `model_signing` that resources/model_signing_api.py wraps still do
+"""The private parts of `model_signing` that resources/registry/model_signing_api.py wraps still do
 what modelpub relies on: a bundle signed from digests computed elsewhere verifies with the
 upstream tool's public API on the files themselves, and reads back those digests. A
-failure here means upstream moved them: mend resources/model_signing_api.py alone."""
+failure here means upstream moved them: mend resources/registry/model_signing_api.py alone."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization as pem
 from cryptography.hazmat.primitives.asymmetric import ec
 from model_signing import hashing, verifying
 
-from resources import model_signing_api
+from resources.registry import model_signing_api
 
 IGNORED = ("signature.sigstore.json", "public-key.pem")
 

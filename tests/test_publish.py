@@ -15,8 +15,8 @@ from assets.models import model_snapshot, published_version, tensorized_model
 from dagster_project.cli import PublishFailed, main, publish
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model
-from resources.records import StagedArtifact
-from resources.registry import Registry
+from resources.registry.records import StagedArtifact
+from resources.registry.registry import Registry
 from resources.storage.store import LocalStore
 from resources.vllm.engine_host import HOST_ENV
 from tests.conftest import LLAMA, OPT, catalog_yaml

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from resources import tensorize
+from resources.formats import tensorize
 from resources.formats.artifact import check_files, write_artifact
 from resources.layout import TENSORS_FILE
 from resources.storage.store import LocalStore

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import pytest
 
 from resources.layout import model_prefix, signature_key, validation_key
-from resources.publish import PublishPlan, PublishRefused, earlier_builds, publish_staged
-from resources.records import ModelSettings, ModelVersion, RoundTripProof, StagedArtifact
-from resources.registry import Registry, RegistryError
-from resources.signing import SigningError
+from resources.registry.publish import PublishPlan, PublishRefused, earlier_builds, publish_staged
+from resources.registry.records import ModelSettings, ModelVersion, RoundTripProof, StagedArtifact
+from resources.registry.registry import Registry, RegistryError
+from resources.registry.signing import SigningError
 from resources.storage.keys import KeyStore, open_key_store
 from resources.storage.store import LocalStore
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from resources.records import (
+from resources.registry.records import (
     AdapterSettings,
     AdapterVersion,
     ModelSettings,
     ModelVersion,
     parse_version,
 )
-from resources.registry import Registry, RegistryError
+from resources.registry.registry import Registry, RegistryError
 from resources.storage.store import LocalStore
 from tests.records import version_record
 

@@ -9,7 +9,7 @@ from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstruc
 
 from assets.state import ALIASES_TAG
 from dagster_project.definitions import build_definitions
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.settings import Settings
 from resources.storage import LocalStore
 from tests.conftest import LLAMA

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from resources.records import ModelSettings, VersionRecord
-from resources.registry import Registry, RegistryError
+from resources.registry.records import ModelSettings, VersionRecord
+from resources.registry.registry import Registry, RegistryError
 from resources.storage.store import LocalStore
 from tests.records import version_record
 

@@ -20,8 +20,8 @@ from dagster import DagsterEventType, DagsterInstance
 
 from assets.state import run_state
 from dagster_project import cli
-from resources import gc
-from resources.registry import Registry
+from resources.registry import gc
+from resources.registry.registry import Registry
 from resources.settings import Settings
 from resources.storage import open_store
 from resources.storage.keys import open_key_store

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from resources.layout import model_prefix
-from resources.registry import Registry, suffix_number
+from resources.registry.registry import Registry, suffix_number
 from resources.storage import open_store
 from tests.records import version_record
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dagster_project.definitions import build_definitions
-from resources import tensorize
+from resources.formats import tensorize
 from resources.formats.access import stream_kwargs
 from resources.settings import Settings
 from resources.storage import open_store

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import RunRequest, build_schedule_context
+from dagster import RunRequest, ScheduleDefinition, build_schedule_context
 
 from assets.state import ALIASES_TAG, PARTITION_TAG, ROTATED_FROM_TAG, SHA_TAG, VERIFY_TAG
 from dagster_project.cli import publish
 from dagster_project.definitions import build_definitions
-from resources.catalog import CatalogError, load_catalog
-from resources.registry import Registry
+from resources.catalog import CatalogError, is_cron, load_catalog
+from resources.registry.registry import Registry
 from resources.storage import open_store
 from tests.conftest import LLAMA, OPT, catalog_yaml, execute_request
 from tests.records import version_record
@@ -117,6 +117,41 @@ def test_schedule_settings_come_from_the_catalog_and_bad_ones_are_refused(env):
     with_automation(env, [{"repo_id": LLAMA}], rotate_keys={"cron": "every day"})
     with pytest.raises(CatalogError, match=r"automation\.rotate_keys\.cron: .*not a cron string"):
         load_catalog(env.settings.catalog)
+
+
+def dagster_takes(cron: str) -> bool:
+    try:
+        ScheduleDefinition(name="probe", cron_schedule=cron, target="*")
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 3 * * *",
+        "*/15 * * * *",
+        "0 0 1,15 * mon-fri",
+        "0-5/2 * jan-mar * 7",
+        "5-1 * * * *",
+        "@daily",
+        "0 0 29 2 *",
+        "0 0 30,1 2 *",
+        "every day",
+        "60 * * * *",
+        "0 0 0 * *",
+        "* * * *",
+        "0 0 * * * *",
+        "*/0 * * * *",
+        "0 0 30 2 *",
+        "0 0 31 feb *",
+        "x 0 * * *",
+    ],
+)
+def test_the_catalogs_cron_check_agrees_with_dagsters_schedules(cron):
+    """The catalog checks cron strings without Dagster; a schedule must take what it takes."""
+    assert is_cron(cron) == dagster_takes(cron)
 
 
 def test_gpu_steps_are_in_the_gpu_pool(env):

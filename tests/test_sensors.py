@@ -18,7 +18,7 @@ from dagster import SensorResult, build_sensor_context
 from assets.state import BASE_TAG, SHA_TAG
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model, git
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.storage import open_store
 from tests.conftest import LLAMA, OPT, catalog_yaml, execute_request
 from tests.fake_hub import FakeHub

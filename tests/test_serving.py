@@ -19,7 +19,8 @@ import pytest
 from dagster_project.cli import main
 from dagster_project.demo import commit_tiny_adapter
 from resources import layout
-from resources.serving import (
+from resources.registry.signing import new_private_key
+from resources.serving.prepare import (
     LOAD_FORMAT,
     LoadRequest,
     ServeError,
@@ -28,7 +29,6 @@ from resources.serving import (
     prepare,
     run_server,
 )
-from resources.signing import new_private_key
 from resources.vllm.runner import ENGINE_ENV
 from tests.conftest import LLAMA, Env
 from tests.processes import free_port, start, stop, wait_for
@@ -302,7 +302,7 @@ VLLM_KWARGS_SCRIPT = """
 import collections, json, sys
 from vllm import LLM, SamplingParams
 from vllm.lora.request import LoRARequest
-from resources.serving import prepare
+from resources.serving.prepare import prepare
 from resources.storage.s3 import S3Store
 
 read = collections.Counter()

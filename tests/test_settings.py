@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from dagster import EnvVar
+from dagster_aws.s3 import S3Resource
 
+from assets.dagster_resources import s3_env, s3_resource
 from resources.errors import ModelpubError
 from resources.settings import EnvValue, S3Env, Settings
-from resources.storage.s3 import s3_resource
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,14 +110,18 @@ def test_the_key_store_borrows_endpoint_and_region_but_never_credentials():
     assert "endpoint_url" not in Settings.from_env(own).store_s3.fields  # never the other way
 
 
-def test_s3_settings_become_an_s3resource_with_secrets_named_for_dagster():
+def test_s3_settings_become_an_s3resource_with_secrets_named_for_dagster_and_back():
     s3 = Settings.from_env(ARTIFACT_S3).store_s3
-    plain, dagster = s3_resource(s3), s3_resource(s3, for_dagster=True)
-    assert plain.aws_secret_access_key == "publisher-secret"
-    assert plain.endpoint_url == dagster.endpoint_url == "http://seaweedfs:8333"
+    shown = s3_resource("s3://models/prod", s3)
+    assert shown.endpoint_url == "http://seaweedfs:8333"
     for field in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
-        secret = getattr(dagster, field)
+        secret = getattr(shown, field)
         assert isinstance(secret, EnvVar) and secret == s3.fields[field].name
+    assert s3_resource("/srv/modelpub/store", s3) is None  # a local store has no S3 config
+    resolved = S3Resource(**{name: setting.value for name, setting in s3.fields.items()})
+    assert {n: v.value for n, v in s3_env(resolved).fields.items()} == {
+        n: v.value for n, v in s3.fields.items()
+    }
 
 
 def test_secrets_stay_out_of_the_settings_repr():

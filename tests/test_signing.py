@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from dagster_project.cli import main
-from resources import layout, signing
-from resources.registry import Registry
-from resources.signing import (
+from resources import layout
+from resources.registry import signing
+from resources.registry.registry import Registry
+from resources.registry.signing import (
     PUBLIC_KEY_FILE,
     RECORD_FILE,
     SIGNATURE_FILE,

@@ -1,4 +1,4 @@
-"""The tensorize step's decisions on plain, typed inputs (resources/stage.py, no Dagster
+"""The tensorize step's decisions on plain, typed inputs (resources/registry/stage.py, no Dagster
 run): a build is reused where it was published, written under a reserved suffix with its
 own key otherwise, and a run waits for an earlier run of the same build to reuse its
 version."""
@@ -11,10 +11,10 @@ import pytest
 
 from resources.formats.artifact import check_files
 from resources.layout import model_prefix
-from resources.publish import publish_staged
-from resources.records import ModelSettings
-from resources.registry import Registry
-from resources.stage import StageRequest, StagingRun, stage
+from resources.registry.publish import publish_staged
+from resources.registry.records import ModelSettings
+from resources.registry.registry import Registry
+from resources.registry.stage import StageRequest, StagingRun, stage
 from resources.storage.keys import KeyStore, open_key_store
 from resources.storage.store import LocalStore
 from tests.conftest import LLAMA

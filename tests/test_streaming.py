@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from resources import digests, streaming, tensorize
+from resources.formats import tensorize
 from resources.formats.artifact import write_artifact
 from resources.formats.format import StagingFull
 from resources.settings import Settings
-from resources.storage import open_store
+from resources.storage import digests, open_store, streaming
 from resources.storage.store import StoreError
-from resources.streaming import MIN_PART, StreamedFile
+from resources.storage.streaming import MIN_PART, StreamedFile
 from tests.conftest import LLAMA, Env
 from tests.published import stores
 from tests.real_parts import tmpfs

@@ -6,7 +6,7 @@ import stat
 import pytest
 import torch
 
-from resources import tensorize
+from resources.formats import tensorize
 from resources.storage.keys import KeyStoreError, open_key_store
 from tests.conftest import LLAMA, OPT
 

@@ -12,7 +12,7 @@ from assets.models import model_snapshot, tensorized_model
 from assets.state import PARTITION_TAG, VERIFY_TAG
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import git
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.storage import LocalStore
 from tests.conftest import LLAMA
 from tests.processes import dagster_home, free_port, start, stop, wait_for

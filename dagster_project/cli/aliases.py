@@ -8,7 +8,7 @@ import sys
 from dagster_project.cli.render import describe
 from dagster_project.cli.runner import ensure_partition, instance
 from resources.catalog import adapter_partition_key, partition_key
-from resources.records import AdapterVersion, AliasEntry, VersionRecord
+from resources.registry.records import AdapterVersion, AliasEntry, VersionRecord
 from resources.settings import Settings
 from resources.stores import key_store, open_registry
 
@@ -79,7 +79,7 @@ def _alias(settings: Settings, args) -> int:
 def _observe(settings: Settings, record: VersionRecord, alias: str, entry: AliasEntry) -> None:
     """Show a person's alias change in the Dagster UI: an observation of the published
     asset's partition. Best effort: the change is made whether or not Dagster hears of it."""
-    from resources.summary import history_cells
+    from resources.operations.summary import history_cells
 
     if isinstance(record, AdapterVersion):
         asset, partitions = "published_adapter", "adapters"

@@ -23,7 +23,7 @@ def add_parsers(sub) -> None:
 
 
 def _list(settings: Settings, args) -> int:
-    from resources.summary import COLUMNS, VersionSummary, text_table
+    from resources.operations.summary import COLUMNS, VersionSummary, text_table
 
     registry = open_registry(settings)
     rows = []
@@ -45,7 +45,12 @@ def _resolve(settings: Settings, args) -> int:
 
 
 def _history(settings: Settings, args) -> int:
-    from resources.summary import HISTORY_COLUMNS, alias_history, history_cells, text_table
+    from resources.operations.summary import (
+        HISTORY_COLUMNS,
+        alias_history,
+        history_cells,
+        text_table,
+    )
 
     registry = open_registry(settings)
     repo_id, _, alias = args.reference.partition("@")

@@ -39,7 +39,7 @@ def _gc(settings: Settings, args) -> int:
     from datetime import timedelta
 
     from assets.state import run_state
-    from resources import gc
+    from resources.registry import gc
 
     registry, keys = open_stores(settings)
     runs = partial(run_state, instance(settings))
@@ -92,7 +92,7 @@ def _gc(settings: Settings, args) -> int:
 
 
 def _doctor(settings: Settings, args) -> int:
-    from resources.doctor import run_checks
+    from resources.operations.doctor import run_checks
 
     checks = run_checks(settings, min_free=int(args.min_free_gib * (1 << 30)))
     for check in checks:

@@ -9,7 +9,7 @@ from dagster_project.cli.render import print_record, served_with, verbose_flag
 from dagster_project.cli.runner import publish, publish_adapter
 from dagster_project.cli.serving import serve_command
 from resources.catalog import Catalog, load_catalog
-from resources.records import VersionRecord
+from resources.registry.records import VersionRecord
 from resources.settings import Settings
 
 

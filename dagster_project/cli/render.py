@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resources.records import AdapterVersion, AliasEntry, VersionRecord
+from resources.registry.records import AdapterVersion, AliasEntry, VersionRecord
 
 
 def print_record(record: VersionRecord) -> None:
@@ -32,7 +32,7 @@ def json_flag(parser: argparse.ArgumentParser) -> None:
 
 def summary(record: VersionRecord, run_id: str) -> str:
     """What a person wants after a publish: the version, its checks, how to serve it."""
-    from resources.summary import human_size
+    from resources.operations.summary import human_size
 
     size = human_size(sum(f["size"] for f in record.files.values()))
     how = "published" if record.dagster_run_id == run_id else "already published, re-verified:"

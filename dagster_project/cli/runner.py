@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from dagster_project.cli.render import summary
 from resources.catalog import load_catalog, partition_key
 from resources.errors import ModelpubError
-from resources.records import VersionRecord, parse_version
+from resources.registry.records import VersionRecord, parse_version
 from resources.settings import Settings
 
 if TYPE_CHECKING:

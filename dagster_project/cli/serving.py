@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dagster_project.cli.render import json_flag, print_json
-from resources.records import AdapterVersion, VersionRecord
+from resources.registry.records import AdapterVersion, VersionRecord
 from resources.settings import Settings
 
 
@@ -54,8 +54,8 @@ def _keyfile(settings: Settings, record: VersionRecord) -> str | None:
 
 def serve_command(settings: Settings, reference: str) -> tuple[VersionRecord, str]:
     """The version `reference` names, and the shell lines that serve it."""
-    from resources.serve import adapter_serve_command
-    from resources.serve import serve_command as model_serve_command
+    from resources.serving.command import adapter_serve_command
+    from resources.serving.command import serve_command as model_serve_command
     from resources.stores import open_registry
 
     registry = open_registry(settings)
@@ -78,7 +78,7 @@ def _serve_command(settings: Settings, args) -> int:
 
 def _serve(settings: Settings, args) -> int:
     """vLLM's server in a child process: signals go to it and the exit status is its own."""
-    from resources.serving import prepare, run_server
+    from resources.serving.prepare import prepare, run_server
 
     plan = prepare(args.reference, settings)
     extra = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args

@@ -57,7 +57,7 @@ def _verify(settings: Settings, args) -> int:
 
 
 def _fetch(settings: Settings, args) -> int:
-    from resources.signing import PUBLIC_KEY_FILE, SIGNATURE_FILE, fetch_signed
+    from resources.registry.signing import PUBLIC_KEY_FILE, SIGNATURE_FILE, fetch_signed
 
     registry = open_registry(settings)
     record = registry.resolve(args.reference)

@@ -2,7 +2,7 @@
 tensor-parallel rank in the vLLM-tensorized format) plus config/tokenizer files under one prefix.
 
 Writing streams the tensors into the store's upload where the store can (S3: parts go up
-while later tensors are still being serialized; resources/streaming.py), else stages the
+while later tensors are still being serialized; resources/storage/streaming.py), else stages the
 file locally and moves or uploads it; reading back checks the file hashes and every tensor
 against the source checkpoint.
 """
@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from resources import digests, tensorize
-from resources.checked_read import CheckedRead
+from resources.formats import tensorize
+from resources.formats.checked_read import CheckedRead
 from resources.formats.format import ArtifactFormat, Progress, artifact_format, no_progress
 from resources.layout import TENSORS_FILE
+from resources.storage import digests
 from resources.storage.store import NotFound, ObjectStore, StoreError
-from resources.streaming import StreamedFile, part_size_for
+from resources.storage.streaming import StreamedFile, part_size_for
 
 
 @dataclass
@@ -102,7 +103,7 @@ def _write_streamed(
     progress: Progress,
 ) -> WrittenArtifact:
     """Serialize straight into the store's upload, then upload the config files. The
-    tensors file's entry has a sha256 per part (resources/digests.py): its first part,
+    tensors file's entry has a sha256 per part (resources/storage/digests.py): its first part,
     the header, is only final at the end, so no one pass sees the file in order."""
     tensors_file = target.key.rsplit("/", 1)[1]
     out = WrittenArtifact(tensors_files=[tensors_file])

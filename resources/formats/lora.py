@@ -16,9 +16,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources import digests, tensorize
 from resources.errors import ModelpubError
+from resources.formats import tensorize
 from resources.layout import ADAPTER_TENSORS_FILE
+from resources.storage import digests
 from resources.storage.store import ObjectStore
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -11,15 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from resources.errors import ModelpubError
 from resources.layout import SIGNING_KEY, key_file
 from resources.settings import KEYS_S3, NO_S3, S3Env
 from resources.storage.store import LocalStore, NotFound, ObjectStore
-
-if TYPE_CHECKING:
-    from dagster_aws.s3 import S3Resource
 
 
 class KeyStoreError(ModelpubError):
@@ -97,14 +93,12 @@ def _overlaps(uri: str, artifact_store_uri: str) -> bool:
     return k.startswith(a) or a.startswith(k)
 
 
-def open_key_store(
-    uri: str, artifact_store_uri: str, s3: S3Env = NO_S3, resource: S3Resource | None = None
-) -> KeyStore:
+def open_key_store(uri: str, artifact_store_uri: str, s3: S3Env = NO_S3) -> KeyStore:
     """The key store at `uri`, refused if it sits inside the artifact store.
 
     An s3:// key store is configured by `s3` (the settings' `keys_s3`, whose credentials
-    are never the artifact store's), or by `resource` where a Dagster resource built one
-    from it: whoever holds only the artifact credentials cannot read the keys.
+    are never the artifact store's): whoever holds only the artifact credentials cannot
+    read the keys.
     """
     if _overlaps(uri, artifact_store_uri):
         raise KeyStoreError(
@@ -114,7 +108,7 @@ def open_key_store(
     if uri.startswith("s3://"):
         from resources.storage.s3 import S3Store
 
-        return KeyStore(S3Store.from_uri(uri, s3, resource, env_prefix=KEYS_S3))
+        return KeyStore(S3Store.from_uri(uri, s3, env_prefix=KEYS_S3))
     root = Path(uri)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)

@@ -1,4 +1,4 @@
-"""S3 (AWS, or any S3-compatible endpoint) as an object store, through dagster-aws `S3Resource`.
+"""S3 (AWS, or any S3-compatible endpoint) as an object store, through boto3.
 
 The registry's safety rests on two conditional writes that S3 now supports:
 `PutObject` with `If-None-Match: *` (create exactly once) and with `If-Match: <etag>`
@@ -24,8 +24,10 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
+import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -33,15 +35,12 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from dagster import EnvVar
-from dagster_aws.s3 import S3Resource
 
-from resources.digests import CHUNK
 from resources.settings import ARTIFACT_S3, S3Env
+from resources.storage.digests import CHUNK
 from resources.storage.store import NotFound, ObjectStore, S3Access, StoreError
-from resources.streaming import StreamedFile
+from resources.storage.streaming import StreamedFile
 
-SECRET_FIELDS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
 # 64 MiB parts: 4 in flight measured fastest here, and 10,000 parts allow 640 GiB objects.
 TRANSFER = TransferConfig(
     multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4
@@ -49,24 +48,8 @@ TRANSFER = TransferConfig(
 BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 DENIED = {"AccessDenied", "AllAccessDisabled", "403"}
 ABSENT = {"NoSuchKey", "404", "NotFound"}
+RETRIES = Config(retries={"max_attempts": 3, "mode": "standard"})
 PART_ATTEMPTS = 4  # a streamed part is sent again after a transient error or a BadDigest
-
-
-def s3_resource(s3: S3Env, for_dagster: bool = False) -> S3Resource:
-    """An `S3Resource` from a store's S3 settings. With `for_dagster`, secrets stay
-    `EnvVar`s: Dagster resolves them in the run and shows only their names in the UI."""
-    values = {
-        name: EnvVar(setting.name) if for_dagster and name in SECRET_FIELDS else setting.value
-        for name, setting in s3.fields.items()
-    }
-    return S3Resource(max_attempts=3, **values)
-
-
-def dagster_s3_config(uri: str, s3: S3Env) -> S3Resource | None:
-    """The `S3Resource` for a store's Dagster resource: None unless `uri` is s3://."""
-    if not uri.startswith("s3://"):
-        return None
-    return s3_resource(s3, for_dagster=True)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -80,12 +63,14 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 class S3Store(ObjectStore):
     """Objects under `s3://bucket/prefix`, with the registry's conditional writes."""
 
-    def __init__(self, bucket: str, prefix: str, resource: S3Resource, env_prefix: str):
+    def __init__(self, bucket: str, prefix: str, s3: S3Env, env_prefix: str):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.resource = resource
         self.env_prefix = env_prefix
-        self.client = resource.get_client()
+        values = {name: setting.value for name, setting in s3.fields.items()}
+        endpoint_url = values.pop("endpoint_url", None)
+        self.session = boto3.session.Session(**values)
+        self.client = self.session.client("s3", endpoint_url=endpoint_url, config=RETRIES)
         # Every write carries a checksum the server verifies (CRC32 by default, SHA-256 for
         # streamed parts), so the payload is not hashed again for the signature: boto3's
         # default over https, here over http too (a pass over every byte, on each side).
@@ -95,18 +80,11 @@ class S3Store(ObjectStore):
         self.region: str = self.client.meta.region_name
 
     @classmethod
-    def from_uri(
-        cls,
-        uri: str,
-        s3: S3Env,
-        resource: S3Resource | None = None,
-        env_prefix: str = ARTIFACT_S3,
-    ) -> S3Store:
-        """The store at `uri`, through `resource` where Dagster built one from `s3` (its
-        secrets resolved in the run), else through one built from `s3` here;
-        `env_prefix` names the variables its errors tell the user to set."""
+    def from_uri(cls, uri: str, s3: S3Env, env_prefix: str = ARTIFACT_S3) -> S3Store:
+        """The store at `uri` configured by `s3`; `env_prefix` names the variables its
+        errors tell the user to set."""
         bucket, prefix = parse_s3_uri(uri)
-        return cls(bucket, prefix, resource or s3_resource(s3), env_prefix)
+        return cls(bucket, prefix, s3, env_prefix)
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}".strip("/") if self.prefix else key
@@ -116,15 +94,7 @@ class S3Store(ObjectStore):
 
     def _credentials(self):
         """The resolved credentials, for clients that cannot take a boto3 client."""
-        import boto3
-
-        r = self.resource
-        credentials = boto3.session.Session(
-            profile_name=r.profile_name,
-            aws_access_key_id=r.aws_access_key_id,
-            aws_secret_access_key=r.aws_secret_access_key,
-            aws_session_token=r.aws_session_token,
-        ).get_credentials()
+        credentials = self.session.get_credentials()
         if credentials is None:
             raise StoreError(self._no_credentials())
         return credentials.get_frozen_credentials()

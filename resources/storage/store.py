@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources import digests
 from resources.errors import ModelpubError
-from resources.streaming import StreamedFile
+from resources.storage import digests
+from resources.storage.streaming import StreamedFile
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ObjectStore(ABC):
 
     def streamed(self, key: str, staging: Path, part_size: int) -> StreamedFile | None:
         """A file whose parts are uploaded to `key` while it is written, spooled in
-        `staging` (resources/streaming.py); None where the store stages whole files."""
+        `staging` (resources/storage/streaming.py); None where the store stages whole files."""
         return None
 
     @contextmanager

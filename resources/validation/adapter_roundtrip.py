@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources import tensorize
+from resources.formats import tensorize
 from resources.formats.artifact import check_files
 from resources.formats.lora import AdapterError, restore_adapter
 from resources.storage.store import ObjectStore

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from resources import tensorize
+from resources.formats import tensorize
 from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
-from resources.records import VersionRecord
-from resources.registry import Registry, RegistryError
-from resources.signing import verify_signature
+from resources.registry.records import VersionRecord
+from resources.registry.registry import Registry, RegistryError
+from resources.registry.signing import verify_signature
 from resources.storage.keys import KeyStore
 
 
@@ -56,7 +56,7 @@ class IntegrityReport:
 def verify_published(registry: Registry, keys: KeyStore, record: VersionRecord) -> IntegrityReport:
     """Each file read once from the store: its digest against the record and its sha256
     for the signature, the tensors files decrypted and verified by tensorizer as they
-    stream (resources/checked_read.py)."""
+    stream (resources/formats/checked_read.py)."""
     store = registry.store
     prefix, tensors_file = record.location
     report = IntegrityReport(record.reference, signing_key=record.signing_key)

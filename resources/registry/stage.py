@@ -1,7 +1,7 @@
 """Staging a version: reuse the one already published from the same build, or reserve the
 next suffix, create its key and write the artifact under it.
 
-Plain functions on typed inputs, the twin of `resources.publish.publish_staged`: the
+Plain functions on typed inputs, the twin of `resources.registry.publish.publish_staged`: the
 Dagster step (assets/publishing.py `tensorize_step`) hands in its run (id, the runs it
 re-executes, its worker, how to ask whether another run is still in flight) and where its
 log lines go, and turns the outcome into materialization metadata.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from resources.formats.artifact import WrittenArtifact, write_artifact
 from resources.formats.format import Progress, no_progress
-from resources.publish import earlier_builds
-from resources.records import (
+from resources.registry.publish import earlier_builds
+from resources.registry.records import (
     AdapterSettings,
     ModelSettings,
     RunState,
@@ -26,7 +26,7 @@ from resources.records import (
     VersionRecord,
     Worker,
 )
-from resources.registry import Registry
+from resources.registry.registry import Registry
 from resources.storage.keys import KeyStore
 from resources.storage.store import ObjectStore
 
@@ -140,7 +140,7 @@ def stage(
 def wait_for_earlier_build(
     registry: Registry, request: StageRequest, suffix: str, run: StagingRun
 ) -> VersionRecord | None:
-    """Wait, by the rule in `resources.publish.earlier_builds`, for earlier runs of this
+    """Wait, by the rule in `resources.registry.publish.earlier_builds`, for earlier runs of this
     build; the version one of them published, or None to go on with `suffix`."""
     announced = set()
     build = (request.repo_id, request.sha, suffix)

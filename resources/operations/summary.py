@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from resources.records import AdapterVersion, AliasRecord, VersionRecord
+from resources.registry.records import AdapterVersion, AliasRecord, VersionRecord
 
 COLUMNS = ["reference", "sha", "dtype", "format", "size", "published", "aliases", "verified"]
 HISTORY_COLUMNS = ["at", "alias", "from", "to", "why", "by", "reason"]

@@ -15,7 +15,7 @@ import queue
 import threading
 from collections.abc import Iterable
 
-from resources import digests
+from resources.storage import digests
 
 DEPTH = 4  # chunks (of digests.CHUNK, 8 MiB from the stores) fetched ahead of the reader
 

@@ -5,7 +5,7 @@ digests the record holds (no file of the model is read for that), fetches its co
 tokenizer files into a private cache, checking each, restores the LoRA adapters published
 for that version into private directories, and returns a `ServePlan`: the arguments of
 `vllm.LLM` (`engine_kwargs`) or of vLLM's OpenAI server (`run_server`) that load it with
-the `modelpub` model loader (resources/serve_loader.py).
+the `modelpub` model loader (resources/serving/loader.py).
 
 The loader is the check of what is served. Inside the vLLM process it reads the record
 again and refuses it unless it is the one `prepare` verified (pinned by its sha256) and
@@ -33,16 +33,17 @@ from typing import Any
 
 import torch
 
-from resources import digests, tensorize
-from resources.checked_read import CheckedRead
 from resources.errors import ModelpubError
+from resources.formats import tensorize
 from resources.formats.artifact import fetch_config
+from resources.formats.checked_read import CheckedRead
 from resources.formats.format import ArtifactFormat
 from resources.formats.lora import restore_adapter
-from resources.records import AdapterVersion, ModelVersion, VersionRecord
-from resources.registry import Registry, suffix_number
+from resources.registry.records import AdapterVersion, ModelVersion, VersionRecord
+from resources.registry.registry import Registry, suffix_number
+from resources.registry.signing import SignedVersion, SigningError, signed_version
 from resources.settings import Settings
-from resources.signing import SignedVersion, SigningError, signed_version
+from resources.storage import digests
 from resources.storage.keys import KeyStore
 from resources.stores import open_stores
 from resources.vllm.runner import lora_rank_limit, runtime_dtype
@@ -81,13 +82,14 @@ class LoadRequest:
         if not isinstance(config.get("reference"), str):
             raise ServeError(
                 'load_format="modelpub" needs model_loader_extra_config={"reference": '
-                '"repo_id@vN"}; resources.serving.vllm_kwargs gives both'
+                '"repo_id@vN"}; resources.serving.prepare.vllm_kwargs gives both'
             )
         unknown = sorted(config.keys() - {f.name for f in fields(cls)})
         if unknown:
             raise ServeError(
                 f'load_format="modelpub" takes no {", ".join(unknown)} in '
-                "model_loader_extra_config; resources.serving.vllm_kwargs gives what it takes"
+                "model_loader_extra_config; resources.serving.prepare.vllm_kwargs gives what it "
+                "takes"
             )
         adapters = tuple(ServedAdapter(**a) for a in config.pop("adapters", []))
         return cls(**config, adapters=adapters)

@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pydantic import BaseModel, ConfigDict
 
 from resources.errors import ModelpubError
-from resources.records import (
+from resources.registry.records import (
     SCHEMA,
     AdapterSettings,
     AliasEntry,
@@ -28,8 +28,14 @@ from resources.records import (
     now,
     parse_version,
 )
-from resources.registry import ALIAS, AliasProtected, Registry, RegistryError, suffix_number
-from resources.signing import sign_record
+from resources.registry.registry import (
+    ALIAS,
+    AliasProtected,
+    Registry,
+    RegistryError,
+    suffix_number,
+)
+from resources.registry.signing import sign_record
 from resources.storage.keys import KeyStore
 from resources.storage.store import ObjectStore
 

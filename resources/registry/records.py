@@ -122,8 +122,8 @@ class _Published(BaseModel):
     dagster_run_id: str | None = None
     published_at: str | None = None
     rotated_from: str | None = None
-    # The fingerprint of the key that signed it (resources/signing.py); absent, not null, in
-    # records published before versions were signed, which read back unchanged.
+    # The fingerprint of the key that signed it (resources/registry/signing.py); absent,
+    # not null, in records published before versions were signed, which read back unchanged.
     signing_key: str | None = Field(None, exclude_if=lambda fingerprint: fingerprint is None)
 
     @property
@@ -306,7 +306,7 @@ class AliasEntry(BaseModel):
 
 class AliasRecord(BaseModel):
     """`registry/<repo>/aliases/<alias>.json`: where the alias points, whether publishes
-    may move it, and every change to it (see resources/registry.py for why the history
+    may move it, and every change to it (see resources/registry/registry.py for why the history
     lives in this object).
 
     Records of schema 1 (`{"alias", "suffix", "moved_at"}`) have no history: they read

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from resources import layout
-from resources.records import Reservation, RunState
-from resources.registry import Registry
+from resources.registry.records import Reservation, RunState
+from resources.registry.registry import Registry
 from resources.storage.keys import KeyStore
 
 Version = tuple[str, str]  # (repo id, suffix)

@@ -1,19 +1,47 @@
-"""Dagster resources: thin configurable handles on the plain classes in this package."""
+"""Dagster resources: thin configurable handles on the plain classes of `resources`.
+
+S3 settings travel as dagster-aws `S3Resource`s so the UI shows them, secrets as the
+names of their variables (`EnvVar`, resolved in the run); the stores take them back as a
+plain `S3Env`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from dagster_aws.s3 import S3Resource
 
 from resources.catalog import Catalog, HubSpec, load_catalog
-from resources.registry import Registry
+from resources.registry.registry import Registry
+from resources.settings import NO_S3, S3_FIELDS, EnvValue, S3Env
 from resources.sources.hub import Hub, make_hub
 from resources.storage import open_store
 from resources.storage.keys import KeyStore, open_key_store
 from resources.storage.store import ObjectStore
 from resources.vllm import runner as vllm_runner
+
+SECRET_FIELDS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
+
+
+def s3_resource(uri: str, s3: S3Env) -> S3Resource | None:
+    """The `S3Resource` a store's Dagster resource holds: None unless `uri` is s3://."""
+    if not uri.startswith("s3://"):
+        return None
+    values = {
+        name: EnvVar(setting.name) if name in SECRET_FIELDS else setting.value
+        for name, setting in s3.fields.items()
+    }
+    return S3Resource(**values)
+
+
+def s3_env(resource: S3Resource | None) -> S3Env:
+    """The plain settings a store opens with, from a resource whose secrets Dagster has
+    resolved in this run."""
+    if resource is None:
+        return NO_S3
+    fields = {n: EnvValue(n, v) for n in S3_FIELDS if (v := getattr(resource, n, None))}
+    return S3Env(fields)
 
 
 class CatalogResource(ConfigurableResource):
@@ -51,7 +79,7 @@ class ObjectStoreResource(ConfigurableResource):
     s3: S3Resource | None = None  # endpoint and credentials for an s3:// uri
 
     def open(self) -> ObjectStore:
-        return open_store(self.uri, resource=self.s3)
+        return open_store(self.uri, s3_env(self.s3))
 
 
 class KeyStoreResource(ConfigurableResource):
@@ -62,7 +90,7 @@ class KeyStoreResource(ConfigurableResource):
     s3: S3Resource | None = None  # the key store's own endpoint and credentials
 
     def open(self) -> KeyStore:
-        return open_key_store(self.uri, self.artifact_store_uri, resource=self.s3)
+        return open_key_store(self.uri, self.artifact_store_uri, s3_env(self.s3))
 
 
 class RegistryResource(ConfigurableResource):

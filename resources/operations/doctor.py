@@ -26,7 +26,7 @@ from resources.storage.store import LocalStore, ObjectStore
 from resources.stores import artifact_store, key_store
 
 # The checkout's lock, beside the package: `make install` installs exactly it.
-LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
+LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
 DISTRIBUTION = "modelpub"
 # vLLM's plugin group, and what modelpub registers there: the CPU loading fix, and the
 # `modelpub` load format (two entry points: the loader imports the formats, which import
@@ -34,7 +34,7 @@ DISTRIBUTION = "modelpub"
 PLUGIN_GROUP = "vllm.general_plugins"
 PLUGINS = {
     "resources.vllm.plugin:register": "vLLM would load HF-tensorized models without the CPU fix",
-    "resources.serve_loader:register": "vLLM would not know load_format='modelpub' "
+    "resources.serving.loader:register": "vLLM would not know load_format='modelpub' "
     "(modelpub serve)",
 }
 MIN_FREE_BYTES = 1 << 30

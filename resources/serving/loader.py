@@ -2,9 +2,9 @@
 
 Registered in every vLLM process by the project's `vllm.general_plugins` entry point
 `modelpub_loader` (pyproject.toml).
-`model_loader_extra_config` is a resources.serving.LoadRequest (`{"reference": "repo@vN",
+`model_loader_extra_config` is a resources.serving.prepare.LoadRequest (`{"reference": "repo@vN",
 ...}`, as `vllm_kwargs` gives it); the tensors stream from the store through the checks of
-`resources.serving.loaded_weights` and are handed to the model's own `load_weights`, which
+`resources.serving.prepare.loaded_weights` and are handed to the model's own `load_weights`, which
 maps the checkpoint's names onto vLLM's fused layers. The key and the store's credentials
 come from this process's settings (MODELPUB_* and the S3 variables), never from vLLM's
 arguments.
@@ -18,7 +18,7 @@ from vllm.config import ModelConfig
 from vllm.config.load import LoadConfig
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
-from resources.serving import LoadRequest, loaded_weights
+from resources.serving.prepare import LoadRequest, loaded_weights
 
 
 class ModelpubLoader(BaseModelLoader):
@@ -36,6 +36,6 @@ class ModelpubLoader(BaseModelLoader):
 def register() -> None:
     from vllm.model_executor.model_loader import register_model_loader
 
-    from resources.serving import LOAD_FORMAT
+    from resources.serving.prepare import LOAD_FORMAT
 
     register_model_loader(LOAD_FORMAT)(ModelpubLoader)

@@ -29,8 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from resources import digests
 from resources.errors import ModelpubError
+from resources.storage import digests
 
 END_MARKER = b"\0" * 8  # tensorizer's "no more tensors" field, rewritten per batch
 IN_FLIGHT = 4  # parts uploading at once; two more may wait spooled

@@ -21,7 +21,7 @@ from typing import BinaryIO
 import torch
 
 from resources.errors import ModelpubError
-from resources.streaming import StreamedFile
+from resources.storage.streaming import StreamedFile
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -222,7 +222,7 @@ def serialize(
     """Write `weights` (one mapping, or batches of them, each read while the one before
     is written) to the local file `dest`, encrypted with `key` when given; returns once
     the file is durable, with its sha256. `dest` may be a file object instead (a
-    resources.streaming.StreamedFile): its size is then what it was told, no sha256.
+    resources.storage.streaming.StreamedFile): its size is then what it was told, no sha256.
 
     With `consume`, the caller gives the tensors up: each batch is emptied once
     written and its tensors may be left encrypted, which saves a cipher pass.
@@ -268,7 +268,7 @@ def _deserializer(
     source: str | BinaryIO, key: bytes | None, stream_kwargs: dict | None, streaming: bool
 ):
     """`source`: a path or URI tensorizer opens, or a file already open (a
-    resources.checked_read.CheckedRead). Streaming: tensors read on demand by one reader
+    resources.formats.checked_read.CheckedRead). Streaming: tensors read on demand by one reader
     thread (decryption still runs on every core); more readers read ahead without bound,
     holding most of the model."""
     from tensorizer import DecryptionParams, TensorDeserializer

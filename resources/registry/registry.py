@@ -8,7 +8,7 @@ A version is visible only once its record exists, and the record is written last
 after every file is uploaded and every check has passed. Reservations make suffix
 allocation safe under concurrency without a lock server. Key names: resources/layout.py.
 
-An alias's history lives inside the alias object (resources/records.py AliasRecord):
+An alias's history lives inside the alias object (resources/registry/records.py AliasRecord):
 every change, a publish's move, a person's `set`, `rollback`, `protect` or `unprotect`,
 is one compare-and-swap that writes the new target (or protection) and the history with
 the new entry appended. So the history is exactly as consistent as the alias: two
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from resources import layout
 from resources.errors import ModelpubError
 from resources.layout import SUFFIX
-from resources.records import (
+from resources.registry.records import (
     MOVES,
     SCHEMA,
     AdapterSettings,

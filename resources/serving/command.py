@@ -7,7 +7,7 @@ import shlex
 
 from resources.formats.access import vllm_loader_options
 from resources.formats.format import artifact_format
-from resources.records import AdapterVersion, VersionRecord
+from resources.registry.records import AdapterVersion, VersionRecord
 from resources.storage.store import LocalStore, ObjectStore
 from resources.vllm.runner import lora_rank_limit
 
