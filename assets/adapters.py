@@ -8,7 +8,14 @@ its record under its own repo id in the registry, naming the base version.
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    asset,
+)
 
 from assets.dagster_resources import (
     CatalogResource,
@@ -19,7 +26,8 @@ from assets.dagster_resources import (
     TensorizerResource,
 )
 from assets.errors import classified_errors
-from assets.paths import ADAPTER_PATH, published_asset
+from assets.paths import ADAPTER_PATH, StepPolicy, published_asset
+from assets.publish_jobs import ADAPTER_JOB
 from assets.publishing import (
     PublishConfig,
     snapshot_metadata,
@@ -70,108 +78,111 @@ def fetch_checked(
         ) from None
 
 
-@asset(
-    **ADAPTER_PATH.step("fetch"),
-    kinds={"huggingface", "git"},
-    description="The adapter's repo at a pinned commit sha, and the base version it is "
-    "published against (the base's `latest`, pinned for the run). Fails unless the "
-    "adapter names that base and every LoRA tensor fits the base's weights.",
-)
-@classified_errors()
-def adapter_snapshot(
-    context: AssetExecutionContext,
-    catalog: CatalogResource,
-    hub: HubResource,
-    registry: RegistryResource,
-) -> MaterializeResult:
-    cat = catalog.load()
-    target = cat.adapter(context.partition_key)
-    reg = registry.open()
-    base_suffix = pin_tag(context, BASE_TAG, lambda: latest_base(reg, target.base.repo_id))
-    base = reg.version(target.base.repo_id, base_suffix)
-    source = hub.hub(cat.hubs[target.hub])
-    with classified_errors():
-        sha = pin_tag(
-            context, SHA_TAG, lambda: source.resolve(target.adapter.repo_id, target.adapter.ref)
-        )
-    path, info = fetch_checked(target, catalog, hub, base, sha)
-    return MaterializeResult(
-        data_version=DataVersion(f"{sha}+{target.base.repo_id}@{base_suffix}"),
-        metadata={
-            **snapshot_metadata(target.adapter.repo_id, target.adapter.ref, sha, path),
-            "base": f"{target.base.repo_id}@{base_suffix}",
-            "base_suffix": base_suffix,
-            "base_sha": base.hf_sha,
-            "rank": info.rank,
-            "dtype": info.dtype,
-            "target_modules": ", ".join(info.target_modules),
-        },
-    )
-
-
-@asset(
-    **ADAPTER_PATH.step("serialize"),
-    deps=[adapter_snapshot],
-    kinds={"tensorizer", "pytorch"},
-    description="The adapter's weights serialized with tensorizer (encrypted when its base "
-    "is) in their own dtype, uploaded with adapter_config.json under the base version: "
-    "vllm/<base>/<base suffix>/adapters/<adapter>/<suffix>/. Not visible to serving code "
-    "until `published_adapter` records it.",
-)
-@classified_errors()
-def tensorized_adapter(
-    context: AssetExecutionContext,
-    config: PublishConfig,
-    catalog: CatalogResource,
-    hub: HubResource,
-    object_store: ObjectStoreResource,
-    key_store: KeyStoreResource,
-    registry: RegistryResource,
-    tensorizer: TensorizerResource,
-) -> MaterializeResult:
-    target = catalog.load().adapter(context.partition_key)
-    sha = run_tag(context, SHA_TAG, "adapter_snapshot", "sha")
-    base_suffix = run_tag(context, BASE_TAG, "adapter_snapshot", "base_suffix")
-    base = registry.open().version(target.base.repo_id, base_suffix)
-    path, info = fetch_checked(target, catalog, hub, base, sha)
-    request = StageRequest(
-        repo_id=target.adapter.repo_id,
-        sha=sha,
-        settings=AdapterSettings(
-            dtype=info.dtype,
-            rank=info.rank,
-            encrypted=target.base.encrypt,
-            base_repo_id=target.base.repo_id,
-            base_suffix=base_suffix,
-            base_hf_sha=base.hf_sha,
-        ),
-        key_prefix=context.partition_key,
-        prefix=lambda suffix: adapter_prefix(
-            target.base.repo_id, base_suffix, target.adapter.repo_id, suffix
-        ),
-        tensors_file=ADAPTER_TENSORS_FILE,
-        cast=None,
-        force=config.force,
-    )
-    return tensorize_step(
-        context, request, lambda: path, registry, object_store, key_store, tensorizer
-    )
-
-
 def _adapter_serve(record: AdapterVersion, registry: Registry, store: ObjectStore) -> str:
     """How to serve an adapter version: its base version's command, the adapter attached."""
     base = registry.version(record.base_repo_id, record.base_suffix)
     return adapter_serve_command(record, base, store)
 
 
-published_adapter = published_asset(
-    ADAPTER_PATH,
-    "published_adapter",
-    tensorized_adapter,
-    ref=lambda catalog, key: catalog.adapter(key).adapter.ref,
-    serve=_adapter_serve,
-    description="The immutable registry record (registry/<adapter repo>/versions/<suffix>) "
-    "that makes a verified adapter visible to serving code, naming its base version, and "
-    "the adapter's `latest` alias moved to it. Runs only when every blocking check on "
-    "`tensorized_adapter` passed.",
-)
+def adapter_assets(policy: StepPolicy) -> list[AssetsDefinition]:
+    """The adapter path's assets, their retries as `policy` says."""
+
+    @asset(
+        **ADAPTER_PATH.step("fetch", policy),
+        kinds={"huggingface", "git"},
+        description="The adapter's repo at a pinned commit sha, and the base version it is "
+        "published against (the base's `latest`, pinned for the run). Fails unless the "
+        "adapter names that base and every LoRA tensor fits the base's weights.",
+    )
+    @classified_errors()
+    def adapter_snapshot(
+        context: AssetExecutionContext,
+        catalog: CatalogResource,
+        hub: HubResource,
+        registry: RegistryResource,
+    ) -> MaterializeResult:
+        cat = catalog.load()
+        target = cat.adapter(context.partition_key)
+        reg = registry.open()
+        base_suffix = pin_tag(context, BASE_TAG, lambda: latest_base(reg, target.base.repo_id))
+        base = reg.version(target.base.repo_id, base_suffix)
+        source = hub.hub(cat.hubs[target.hub])
+        with classified_errors():
+            sha = pin_tag(
+                context, SHA_TAG, lambda: source.resolve(target.adapter.repo_id, target.adapter.ref)
+            )
+        path, info = fetch_checked(target, catalog, hub, base, sha)
+        return MaterializeResult(
+            data_version=DataVersion(f"{sha}+{target.base.repo_id}@{base_suffix}"),
+            metadata={
+                **snapshot_metadata(target.adapter.repo_id, target.adapter.ref, sha, path),
+                "base": f"{target.base.repo_id}@{base_suffix}",
+                "base_suffix": base_suffix,
+                "base_sha": base.hf_sha,
+                "rank": info.rank,
+                "dtype": info.dtype,
+                "target_modules": ", ".join(info.target_modules),
+            },
+        )
+
+    @asset(
+        **ADAPTER_PATH.step("serialize", policy),
+        deps=[adapter_snapshot],
+        kinds={"tensorizer", "pytorch"},
+        description="The adapter's weights serialized with tensorizer (encrypted when its base "
+        "is) in their own dtype, uploaded with adapter_config.json under the base version: "
+        "vllm/<base>/<base suffix>/adapters/<adapter>/<suffix>/. Not visible to serving code "
+        "until `published_adapter` records it.",
+    )
+    @classified_errors()
+    def tensorized_adapter(
+        context: AssetExecutionContext,
+        config: PublishConfig,
+        catalog: CatalogResource,
+        hub: HubResource,
+        object_store: ObjectStoreResource,
+        key_store: KeyStoreResource,
+        registry: RegistryResource,
+        tensorizer: TensorizerResource,
+    ) -> MaterializeResult:
+        target = catalog.load().adapter(context.partition_key)
+        sha = run_tag(context, SHA_TAG, ADAPTER_JOB.fetch, "sha")
+        base_suffix = run_tag(context, BASE_TAG, ADAPTER_JOB.fetch, "base_suffix")
+        base = registry.open().version(target.base.repo_id, base_suffix)
+        path, info = fetch_checked(target, catalog, hub, base, sha)
+        request = StageRequest(
+            repo_id=target.adapter.repo_id,
+            sha=sha,
+            settings=AdapterSettings(
+                dtype=info.dtype,
+                rank=info.rank,
+                encrypted=target.base.encrypt,
+                base_repo_id=target.base.repo_id,
+                base_suffix=base_suffix,
+                base_hf_sha=base.hf_sha,
+            ),
+            key_prefix=context.partition_key,
+            prefix=lambda suffix: adapter_prefix(
+                target.base.repo_id, base_suffix, target.adapter.repo_id, suffix
+            ),
+            tensors_file=ADAPTER_TENSORS_FILE,
+            cast=None,
+            force=config.force,
+        )
+        return tensorize_step(
+            context, request, lambda: path, registry, object_store, key_store, tensorizer
+        )
+
+    published_adapter = published_asset(
+        ADAPTER_PATH,
+        policy,
+        ADAPTER_JOB.publish,
+        tensorized_adapter,
+        ref=lambda catalog, key: catalog.adapter(key).adapter.ref,
+        serve=_adapter_serve,
+        description="The immutable registry record (registry/<adapter repo>/versions/<suffix>) "
+        "that makes a verified adapter visible to serving code, naming its base version, and "
+        "the adapter's `latest` alias moved to it. Runs only when every blocking check on "
+        "`tensorized_adapter` passed.",
+    )
+    return [adapter_snapshot, tensorized_adapter, published_adapter]

@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
     Failure,
@@ -18,7 +19,6 @@ from dagster import (
     multi_asset_check,
 )
 
-from assets.adapters import tensorized_adapter
 from assets.dagster_resources import (
     CatalogResource,
     HubResource,
@@ -27,10 +27,10 @@ from assets.dagster_resources import (
     RegistryResource,
     VllmResource,
 )
-from assets.gpu import GPU_OP_TAGS
+from assets.gpu import GpuPlacement
 from assets.metadata import md_table
-from assets.models import tensorized_model
 from assets.partitions import adapters_partitions, models_partitions
+from assets.publish_jobs import ADAPTER_JOB, MODEL_JOB
 from assets.state import PROOF, VERIFY_TAG, staged_artifact
 from resources.formats.access import vllm_loader_options
 from resources.layout import validation_key
@@ -72,14 +72,14 @@ def check_target(
     re-verification), else the one this run's `tensorized_model` staged."""
     suffix = op.run.tags.get(VERIFY_TAG)
     if not suffix:
-        return staged_artifact(op, "tensorized_model")
+        return staged_artifact(op, MODEL_JOB.serialize)
     try:
         return StagedArtifact.of_version(registry.open().version(repo_id, suffix))
     except RegistryError as exc:
         raise Failure(f"cannot re-verify: {exc}", allow_retries=False) from None
 
 
-def _specs(checks: dict[str, str], asset, partitions_def) -> list[AssetCheckSpec]:
+def _specs(checks: dict[str, str], asset: str, partitions_def) -> list[AssetCheckSpec]:
     """Partitioned check specs (a Dagster preview feature, used knowingly: its warning
     would otherwise greet every CLI user)."""
     with warnings.catch_warnings():
@@ -171,96 +171,100 @@ def _results(
     )
 
 
-@multi_asset_check(
-    specs=_specs(CHECKS, tensorized_model, models_partitions),
-    name="roundtrip_checks",
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
-)
-def roundtrip_checks(
-    context: AssetCheckExecutionContext,
-    catalog: CatalogResource,
-    hub: HubResource,
-    object_store: ObjectStoreResource,
-    key_store: KeyStoreResource,
-    registry: RegistryResource,
-    vllm: VllmResource,
-) -> Iterator[AssetCheckResult]:
-    op = context.op_execution_context
-    cat = catalog.load()
-    entry = cat.entry(op.partition_key)
-    target = check_target(op, entry.repo_id, registry)
-    snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, target.sha, hub.cache)
-    store = object_store.open()
-    keys = key_store.open()
-    with ExitStack() as stack:
-        keyfile = stack.enter_context(keys.keyfile(target.key_id)) if target.key_id else None
-        report = RoundTrip(
-            store=store,
-            prefix=target.prefix,
-            files=target.files,
-            snapshot=snapshot,
-            dtype=target.settings.dtype,
-            key_id=target.key_id,
-            key=keyfile.read_bytes() if keyfile else None,
-            keyfile=keyfile,
-            prompts=entry.prompts,
-            max_tokens=entry.max_tokens,
-            tolerance=entry.logprob_tolerance,
-            fmt=target.settings.format,
-            tensor_parallel_size=target.settings.tensor_parallel_size,
-        ).run(vllm.generate)
-    yield from _finish(context, store, target, report, MODEL_COLUMNS)
+def check_assets(gpu: GpuPlacement) -> list[AssetChecksDefinition]:
+    """The blocking round-trip checks of both paths, on GPU nodes as `gpu` says."""
 
-
-@multi_asset_check(
-    specs=_specs(ADAPTER_CHECKS, tensorized_adapter, adapters_partitions),
-    name="adapter_roundtrip_checks",
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
-)
-def adapter_roundtrip_checks(
-    context: AssetCheckExecutionContext,
-    catalog: CatalogResource,
-    hub: HubResource,
-    object_store: ObjectStoreResource,
-    key_store: KeyStoreResource,
-    registry: RegistryResource,
-    vllm: VllmResource,
-) -> Iterator[AssetCheckResult]:
-    """The published base runs from its own artifact (tensorizer, its key), as it is served."""
-    op = context.op_execution_context
-    cat = catalog.load()
-    adapter = cat.adapter(op.partition_key)
-    target = staged_artifact(op, "tensorized_adapter")
-    settings = target.settings
-    if not isinstance(settings, AdapterSettings):
-        raise Failure(f"{target.reference} is not an adapter version", allow_retries=False)
-    snapshot = hub.hub(cat.hubs[adapter.hub]).snapshot(
-        adapter.adapter.repo_id, target.sha, hub.cache
+    @multi_asset_check(
+        specs=_specs(CHECKS, MODEL_JOB.serialize, models_partitions),
+        name=MODEL_JOB.checks,
+        pool="gpu",
+        op_tags=gpu.op_tags(),
     )
-    base = registry.open().version(settings.base_repo_id, settings.base_suffix)
-    base_prefix, base_tensors = base.location
-    store = object_store.open()
-    keys = key_store.open()
-    loader = vllm_loader_options(store, f"{base_prefix}/{base_tensors}", with_secrets=True)
-    with ExitStack() as stack:
-        if base.key_id:
-            loader["encryption_keyfile"] = str(stack.enter_context(keys.keyfile(base.key_id)))
-        report = AdapterRoundTrip(
-            store=store,
-            prefix=target.prefix,
-            files=target.files,
-            snapshot=snapshot,
-            key_id=target.key_id,
-            key=keys.get(target.key_id) if target.key_id else None,
-            rank=settings.rank,
-            base_model=stack.enter_context(store.config_dir(base_prefix, base.files)),
-            base_loader=loader,
-            dtype=base.dtype,
-            prompts=adapter.prompts,
-            max_tokens=adapter.max_tokens,
-            tolerance=adapter.base.logprob_tolerance,
-            tensor_parallel_size=base.tensor_parallel_size,
-        ).run(vllm.generate)
-    yield from _finish(context, store, target, report, ADAPTER_COLUMNS)
+    def roundtrip_checks(
+        context: AssetCheckExecutionContext,
+        catalog: CatalogResource,
+        hub: HubResource,
+        object_store: ObjectStoreResource,
+        key_store: KeyStoreResource,
+        registry: RegistryResource,
+        vllm: VllmResource,
+    ) -> Iterator[AssetCheckResult]:
+        op = context.op_execution_context
+        cat = catalog.load()
+        entry = cat.entry(op.partition_key)
+        target = check_target(op, entry.repo_id, registry)
+        snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, target.sha, hub.cache)
+        store = object_store.open()
+        keys = key_store.open()
+        with ExitStack() as stack:
+            keyfile = stack.enter_context(keys.keyfile(target.key_id)) if target.key_id else None
+            report = RoundTrip(
+                store=store,
+                prefix=target.prefix,
+                files=target.files,
+                snapshot=snapshot,
+                dtype=target.settings.dtype,
+                key_id=target.key_id,
+                key=keyfile.read_bytes() if keyfile else None,
+                keyfile=keyfile,
+                prompts=entry.prompts,
+                max_tokens=entry.max_tokens,
+                tolerance=entry.logprob_tolerance,
+                fmt=target.settings.format,
+                tensor_parallel_size=target.settings.tensor_parallel_size,
+            ).run(vllm.generate)
+        yield from _finish(context, store, target, report, MODEL_COLUMNS)
+
+    @multi_asset_check(
+        specs=_specs(ADAPTER_CHECKS, ADAPTER_JOB.serialize, adapters_partitions),
+        name=ADAPTER_JOB.checks,
+        pool="gpu",
+        op_tags=gpu.op_tags(),
+    )
+    def adapter_roundtrip_checks(
+        context: AssetCheckExecutionContext,
+        catalog: CatalogResource,
+        hub: HubResource,
+        object_store: ObjectStoreResource,
+        key_store: KeyStoreResource,
+        registry: RegistryResource,
+        vllm: VllmResource,
+    ) -> Iterator[AssetCheckResult]:
+        """The published base runs from its own artifact (tensorizer, its key), as it is served."""
+        op = context.op_execution_context
+        cat = catalog.load()
+        adapter = cat.adapter(op.partition_key)
+        target = staged_artifact(op, ADAPTER_JOB.serialize)
+        settings = target.settings
+        if not isinstance(settings, AdapterSettings):
+            raise Failure(f"{target.reference} is not an adapter version", allow_retries=False)
+        snapshot = hub.hub(cat.hubs[adapter.hub]).snapshot(
+            adapter.adapter.repo_id, target.sha, hub.cache
+        )
+        base = registry.open().version(settings.base_repo_id, settings.base_suffix)
+        base_prefix, base_tensors = base.location
+        store = object_store.open()
+        keys = key_store.open()
+        loader = vllm_loader_options(store, f"{base_prefix}/{base_tensors}", with_secrets=True)
+        with ExitStack() as stack:
+            if base.key_id:
+                loader["encryption_keyfile"] = str(stack.enter_context(keys.keyfile(base.key_id)))
+            report = AdapterRoundTrip(
+                store=store,
+                prefix=target.prefix,
+                files=target.files,
+                snapshot=snapshot,
+                key_id=target.key_id,
+                key=keys.get(target.key_id) if target.key_id else None,
+                rank=settings.rank,
+                base_model=stack.enter_context(store.config_dir(base_prefix, base.files)),
+                base_loader=loader,
+                dtype=base.dtype,
+                prompts=adapter.prompts,
+                max_tokens=adapter.max_tokens,
+                tolerance=adapter.base.logprob_tolerance,
+                tensor_parallel_size=base.tensor_parallel_size,
+            ).run(vllm.generate)
+        yield from _finish(context, store, target, report, ADAPTER_COLUMNS)
+
+    return [roundtrip_checks, adapter_roundtrip_checks]

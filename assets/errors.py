@@ -11,15 +11,13 @@ from contextlib import contextmanager
 from dagster import Backoff, Failure, Jitter, RetryPolicy
 
 from resources.errors import ModelpubError
-from resources.settings import Settings
 
-# Waits MODELPUB_RETRY_DELAY_S (default 5 s), then twice and four times that.
-TRANSIENT_RETRY = RetryPolicy(
-    max_retries=3,
-    delay=Settings.from_env().retry_delay_s,
-    backoff=Backoff.EXPONENTIAL,
-    jitter=Jitter.PLUS_MINUS,
-)
+
+def transient_retry(delay_s: float) -> RetryPolicy:
+    """Waits `delay_s` (MODELPUB_RETRY_DELAY_S, default 5 s), then twice and four times that."""
+    return RetryPolicy(
+        max_retries=3, delay=delay_s, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+    )
 
 
 @contextmanager

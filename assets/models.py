@@ -1,6 +1,13 @@
 """The model publish path: snapshot -> tensorized artifact -> (checks) -> registry record."""
 
-from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    asset,
+)
 
 from assets.dagster_resources import (
     CatalogResource,
@@ -11,8 +18,8 @@ from assets.dagster_resources import (
     TensorizerResource,
 )
 from assets.errors import classified_errors
-from assets.gpu import GPU_OP_TAGS
-from assets.paths import MODEL_PATH, published_asset
+from assets.paths import MODEL_PATH, StepPolicy, published_asset
+from assets.publish_jobs import MODEL_JOB
 from assets.publishing import (
     PublishConfig,
     snapshot_metadata,
@@ -27,89 +34,92 @@ from resources.serving.command import serve_command
 from resources.vllm.runner import PromptsTooLong, context_length, cuda_available
 
 
-@asset(
-    **MODEL_PATH.step("fetch"),
-    kinds={"huggingface", "git"},
-    description="The catalog entry's Hugging Face repo, resolved once to a commit sha and "
-    "fetched into the local snapshot cache. Every later step uses that sha.",
-)
-def model_snapshot(
-    context: AssetExecutionContext, catalog: CatalogResource, hub: HubResource
-) -> MaterializeResult:
-    cat = catalog.load()
-    entry = cat.entry(context.partition_key)
-    source = hub.hub(cat.hubs[entry.hub])
-    with classified_errors():
-        sha = pin_tag(context, SHA_TAG, lambda: source.resolve(entry.repo_id, entry.ref))
-        path = source.snapshot(entry.repo_id, sha, hub.cache)
-    return MaterializeResult(
-        data_version=DataVersion(sha),
-        metadata=snapshot_metadata(entry.repo_id, entry.ref, sha, path),
+def model_assets(policy: StepPolicy) -> list[AssetsDefinition]:
+    """The model path's assets, their retries and GPU placement as `policy` says."""
+
+    @asset(
+        **MODEL_PATH.step("fetch", policy),
+        kinds={"huggingface", "git"},
+        description="The catalog entry's Hugging Face repo, resolved once to a commit sha and "
+        "fetched into the local snapshot cache. Every later step uses that sha.",
     )
+    def model_snapshot(
+        context: AssetExecutionContext, catalog: CatalogResource, hub: HubResource
+    ) -> MaterializeResult:
+        cat = catalog.load()
+        entry = cat.entry(context.partition_key)
+        source = hub.hub(cat.hubs[entry.hub])
+        with classified_errors():
+            sha = pin_tag(context, SHA_TAG, lambda: source.resolve(entry.repo_id, entry.ref))
+            path = source.snapshot(entry.repo_id, sha, hub.cache)
+        return MaterializeResult(
+            data_version=DataVersion(sha),
+            metadata=snapshot_metadata(entry.repo_id, entry.ref, sha, path),
+        )
 
-
-@asset(
-    **MODEL_PATH.step("serialize"),
-    deps=[model_snapshot],
-    kinds={"tensorizer", "pytorch"},
-    pool="gpu",  # vLLM's serializer loads the model onto the GPU (vllm format)
-    op_tags=GPU_OP_TAGS,
-    description="The snapshot's weights serialized with tensorizer (encrypted unless the "
-    "catalog says otherwise) and uploaded with config and tokenizer files under a new "
-    "versioned suffix: the vLLM-tensorized format (vLLM's own serializer, one file per "
-    "tensor-parallel rank) on a CUDA host, the HF-tensorized format elsewhere. Not visible "
-    "to serving code until `published_version` records it.",
-)
-@classified_errors()
-def tensorized_model(
-    context: AssetExecutionContext,
-    config: PublishConfig,
-    catalog: CatalogResource,
-    hub: HubResource,
-    object_store: ObjectStoreResource,
-    key_store: KeyStoreResource,
-    registry: RegistryResource,
-    tensorizer: TensorizerResource,
-) -> MaterializeResult:
-    cat = catalog.load()
-    entry = cat.entry(context.partition_key)
-    sha = run_tag(context, SHA_TAG, "model_snapshot", "sha")
-    try:
-        fmt = choose_format(entry.format, cuda_available(), entry.tensor_parallel_size)
-    except FormatError as exc:
-        raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
-    source = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache)
-    try:  # refused before anything is reserved or uploaded
-        context_length(source, entry.prompts, entry.max_tokens)
-    except PromptsTooLong as exc:
-        raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
-    request = StageRequest(
-        repo_id=entry.repo_id,
-        sha=sha,
-        settings=ModelSettings(
-            dtype=entry.dtype,
-            encrypted=entry.encrypt,
-            format=fmt,
-            tensor_parallel_size=entry.tensor_parallel_size,
-        ),
-        key_prefix=context.partition_key,
-        prefix=lambda suffix: model_prefix(entry.repo_id, suffix),
-        tensors_file=tensors_name(entry.tensor_parallel_size),
-        cast=entry.dtype,
-        force=config.force,
+    @asset(
+        **MODEL_PATH.step("serialize", policy),
+        deps=[model_snapshot],
+        kinds={"tensorizer", "pytorch"},
+        pool="gpu",  # vLLM's serializer loads the model onto the GPU (vllm format)
+        op_tags=policy.gpu.op_tags(),
+        description="The snapshot's weights serialized with tensorizer (encrypted unless the "
+        "catalog says otherwise) and uploaded with config and tokenizer files under a new "
+        "versioned suffix: the vLLM-tensorized format (vLLM's own serializer, one file per "
+        "tensor-parallel rank) on a CUDA host, the HF-tensorized format elsewhere. Not visible "
+        "to serving code until `published_version` records it.",
     )
-    return tensorize_step(
-        context, request, lambda: source, registry, object_store, key_store, tensorizer
+    @classified_errors()
+    def tensorized_model(
+        context: AssetExecutionContext,
+        config: PublishConfig,
+        catalog: CatalogResource,
+        hub: HubResource,
+        object_store: ObjectStoreResource,
+        key_store: KeyStoreResource,
+        registry: RegistryResource,
+        tensorizer: TensorizerResource,
+    ) -> MaterializeResult:
+        cat = catalog.load()
+        entry = cat.entry(context.partition_key)
+        sha = run_tag(context, SHA_TAG, MODEL_JOB.fetch, "sha")
+        try:
+            fmt = choose_format(entry.format, cuda_available(), entry.tensor_parallel_size)
+        except FormatError as exc:
+            raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
+        source = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache)
+        try:  # refused before anything is reserved or uploaded
+            context_length(source, entry.prompts, entry.max_tokens)
+        except PromptsTooLong as exc:
+            raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
+        request = StageRequest(
+            repo_id=entry.repo_id,
+            sha=sha,
+            settings=ModelSettings(
+                dtype=entry.dtype,
+                encrypted=entry.encrypt,
+                format=fmt,
+                tensor_parallel_size=entry.tensor_parallel_size,
+            ),
+            key_prefix=context.partition_key,
+            prefix=lambda suffix: model_prefix(entry.repo_id, suffix),
+            tensors_file=tensors_name(entry.tensor_parallel_size),
+            cast=entry.dtype,
+            force=config.force,
+        )
+        return tensorize_step(
+            context, request, lambda: source, registry, object_store, key_store, tensorizer
+        )
+
+    published_version = published_asset(
+        MODEL_PATH,
+        policy,
+        MODEL_JOB.publish,
+        tensorized_model,
+        ref=lambda catalog, key: catalog.entry(key).ref,
+        serve=lambda record, registry, store: serve_command(record, store),
+        description="The immutable registry record that makes a verified artifact visible to "
+        "serving code, and the `latest` alias moved to it. Runs only when every blocking "
+        "round-trip check on `tensorized_model` passed.",
     )
-
-
-published_version = published_asset(
-    MODEL_PATH,
-    "published_version",
-    tensorized_model,
-    ref=lambda catalog, key: catalog.entry(key).ref,
-    serve=lambda record, registry, store: serve_command(record, store),
-    description="The immutable registry record that makes a verified artifact visible to "
-    "serving code, and the `latest` alias moved to it. Runs only when every blocking "
-    "round-trip check on `tensorized_model` passed.",
-)
+    return [model_snapshot, tensorized_model, published_version]

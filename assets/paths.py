@@ -13,6 +13,7 @@ from dagster import (
     AssetsDefinition,
     DynamicPartitionsDefinition,
     MaterializeResult,
+    RetryPolicy,
     asset,
 )
 
@@ -22,11 +23,13 @@ from assets.dagster_resources import (
     ObjectStoreResource,
     RegistryResource,
 )
-from assets.errors import TRANSIENT_RETRY, classified_errors
+from assets.errors import classified_errors, transient_retry
+from assets.gpu import GpuPlacement
 from assets.partitions import adapters_partitions, models_partitions
 from assets.publishing import Serve, publish_step
 from assets.state import staged_artifact
 from resources.catalog import Catalog
+from resources.settings import Settings
 
 OWNERS = ["team:ml-platform"]
 
@@ -34,6 +37,19 @@ OWNERS = ["team:ml-platform"]
 def stage_tags(artifact: str, stage: str) -> dict[str, str]:
     """Asset tags for selecting in the UI and CLI, e.g. `tag:modelpub/stage=publish`."""
     return {"modelpub/artifact": artifact, "modelpub/stage": stage}
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """What the settings decide about every step: how transient failures retry, and where
+    the GPU steps run. Fixed when the definitions are built (`build_definitions`)."""
+
+    retry: RetryPolicy
+    gpu: GpuPlacement
+
+    @classmethod
+    def of(cls, settings: Settings) -> "StepPolicy":
+        return cls(transient_retry(settings.retry_delay_s), GpuPlacement.of(settings))
 
 
 @dataclass(frozen=True)
@@ -45,15 +61,15 @@ class PublishPath:
     group: str
     partitions: DynamicPartitionsDefinition
 
-    def step(self, stage: str, **declared: Any) -> dict[str, Any]:
+    def step(self, stage: str, policy: StepPolicy, **declared: Any) -> dict[str, Any]:
         """The `@asset` arguments of this path's `stage` (fetch, serialize, publish): its
-        partitions, owners, group, tags and retry policy, plus what the step declares."""
+        partitions, owners, group, tags and `policy`'s retries, plus what it declares."""
         return {
             "partitions_def": self.partitions,
             "owners": OWNERS,
             "group_name": self.group,
             "tags": stage_tags(self.artifact, stage),
-            "retry_policy": TRANSIENT_RETRY,
+            "retry_policy": policy.retry,
             **declared,
         }
 
@@ -64,6 +80,7 @@ ADAPTER_PATH = PublishPath("adapter", "adapters", adapters_partitions)
 
 def published_asset(
     path: PublishPath,
+    policy: StepPolicy,
     name: str,
     staged: AssetsDefinition,
     ref: Callable[[Catalog, str], str],
@@ -76,7 +93,11 @@ def published_asset(
     staged_name = staged.key.to_user_string()
 
     @asset(
-        name=name, deps=[staged], kinds={"vllm"}, **path.step("publish"), description=description
+        name=name,
+        deps=[staged],
+        kinds={"vllm"},
+        **path.step("publish", policy),
+        description=description,
     )
     @classified_errors()
     def published(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dagster import Definitions, EnvVar, ExecutorDefinition, multiprocess_executor
 
-from assets.adapters import adapter_snapshot, published_adapter, tensorized_adapter
-from assets.checks import adapter_roundtrip_checks, roundtrip_checks
+from assets.adapters import adapter_assets
+from assets.checks import check_assets
 from assets.dagster_resources import (
     CatalogResource,
     HubResource,
@@ -16,7 +16,8 @@ from assets.dagster_resources import (
     VllmResource,
     s3_resource,
 )
-from assets.models import model_snapshot, published_version, tensorized_model
+from assets.models import model_assets
+from assets.paths import StepPolicy
 from dagster_project.jobs import publish_adapter_job, publish_model_job, reverify_model_job
 from dagster_project.schedules import build_reverify_schedule, build_rotate_schedule
 from dagster_project.sensors import build_revision_sensor
@@ -50,24 +51,18 @@ def executor_def(name: str) -> ExecutorDefinition:
 def build_definitions(settings: Settings) -> Definitions:
     catalog = load_catalog(settings.catalog)  # a malformed catalog fails here, before any run
     automation = catalog.automation
+    policy = StepPolicy.of(settings)
     store = ObjectStoreResource(
         uri=settings.store, s3=s3_resource(settings.store, settings.store_s3)
     )
     return Definitions(
-        assets=[
-            model_snapshot,
-            tensorized_model,
-            published_version,
-            adapter_snapshot,
-            tensorized_adapter,
-            published_adapter,
-        ],
-        asset_checks=[roundtrip_checks, adapter_roundtrip_checks],
+        assets=[*model_assets(policy), *adapter_assets(policy)],
+        asset_checks=check_assets(policy.gpu),
         jobs=[publish_model_job, publish_adapter_job, reverify_model_job],
-        sensors=[build_revision_sensor(automation.watch, settings.executor)],
+        sensors=[build_revision_sensor(automation.watch, policy.gpu)],
         schedules=[
-            build_reverify_schedule(automation.reverify, settings.executor),
-            build_rotate_schedule(automation.rotate_keys, settings.executor),
+            build_reverify_schedule(automation.reverify, policy.gpu),
+            build_rotate_schedule(automation.rotate_keys, policy.gpu),
         ],
         executor=executor_def(settings.executor),
         resources={

@@ -2,21 +2,19 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from assets.adapters import adapter_snapshot, published_adapter, tensorized_adapter
-from assets.checks import roundtrip_checks
-from assets.models import model_snapshot, published_version, tensorized_model
+from assets.publish_jobs import ADAPTER_JOB, MODEL_JOB
 from assets.state import PARTITION_TAG, VERIFY_TAG
 
 publish_model_job = define_asset_job(
-    "publish_model",
-    selection=AssetSelection.assets(model_snapshot, tensorized_model, published_version),
+    MODEL_JOB.name,
+    selection=AssetSelection.assets(*MODEL_JOB.steps),
     description="Pull a catalog entry at a pinned sha, tensorize and encrypt it, prove the "
     "round trip with vLLM, and publish it under a new suffix.",
 )
 
 reverify_model_job = define_asset_job(
     "reverify_model",
-    selection=AssetSelection.checks(roundtrip_checks),
+    selection=AssetSelection.checks_for_assets(MODEL_JOB.serialize),
     description="Re-run the round-trip checks on a published version named by the run tag "
     f"`{VERIFY_TAG}` (a suffix such as v3; required, so that it never checks what a "
     "concurrent publish run is staging): "
@@ -26,8 +24,8 @@ reverify_model_job = define_asset_job(
 )
 
 publish_adapter_job = define_asset_job(
-    "publish_adapter",
-    selection=AssetSelection.assets(adapter_snapshot, tensorized_adapter, published_adapter),
+    ADAPTER_JOB.name,
+    selection=AssetSelection.assets(*ADAPTER_JOB.steps),
     description="Pull a catalog adapter at a pinned sha, check it fits its base model's "
     "latest published version, tensorize and encrypt it, prove with vLLM that the restored "
     "adapter reproduces the original (and changes the base's outputs), and publish it.",

@@ -13,7 +13,8 @@ from typing import Any
 
 from dagster import RunRequest
 
-from assets.gpu import gpu_run_config
+from assets.gpu import GpuPlacement
+from assets.publish_jobs import ADAPTER_JOB, MODEL_JOB, PUBLISH_JOBS
 from assets.state import (
     ALIASES_TAG,
     BASE_TAG,
@@ -23,9 +24,6 @@ from assets.state import (
     VERIFY_TAG,
 )
 from resources.catalog import AdapterTarget, ModelEntry
-
-# job -> the step that takes `force`
-FORCE_STEP = {"publish_model": "tensorized_model", "publish_adapter": "tensorized_adapter"}
 
 
 @dataclass(frozen=True)
@@ -48,22 +46,22 @@ class Launch:
 
 
 def _publish(
-    job_name: str, key: str, model: ModelEntry, executor: str, force: bool, tags: dict[str, str]
+    job_name: str, key: str, model: ModelEntry, gpu: GpuPlacement, force: bool, tags: dict[str, str]
 ) -> Launch:
     return Launch(
         job_name=job_name,
         partition_key=key,
         tags=tags,
         run_config={
-            "ops": {FORCE_STEP[job_name]: {"config": {"force": force}}},
-            **gpu_run_config(model, executor),
+            "ops": {PUBLISH_JOBS[job_name].serialize: {"config": {"force": force}}},
+            **gpu.run_config(model),
         },
     )
 
 
 def publish_model(
     entry: ModelEntry,
-    executor: str,
+    gpu: GpuPlacement,
     *,
     sha: str | None = None,
     force: bool = False,
@@ -76,12 +74,12 @@ def publish_model(
         tags[ALIASES_TAG] = ",".join(aliases)
     if rotated_from:
         tags[ROTATED_FROM_TAG] = rotated_from
-    return _publish("publish_model", entry.key, entry, executor, force, tags)
+    return _publish(MODEL_JOB.name, entry.key, entry, gpu, force, tags)
 
 
 def publish_adapter(
     target: AdapterTarget,
-    executor: str,
+    gpu: GpuPlacement,
     *,
     sha: str | None = None,
     base_suffix: str | None = None,
@@ -92,14 +90,14 @@ def publish_adapter(
     tags = {SHA_TAG: sha} if sha else {}
     if base_suffix:
         tags[BASE_TAG] = base_suffix
-    return _publish("publish_adapter", target.key, target.base, executor, force, tags)
+    return _publish(ADAPTER_JOB.name, target.key, target.base, gpu, force, tags)
 
 
-def reverify_model(entry: ModelEntry, suffix: str, sha: str, executor: str) -> Launch:
+def reverify_model(entry: ModelEntry, suffix: str, sha: str, gpu: GpuPlacement) -> Launch:
     """A checks-only run over the published `entry@suffix`; publishes nothing."""
     return Launch(
         job_name="reverify_model",
         partition_key=None,  # Dagster 1.13 gives a checks-only job no partitions
         tags={PARTITION_TAG: entry.key, VERIFY_TAG: suffix, SHA_TAG: sha},
-        run_config=gpu_run_config(entry, executor),
+        run_config=gpu.run_config(entry),
     )

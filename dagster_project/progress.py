@@ -18,17 +18,18 @@ from typing import Any, TextIO
 from dagster import DagsterEventType, LoggerDefinition, logger
 
 from assets.progress import parse_progress
+from assets.publish_jobs import PUBLISH_JOBS
 
 # Step -> what a person calls it.
 LABELS = {
-    "model_snapshot": "fetch",
-    "adapter_snapshot": "fetch",
-    "tensorized_model": "serialize+encrypt",
-    "tensorized_adapter": "serialize+encrypt",
-    "roundtrip_checks": "round trip (vLLM)",
-    "adapter_roundtrip_checks": "round trip (vLLM)",
-    "published_version": "publish",
-    "published_adapter": "publish",
+    step: label
+    for job in PUBLISH_JOBS.values()
+    for step, label in (
+        (job.fetch, "fetch"),
+        (job.serialize, "serialize+encrypt"),
+        (job.checks, "round trip (vLLM)"),
+        (job.publish, "publish"),
+    )
 }
 WIDTH = max(len(label) for label in LABELS.values()) + 2
 UNITS = {"serialize": "tensors", "upload": "files"}

@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from assets.dagster_resources import CatalogResource, RegistryResource
+from assets.gpu import GpuPlacement
 from dagster_project import launch
 from dagster_project.jobs import publish_model_job, reverify_model_job
 from resources.catalog import Catalog, ModelEntry, RepublishSpec
@@ -56,7 +57,7 @@ def _run_key(entry: ModelEntry, record: VersionRecord, context: ScheduleEvaluati
     return f"{entry.key}@{record.suffix}/{context.scheduled_execution_time.isoformat()}"
 
 
-def build_reverify_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefinition:
+def build_reverify_schedule(spec: RepublishSpec, gpu: GpuPlacement) -> ScheduleDefinition:
     @schedule(
         name="reverify_published",
         cron_schedule=spec.cron,
@@ -74,13 +75,13 @@ def build_reverify_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefin
         if not targets:
             yield SkipReason(f"no published version behind {', '.join(spec.aliases)}")
         for entry, record, _ in targets:
-            run = launch.reverify_model(entry, record.suffix, record.hf_sha, executor)
+            run = launch.reverify_model(entry, record.suffix, record.hf_sha, gpu)
             yield run.run_request(_run_key(entry, record, context))
 
     return reverify_published
 
 
-def build_rotate_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefinition:
+def build_rotate_schedule(spec: RepublishSpec, gpu: GpuPlacement) -> ScheduleDefinition:
     @schedule(
         name="rotate_keys",
         cron_schedule=spec.cron,
@@ -105,7 +106,7 @@ def build_rotate_schedule(spec: RepublishSpec, executor: str) -> ScheduleDefinit
         for entry, record, names in targets:
             run = launch.publish_model(
                 entry,
-                executor,
+                gpu,
                 sha=record.hf_sha,
                 force=True,
                 aliases=names,

@@ -24,6 +24,7 @@ from dagster import (
 )
 
 from assets.dagster_resources import CatalogResource, HubResource, RegistryResource
+from assets.gpu import GpuPlacement
 from assets.partitions import adapters_partitions, models_partitions
 from dagster_project import launch
 from dagster_project.jobs import publish_adapter_job, publish_model_job
@@ -84,7 +85,7 @@ def new_partitions(
 
 
 def _adapter_request(
-    target: AdapterTarget, sha: str, reg: Registry, executor: str
+    target: AdapterTarget, sha: str, reg: Registry, gpu: GpuPlacement
 ) -> RunRequest | str | None:
     """The run that publishes adapter commit `sha` against its base's `latest`, unless a
     version of it on that base exists: so an adapter follows its base to each new
@@ -98,13 +99,13 @@ def _adapter_request(
     for version in reg.versions(target.adapter.repo_id):
         if version.hf_sha == sha and getattr(version, "base_suffix", None) == base:
             return None
-    run = launch.publish_adapter(target, executor, sha=sha, base_suffix=base)
+    run = launch.publish_adapter(target, gpu, sha=sha, base_suffix=base)
     return run.run_request(run_key=f"adapter:{target.key}@{sha}+{target.base.repo_id}@{base}")
 
 
 def build_revision_sensor(
     spec: WatchSpec,
-    executor: str,
+    gpu: GpuPlacement,
     jobs: Sequence[UnresolvedAssetJobDefinition] = (publish_model_job, publish_adapter_job),
 ) -> SensorDefinition:
     @sensor(
@@ -153,12 +154,12 @@ def build_revision_sensor(
             if published is not None:
                 context.log.info(f"{item.name}@{sha[:12]} is already {published.suffix}")
                 continue
-            run = launch.publish_model(cat.entry(item.partition), executor, sha=sha)
+            run = launch.publish_model(cat.entry(item.partition), gpu, sha=sha)
             requests.append(run.run_request(run_key=f"{item.name}@{sha}"))
         for item in items:
             if item.job == publish_adapter_job.name and (sha := result.cursor.seen.get(item.name)):
                 try:
-                    request = _adapter_request(cat.adapter(item.partition), sha, reg, executor)
+                    request = _adapter_request(cat.adapter(item.partition), sha, reg, gpu)
                 except StoreError as exc:
                     context.log.warning(f"{item.name}: registry unreadable, retried later: {exc}")
                     continue

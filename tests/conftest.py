@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-# Before the assets are imported: their retry policy reads it. Retries still happen (and
-# are counted by the tests); only the waits between them shrink from 5, 10, 20 s.
-os.environ.setdefault("MODELPUB_RETRY_DELAY_S", "0.5")
-
-from dagster_project.demo import commit_tiny_model  # noqa: E402
+from dagster_project.demo import commit_tiny_model
 from resources.settings import Settings
 from resources.vllm.engine_host import HOST_ENV
 from tests.s3_server import ARTIFACTS_BUCKET, IDENTITIES, KEYS_BUCKET, SeaweedS3
+
+# Retries still happen (and are counted by the tests); only the waits between them shrink
+# from 5, 10, 20 s: in the settings tests build, and in the processes they start.
+RETRY_DELAY_S = 0.5
+os.environ.setdefault("MODELPUB_RETRY_DELAY_S", str(RETRY_DELAY_S))
 
 LLAMA = "test-org/tiny-llama"
 OPT = "test-org/tiny-opt"
@@ -115,6 +116,7 @@ def home_settings(root: Path) -> Settings:
         keys=str(root / "keys"),
         cache=str(root / "cache"),
         dagster_home=str(root / "dagster_home"),
+        retry_delay_s=RETRY_DELAY_S,
     )
 
 

@@ -15,7 +15,7 @@ from dagster_k8s.job import (
     get_user_defined_k8s_config,
 )
 
-from assets.gpu import GPU_STEPS, K8S_CONFIG_TAG, gpu_run_config
+from assets.gpu import GPU_STEPS, K8S_CONFIG_TAG, GpuPlacement
 from dagster_project.definitions import build_definitions
 from resources.catalog import load_catalog
 from resources.errors import ModelpubError
@@ -72,12 +72,13 @@ def test_an_entrys_gpu_count_and_nodes_reach_its_gpu_step_pods(env):
     )
     catalog = load_catalog(env.settings.catalog)
     llama, opt = catalog.entry(LLAMA.replace("/", "__")), catalog.entry(OPT.replace("/", "__"))
-    assert gpu_run_config(llama, "multiprocess") == {} and gpu_run_config(opt, "k8s") == {}
+    assert GpuPlacement("multiprocess").run_config(llama) == {}
+    assert GpuPlacement("k8s").run_config(opt) == {}
 
     settings = dataclasses.replace(env.settings, executor="k8s")
     job = build_definitions(settings).resolve_job_def("publish_model")
     assert job.executor_def.name == "k8s"
-    run_config = gpu_run_config(llama, "k8s")
+    run_config = GpuPlacement("k8s").run_config(llama)
     assert validate_run_config(job, run_config)  # the k8s executor's schema accepts it
     per_step = run_config["execution"]["config"]["per_step_k8s_config"]
     assert set(per_step) == set(GPU_STEPS)
@@ -89,6 +90,18 @@ def test_an_entrys_gpu_count_and_nodes_reach_its_gpu_step_pods(env):
             "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
         }
         assert len(pod.tolerations) == 1
+
+
+def test_the_definitions_take_gpu_labels_and_retry_delay_from_their_settings(env):
+    """Built from the `Settings` handed in, not from the environment at import time."""
+    gke = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    settings = dataclasses.replace(env.settings, gpu_node_selector=gke, retry_delay_s=7.0)
+    job = build_definitions(settings).resolve_job_def("publish_model")
+    pod = step_pod(job.graph.node_named("tensorized_model").definition.tags)
+    assert pod.node_selector == gke
+    for node in job.graph.nodes:
+        assert node.definition.retry_policy is None or node.definition.retry_policy.delay == 7.0
+    assert job.graph.node_named("model_snapshot").definition.retry_policy.delay == 7.0
 
 
 def test_gpu_node_labels_come_from_the_environment():

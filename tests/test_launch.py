@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from dagster import build_schedule_context, build_sensor_context, validate_run_config
 
-from assets.gpu import GPU_STEPS
+from assets.gpu import GPU_STEPS, GpuPlacement
 from dagster_project import cli, launch
 from dagster_project.cli import runner
 from dagster_project.definitions import build_definitions
@@ -72,7 +72,7 @@ def test_schedules_launch_with_the_same_gpu_config(k8s_env, instance):
     instance.add_dynamic_partitions("models", [KEY])
     defs = build_definitions(k8s_env.settings)
     entry = load_catalog(k8s_env.settings.catalog).entry(KEY)
-    expected = launch.publish_model(entry, "k8s").run_config
+    expected = launch.publish_model(entry, GpuPlacement("k8s")).run_config
     for name in ("reverify_published", "rotate_keys"):
         schedule = defs.resolve_schedule_def(name)
         with build_schedule_context(

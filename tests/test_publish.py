@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import AssetSelection, DagsterInstance, materialize
 
 from assets import checks
-from assets.models import model_snapshot, published_version, tensorized_model
+from assets.publish_jobs import MODEL_JOB
 from dagster_project.cli import PublishFailed, main, publish
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model
@@ -122,7 +122,8 @@ def publish_run(env):
     instance.add_dynamic_partitions("models", [KEY])
     defs = build_definitions(env.settings)
     return materialize(
-        [model_snapshot, tensorized_model, published_version, checks.roundtrip_checks],
+        [*defs.assets, *defs.asset_checks],
+        selection=AssetSelection.assets(*MODEL_JOB.steps),
         instance=instance,
         partition_key=KEY,
         resources=defs.resources,

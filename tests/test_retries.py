@@ -3,7 +3,7 @@
 import pytest
 from dagster import AssetSelection, DagsterEventType, DagsterInstance, materialize
 
-from assets.models import model_snapshot
+from assets.publish_jobs import MODEL_JOB
 from dagster_project.definitions import build_definitions
 from tests.conftest import LLAMA
 from tests.fake_hub import FakeHub
@@ -20,12 +20,13 @@ def snapshot_run(env, endpoint: str, ref: str = "main"):
     )
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("models", [KEY])
+    defs = build_definitions(env.settings)
     return materialize(
-        [model_snapshot],
-        selection=AssetSelection.assets(model_snapshot),
+        defs.assets,
+        selection=AssetSelection.assets(MODEL_JOB.fetch),
         instance=instance,
         partition_key=KEY,
-        resources=build_definitions(env.settings).resources,
+        resources=defs.resources,
         raise_on_error=False,
     )
 
@@ -61,7 +62,7 @@ def test_a_hub_that_rate_limits_until_retries_run_out_fails_clearly(env, monkeyp
         hub.fail_next, hub.fail_status = 10**6, 429  # rate-limited for good
         result = snapshot_run(env, hub.endpoint)
     assert not result.success
-    assert retries(result) == 3  # TRANSIENT_RETRY's max_retries, then it gives up
+    assert retries(result) == 3  # transient_retry's max_retries, then it gives up
     failure = next(e for e in result.all_events if e.is_step_failure).event_specific_data
     assert "answered 429" in failure.user_failure_data.description  # what the CLI prints
     assert not list((env.root / "store").rglob("*.json"))  # nothing reserved or published

@@ -6,9 +6,9 @@ import json
 import urllib.request
 from pathlib import Path
 
-from dagster import DagsterRunStatus, materialize
+from dagster import AssetSelection, DagsterRunStatus, materialize
 
-from assets.models import model_snapshot, tensorized_model
+from assets.publish_jobs import MODEL_JOB
 from assets.state import PARTITION_TAG, VERIFY_TAG
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import git
@@ -109,7 +109,8 @@ def test_webserver_shows_asset_graph_latest_metadata_and_checks_per_partition(
     defs = build_definitions(env.settings)
     instance.add_dynamic_partitions("models", [KEY])
     written = materialize(
-        [model_snapshot, tensorized_model],
+        [*defs.assets, *defs.asset_checks],
+        selection=AssetSelection.assets(MODEL_JOB.fetch, MODEL_JOB.serialize),
         partition_key=KEY,
         instance=instance,
         resources=defs.resources,

@@ -79,13 +79,15 @@ def _alias(settings: Settings, args) -> int:
 def _observe(settings: Settings, record: VersionRecord, alias: str, entry: AliasEntry) -> None:
     """Show a person's alias change in the Dagster UI: an observation of the published
     asset's partition. Best effort: the change is made whether or not Dagster hears of it."""
+    from assets.publish_jobs import ADAPTER_JOB, MODEL_JOB
     from resources.operations.summary import history_cells
 
     if isinstance(record, AdapterVersion):
-        asset, partitions = "published_adapter", "adapters"
+        asset, partitions = ADAPTER_JOB.publish, ADAPTER_JOB.partitions
         key = adapter_partition_key(record.base_repo_id, record.repo_id)
     else:
-        asset, partitions, key = "published_version", "models", partition_key(record.repo_id)
+        asset, partitions = MODEL_JOB.publish, MODEL_JOB.partitions
+        key = partition_key(record.repo_id)
     try:
         from dagster import AssetKey, AssetObservation
 

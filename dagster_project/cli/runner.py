@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from assets.gpu import GpuPlacement
+from assets.publish_jobs import PUBLISH_JOBS
 from dagster_project.cli.render import summary
 from resources.catalog import load_catalog, partition_key
 from resources.errors import ModelpubError
@@ -18,9 +20,6 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
     from dagster_project.launch import Launch
-
-# job -> the step that writes the record
-PUBLISH_STEP = {"publish_model": "published_version", "publish_adapter": "published_adapter"}
 
 
 def instance(settings: Settings) -> DagsterInstance:
@@ -54,7 +53,7 @@ def publish(
     from dagster_project import launch
 
     entry = load_catalog(settings.catalog).entry(partition_key(key))
-    run = launch.publish_model(entry, settings.executor, force=force)
+    run = launch.publish_model(entry, GpuPlacement.of(settings), force=force)
     return _run_publish(settings, "models", run, verbose)
 
 
@@ -65,7 +64,7 @@ def publish_adapter(
     from dagster_project import launch
 
     adapter = load_catalog(settings.catalog).adapter(name)
-    run = launch.publish_adapter(adapter, settings.executor, force=force)
+    run = launch.publish_adapter(adapter, GpuPlacement.of(settings), force=force)
     return _run_publish(settings, "adapters", run, verbose)
 
 
@@ -105,7 +104,7 @@ def _run_publish(settings: Settings, partitions: str, run: Launch, verbose: bool
         )
     finally:
         lines.close()
-    key, publish_op = run.partition_key, PUBLISH_STEP[run.job_name]
+    key, publish_op = run.partition_key, PUBLISH_JOBS[run.job_name].publish
     failed_checks = [
         f"{e.check_name}: {e.description or 'see the check metadata in the Dagster UI'}"
         for e in result.get_asset_check_evaluations()
