@@ -21,13 +21,14 @@ from resources.formats.checked_read import CheckedRead
 from resources.formats.format import ArtifactFormat, Progress, artifact_format, no_progress
 from resources.layout import TENSORS_FILE
 from resources.storage import digests
+from resources.storage.digests import FileDigests
 from resources.storage.store import NotFound, ObjectStore, StoreError
 from resources.storage.streaming import StreamedFile, part_size_for
 
 
 @dataclass
 class WrittenArtifact:
-    files: dict[str, dict] = field(default_factory=dict)  # name -> {size, sha256}
+    files: FileDigests = field(default_factory=dict)
     serialize_s: float = 0.0
     upload_s: float = 0.0
     tensors_files: list[str] = field(default_factory=lambda: [TENSORS_FILE])
@@ -184,7 +185,7 @@ class FileCheck:
 def check_files(
     store: ObjectStore,
     prefix: str,
-    files: dict[str, dict],
+    files: FileDigests,
     readers: Mapping[str, Callable[[BinaryIO], None]] | None = None,
 ) -> list[FileCheck]:
     """Each recorded file read once, as the store streams it: its digest against the
@@ -211,7 +212,7 @@ def check_files(
     return checks
 
 
-def fetch_files(store: ObjectStore, prefix: str, files: dict[str, dict], dest: Path) -> list[Path]:
+def fetch_files(store: ObjectStore, prefix: str, files: FileDigests, dest: Path) -> list[Path]:
     """Download an artifact's `files` into `dest`, each checked against the sha256 in its
     version record as it lands (a mismatch is removed and refused)."""
     written = []
@@ -229,7 +230,7 @@ def fetch_files(store: ObjectStore, prefix: str, files: dict[str, dict], dest: P
     return written
 
 
-def fetch_config(store: ObjectStore, prefix: str, files: dict[str, dict], dest: Path) -> list[Path]:
+def fetch_config(store: ObjectStore, prefix: str, files: FileDigests, dest: Path) -> list[Path]:
     """Download an artifact's files except the tensors (`model.tensors`, or one file per
     rank) into `dest`: the local `model` directory vLLM needs while the tensors stream
     from the store."""

@@ -20,6 +20,7 @@ from resources.errors import ModelpubError
 from resources.formats import tensorize
 from resources.layout import ADAPTER_TENSORS_FILE
 from resources.storage import digests
+from resources.storage.digests import FileDigests
 from resources.storage.store import ObjectStore
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -139,7 +140,7 @@ def check_compatible(adapter_dir: Path, base_repo_id: str, base_dir: Path) -> Ad
 def restore_adapter(
     store: ObjectStore,
     prefix: str,
-    files: dict[str, dict],
+    files: FileDigests,
     key_id: str | None,
     key: bytes | None,
     dest: Path,

@@ -115,7 +115,7 @@ class _Published(BaseModel):
     key_id: str | None = None
     artifact_uri: str
     tensors_uri: str
-    files: dict[str, dict[str, Any]]  # name -> {size, sha256}
+    files: dict[str, dict[str, Any]]  # name -> its digests.Entry (whole, or per part)
     versions: dict[str, str] = Field(default_factory=dict)  # packages that made it
     validation: dict[str, Any] = Field(default_factory=dict)  # the round trip's summary
     validation_report: str | None = None

@@ -16,18 +16,31 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 CHUNK = 8 << 20
 
-Entry = dict[str, Any]
+
+class WholeDigest(TypedDict):
+    size: int
+    sha256: str
 
 
-def whole(size: int, sha256: str) -> Entry:
+class PartsDigest(TypedDict):
+    size: int
+    part_size: int
+    parts_sha256: list[str]
+
+
+Entry = WholeDigest | PartsDigest  # plain dicts as records hold them, in either scheme
+FileDigests = dict[str, Entry]  # a version's file name -> its entry
+
+
+def whole(size: int, sha256: str) -> WholeDigest:
     return {"size": size, "sha256": sha256}
 
 
-def parts(size: int, part_size: int, parts_sha256: list[str]) -> Entry:
+def parts(size: int, part_size: int, parts_sha256: list[str]) -> PartsDigest:
     return {"size": size, "part_size": part_size, "parts_sha256": parts_sha256}
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from resources.errors import ModelpubError
 from resources.storage import digests
+from resources.storage.digests import FileDigests
 from resources.storage.streaming import StreamedFile
 
 
@@ -130,7 +131,7 @@ class ObjectStore(ABC):
             yield dest
 
     @contextmanager
-    def config_dir(self, prefix: str, files: dict[str, dict]) -> Iterator[Path]:
+    def config_dir(self, prefix: str, files: FileDigests) -> Iterator[Path]:
         """A local directory with an artifact's files except the tensors: vLLM's `model`."""
         with tempfile.TemporaryDirectory(prefix="modelpub-config-") as tmp:
             for name in files:
@@ -329,7 +330,7 @@ class LocalStore(ObjectStore):
                     path.parent.rmdir()
 
     @contextmanager
-    def config_dir(self, prefix: str, files: dict[str, dict]) -> Iterator[Path]:
+    def config_dir(self, prefix: str, files: FileDigests) -> Iterator[Path]:
         yield self.path(prefix)
 
     @contextmanager

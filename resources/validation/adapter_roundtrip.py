@@ -17,6 +17,7 @@ from pathlib import Path
 from resources.formats import tensorize
 from resources.formats.artifact import check_files
 from resources.formats.lora import AdapterError, restore_adapter
+from resources.storage.digests import FileDigests
 from resources.storage.store import ObjectStore
 from resources.validation import expectations
 from resources.validation.roundtrip import RoundTripReport
@@ -34,7 +35,7 @@ from resources.vllm.runner import (
 class AdapterRoundTrip:
     store: ObjectStore
     prefix: str
-    files: dict[str, dict]
+    files: FileDigests
     snapshot: Path  # the source adapter, as fetched from the hub
     key_id: str | None
     key: bytes | None

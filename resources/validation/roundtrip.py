@@ -24,6 +24,7 @@ from resources.formats.artifact import check_files
 from resources.formats.format import artifact_format
 from resources.layout import tensors_name
 from resources.registry.records import RoundTripProof
+from resources.storage.digests import FileDigests
 from resources.storage.store import ObjectStore
 from resources.validation import expectations
 from resources.vllm.runner import (
@@ -168,7 +169,7 @@ class RoundTrip:
 
     store: ObjectStore
     prefix: str
-    files: dict[str, dict]
+    files: FileDigests
     snapshot: Path
     dtype: str
     key_id: str | None
