@@ -20,21 +20,22 @@ from dagster import (
 from assets.dagster_resources import (
     CatalogResource,
     HubResource,
-    KeyStoreResource,
-    ObjectStoreResource,
     RegistryResource,
-    TensorizerResource,
 )
 from assets.errors import classified_errors
-from assets.paths import ADAPTER_PATH, StepPolicy, published_asset
+from assets.paths import (
+    ADAPTER_PATH,
+    SerializeInputs,
+    StepPolicy,
+    published_asset,
+    serialized_asset,
+)
 from assets.publish_jobs import ADAPTER_JOB
 from assets.publishing import (
-    PublishConfig,
     snapshot_metadata,
-    tensorize_step,
 )
 from assets.state import BASE_TAG, SHA_TAG, pin_tag, run_tag
-from resources.catalog import AdapterTarget
+from resources.catalog import AdapterTarget, Catalog
 from resources.formats.lora import AdapterError, AdapterInfo, check_compatible
 from resources.layout import ADAPTER_TENSORS_FILE, adapter_prefix
 from resources.registry.records import AdapterSettings, AdapterVersion, VersionRecord
@@ -57,14 +58,14 @@ def latest_base(registry: Registry, base_repo_id: str) -> str:
 
 
 def fetch_checked(
-    target: AdapterTarget, catalog: CatalogResource, hub: HubResource, base: VersionRecord, sha: str
+    target: AdapterTarget, catalog: Catalog, hub: HubResource, base: VersionRecord, sha: str
 ) -> tuple[Path, AdapterInfo]:
     """The adapter's snapshot at `sha`, refused unless it fits the base version `base`.
 
     The base's shapes come from its snapshot at the published sha (already in the cache
     where that base was published here).
     """
-    hubs = catalog.load().hubs
+    hubs = catalog.hubs
     with classified_errors():
         path = hub.hub(hubs[target.hub]).snapshot(target.adapter.repo_id, sha, hub.cache)
         base_dir = hub.hub(hubs[target.base.hub]).snapshot(
@@ -82,6 +83,37 @@ def _adapter_serve(record: AdapterVersion, registry: Registry, store: ObjectStor
     """How to serve an adapter version: its base version's command, the adapter attached."""
     base = registry.version(record.base_repo_id, record.base_suffix)
     return adapter_serve_command(record, base, store)
+
+
+def adapter_request(inputs: SerializeInputs) -> tuple[StageRequest, Path]:
+    """The adapter build, against the base version its run pinned; refused before anything
+    is reserved unless the adapter fits that base."""
+    context = inputs.context
+    target = inputs.catalog.adapter(context.partition_key)
+    sha = run_tag(context, SHA_TAG, ADAPTER_JOB.fetch, "sha")
+    base_suffix = run_tag(context, BASE_TAG, ADAPTER_JOB.fetch, "base_suffix")
+    base = inputs.registry.open().version(target.base.repo_id, base_suffix)
+    path, info = fetch_checked(target, inputs.catalog, inputs.hub, base, sha)
+    request = StageRequest(
+        repo_id=target.adapter.repo_id,
+        sha=sha,
+        settings=AdapterSettings(
+            dtype=info.dtype,
+            rank=info.rank,
+            encrypted=target.base.encrypt,
+            base_repo_id=target.base.repo_id,
+            base_suffix=base_suffix,
+            base_hf_sha=base.hf_sha,
+        ),
+        key_prefix=context.partition_key,
+        prefix=lambda suffix: adapter_prefix(
+            target.base.repo_id, base_suffix, target.adapter.repo_id, suffix
+        ),
+        tensors_file=ADAPTER_TENSORS_FILE,
+        cast=None,
+        force=inputs.force,
+    )
+    return request, path
 
 
 def adapter_assets(policy: StepPolicy) -> list[AssetsDefinition]:
@@ -111,7 +143,7 @@ def adapter_assets(policy: StepPolicy) -> list[AssetsDefinition]:
             sha = pin_tag(
                 context, SHA_TAG, lambda: source.resolve(target.adapter.repo_id, target.adapter.ref)
             )
-        path, info = fetch_checked(target, catalog, hub, base, sha)
+        path, info = fetch_checked(target, cat, hub, base, sha)
         return MaterializeResult(
             data_version=DataVersion(f"{sha}+{target.base.repo_id}@{base_suffix}"),
             metadata={
@@ -125,53 +157,17 @@ def adapter_assets(policy: StepPolicy) -> list[AssetsDefinition]:
             },
         )
 
-    @asset(
-        **ADAPTER_PATH.step("serialize", policy),
-        deps=[adapter_snapshot],
-        kinds={"tensorizer", "pytorch"},
+    tensorized_adapter = serialized_asset(
+        ADAPTER_PATH,
+        policy,
+        ADAPTER_JOB.serialize,
+        adapter_snapshot,
+        adapter_request,
         description="The adapter's weights serialized with tensorizer (encrypted when its base "
         "is) in their own dtype, uploaded with adapter_config.json under the base version: "
         "vllm/<base>/<base suffix>/adapters/<adapter>/<suffix>/. Not visible to serving code "
         "until `published_adapter` records it.",
     )
-    @classified_errors()
-    def tensorized_adapter(
-        context: AssetExecutionContext,
-        config: PublishConfig,
-        catalog: CatalogResource,
-        hub: HubResource,
-        object_store: ObjectStoreResource,
-        key_store: KeyStoreResource,
-        registry: RegistryResource,
-        tensorizer: TensorizerResource,
-    ) -> MaterializeResult:
-        target = catalog.load().adapter(context.partition_key)
-        sha = run_tag(context, SHA_TAG, ADAPTER_JOB.fetch, "sha")
-        base_suffix = run_tag(context, BASE_TAG, ADAPTER_JOB.fetch, "base_suffix")
-        base = registry.open().version(target.base.repo_id, base_suffix)
-        path, info = fetch_checked(target, catalog, hub, base, sha)
-        request = StageRequest(
-            repo_id=target.adapter.repo_id,
-            sha=sha,
-            settings=AdapterSettings(
-                dtype=info.dtype,
-                rank=info.rank,
-                encrypted=target.base.encrypt,
-                base_repo_id=target.base.repo_id,
-                base_suffix=base_suffix,
-                base_hf_sha=base.hf_sha,
-            ),
-            key_prefix=context.partition_key,
-            prefix=lambda suffix: adapter_prefix(
-                target.base.repo_id, base_suffix, target.adapter.repo_id, suffix
-            ),
-            tensors_file=ADAPTER_TENSORS_FILE,
-            cast=None,
-            force=config.force,
-        )
-        return tensorize_step(
-            context, request, lambda: path, registry, object_store, key_store, tensorizer
-        )
 
     published_adapter = published_asset(
         ADAPTER_PATH,

@@ -3,8 +3,9 @@ published unless all pass."""
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -12,6 +13,7 @@ from dagster import (
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
+    DynamicPartitionsDefinition,
     Failure,
     MetadataValue,
     OpExecutionContext,
@@ -30,15 +32,18 @@ from assets.dagster_resources import (
 from assets.gpu import GpuPlacement
 from assets.metadata import md_table
 from assets.partitions import adapters_partitions, models_partitions
-from assets.publish_jobs import ADAPTER_JOB, MODEL_JOB
+from assets.publish_jobs import ADAPTER_JOB, MODEL_JOB, PublishJob
 from assets.state import PROOF, VERIFY_TAG, staged_artifact
+from resources.catalog import Catalog
 from resources.formats.access import vllm_loader_options
 from resources.layout import validation_key
 from resources.registry.records import AdapterSettings, RoundTripProof, StagedArtifact
 from resources.registry.registry import RegistryError
+from resources.storage.keys import KeyStore
 from resources.storage.store import ObjectStore
 from resources.validation.adapter_roundtrip import AdapterRoundTrip
 from resources.validation.roundtrip import RoundTrip, RoundTripReport
+from resources.vllm.runner import GenerationSpec
 
 CHECKS = {
     "tensors_match": "Every tensor, deserialized from the store with its key and "
@@ -171,100 +176,136 @@ def _results(
     )
 
 
+@dataclass(frozen=True)
+class CheckInputs:
+    """What both round-trip checks open from their resources."""
+
+    op: OpExecutionContext
+    catalog: Catalog
+    hub: HubResource
+    store: ObjectStore
+    keys: KeyStore
+    registry: RegistryResource
+    generate: Callable[[GenerationSpec], dict]
+
+
+def model_round_trip(c: CheckInputs) -> tuple[StagedArtifact, RoundTripReport]:
+    """The staged (or re-verified) model version against its source snapshot."""
+    entry = c.catalog.entry(c.op.partition_key)
+    target = check_target(c.op, entry.repo_id, c.registry)
+    snapshot = c.hub.hub(c.catalog.hubs[entry.hub]).snapshot(entry.repo_id, target.sha, c.hub.cache)
+    with ExitStack() as stack:
+        keyfile = stack.enter_context(c.keys.keyfile(target.key_id)) if target.key_id else None
+        report = RoundTrip(
+            store=c.store,
+            prefix=target.prefix,
+            files=target.files,
+            snapshot=snapshot,
+            dtype=target.settings.dtype,
+            key_id=target.key_id,
+            key=keyfile.read_bytes() if keyfile else None,
+            keyfile=keyfile,
+            prompts=entry.prompts,
+            max_tokens=entry.max_tokens,
+            tolerance=entry.logprob_tolerance,
+            fmt=target.settings.format,
+            tensor_parallel_size=target.settings.tensor_parallel_size,
+        ).run(c.generate)
+    return target, report
+
+
+def adapter_round_trip(c: CheckInputs) -> tuple[StagedArtifact, RoundTripReport]:
+    """The staged adapter on its published base, which runs from its own artifact
+    (tensorizer, its key), as it is served."""
+    adapter = c.catalog.adapter(c.op.partition_key)
+    target = staged_artifact(c.op, ADAPTER_JOB.serialize)
+    settings = target.settings
+    if not isinstance(settings, AdapterSettings):
+        raise Failure(f"{target.reference} is not an adapter version", allow_retries=False)
+    snapshot = c.hub.hub(c.catalog.hubs[adapter.hub]).snapshot(
+        adapter.adapter.repo_id, target.sha, c.hub.cache
+    )
+    base = c.registry.open().version(settings.base_repo_id, settings.base_suffix)
+    base_prefix, base_tensors = base.location
+    loader = vllm_loader_options(c.store, f"{base_prefix}/{base_tensors}", with_secrets=True)
+    with ExitStack() as stack:
+        if base.key_id:
+            loader["encryption_keyfile"] = str(stack.enter_context(c.keys.keyfile(base.key_id)))
+        report = AdapterRoundTrip(
+            store=c.store,
+            prefix=target.prefix,
+            files=target.files,
+            snapshot=snapshot,
+            key_id=target.key_id,
+            key=c.keys.get(target.key_id) if target.key_id else None,
+            rank=settings.rank,
+            base_model=stack.enter_context(c.store.config_dir(base_prefix, base.files)),
+            base_loader=loader,
+            dtype=base.dtype,
+            prompts=adapter.prompts,
+            max_tokens=adapter.max_tokens,
+            tolerance=adapter.base.logprob_tolerance,
+            tensor_parallel_size=base.tensor_parallel_size,
+        ).run(c.generate)
+    return target, report
+
+
+RoundTripRun = Callable[[CheckInputs], tuple[StagedArtifact, RoundTripReport]]
+
+
+def round_trip_check(
+    job: PublishJob,
+    checks: dict[str, str],
+    partitions: DynamicPartitionsDefinition,
+    columns: list[str],
+    run: RoundTripRun,
+    gpu: GpuPlacement,
+) -> AssetChecksDefinition:
+    """The blocking checks on `job`'s serialize step: `run` proves its round trip."""
+
+    @multi_asset_check(
+        specs=_specs(checks, job.serialize, partitions),
+        name=job.checks,
+        pool="gpu",
+        op_tags=gpu.op_tags(),
+    )
+    def round_trip(
+        context: AssetCheckExecutionContext,
+        catalog: CatalogResource,
+        hub: HubResource,
+        object_store: ObjectStoreResource,
+        key_store: KeyStoreResource,
+        registry: RegistryResource,
+        vllm: VllmResource,
+    ) -> Iterator[AssetCheckResult]:
+        store = object_store.open()
+        inputs = CheckInputs(
+            context.op_execution_context,
+            catalog.load(),
+            hub,
+            store,
+            key_store.open(),
+            registry,
+            vllm.generate,
+        )
+        target, report = run(inputs)
+        yield from _finish(context, store, target, report, columns)
+
+    return round_trip
+
+
 def check_assets(gpu: GpuPlacement) -> list[AssetChecksDefinition]:
     """The blocking round-trip checks of both paths, on GPU nodes as `gpu` says."""
-
-    @multi_asset_check(
-        specs=_specs(CHECKS, MODEL_JOB.serialize, models_partitions),
-        name=MODEL_JOB.checks,
-        pool="gpu",
-        op_tags=gpu.op_tags(),
-    )
-    def roundtrip_checks(
-        context: AssetCheckExecutionContext,
-        catalog: CatalogResource,
-        hub: HubResource,
-        object_store: ObjectStoreResource,
-        key_store: KeyStoreResource,
-        registry: RegistryResource,
-        vllm: VllmResource,
-    ) -> Iterator[AssetCheckResult]:
-        op = context.op_execution_context
-        cat = catalog.load()
-        entry = cat.entry(op.partition_key)
-        target = check_target(op, entry.repo_id, registry)
-        snapshot = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, target.sha, hub.cache)
-        store = object_store.open()
-        keys = key_store.open()
-        with ExitStack() as stack:
-            keyfile = stack.enter_context(keys.keyfile(target.key_id)) if target.key_id else None
-            report = RoundTrip(
-                store=store,
-                prefix=target.prefix,
-                files=target.files,
-                snapshot=snapshot,
-                dtype=target.settings.dtype,
-                key_id=target.key_id,
-                key=keyfile.read_bytes() if keyfile else None,
-                keyfile=keyfile,
-                prompts=entry.prompts,
-                max_tokens=entry.max_tokens,
-                tolerance=entry.logprob_tolerance,
-                fmt=target.settings.format,
-                tensor_parallel_size=target.settings.tensor_parallel_size,
-            ).run(vllm.generate)
-        yield from _finish(context, store, target, report, MODEL_COLUMNS)
-
-    @multi_asset_check(
-        specs=_specs(ADAPTER_CHECKS, ADAPTER_JOB.serialize, adapters_partitions),
-        name=ADAPTER_JOB.checks,
-        pool="gpu",
-        op_tags=gpu.op_tags(),
-    )
-    def adapter_roundtrip_checks(
-        context: AssetCheckExecutionContext,
-        catalog: CatalogResource,
-        hub: HubResource,
-        object_store: ObjectStoreResource,
-        key_store: KeyStoreResource,
-        registry: RegistryResource,
-        vllm: VllmResource,
-    ) -> Iterator[AssetCheckResult]:
-        """The published base runs from its own artifact (tensorizer, its key), as it is served."""
-        op = context.op_execution_context
-        cat = catalog.load()
-        adapter = cat.adapter(op.partition_key)
-        target = staged_artifact(op, ADAPTER_JOB.serialize)
-        settings = target.settings
-        if not isinstance(settings, AdapterSettings):
-            raise Failure(f"{target.reference} is not an adapter version", allow_retries=False)
-        snapshot = hub.hub(cat.hubs[adapter.hub]).snapshot(
-            adapter.adapter.repo_id, target.sha, hub.cache
-        )
-        base = registry.open().version(settings.base_repo_id, settings.base_suffix)
-        base_prefix, base_tensors = base.location
-        store = object_store.open()
-        keys = key_store.open()
-        loader = vllm_loader_options(store, f"{base_prefix}/{base_tensors}", with_secrets=True)
-        with ExitStack() as stack:
-            if base.key_id:
-                loader["encryption_keyfile"] = str(stack.enter_context(keys.keyfile(base.key_id)))
-            report = AdapterRoundTrip(
-                store=store,
-                prefix=target.prefix,
-                files=target.files,
-                snapshot=snapshot,
-                key_id=target.key_id,
-                key=keys.get(target.key_id) if target.key_id else None,
-                rank=settings.rank,
-                base_model=stack.enter_context(store.config_dir(base_prefix, base.files)),
-                base_loader=loader,
-                dtype=base.dtype,
-                prompts=adapter.prompts,
-                max_tokens=adapter.max_tokens,
-                tolerance=adapter.base.logprob_tolerance,
-                tensor_parallel_size=base.tensor_parallel_size,
-            ).run(vllm.generate)
-        yield from _finish(context, store, target, report, ADAPTER_COLUMNS)
-
-    return [roundtrip_checks, adapter_roundtrip_checks]
+    return [
+        round_trip_check(
+            MODEL_JOB, CHECKS, models_partitions, MODEL_COLUMNS, model_round_trip, gpu
+        ),
+        round_trip_check(
+            ADAPTER_JOB,
+            ADAPTER_CHECKS,
+            adapters_partitions,
+            ADAPTER_COLUMNS,
+            adapter_round_trip,
+            gpu,
+        ),
+    ]

@@ -1,5 +1,7 @@
 """The model publish path: snapshot -> tensorized artifact -> (checks) -> registry record."""
 
+from pathlib import Path
+
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
@@ -12,18 +14,18 @@ from dagster import (
 from assets.dagster_resources import (
     CatalogResource,
     HubResource,
-    KeyStoreResource,
-    ObjectStoreResource,
-    RegistryResource,
-    TensorizerResource,
 )
 from assets.errors import classified_errors
-from assets.paths import MODEL_PATH, StepPolicy, published_asset
+from assets.paths import (
+    MODEL_PATH,
+    SerializeInputs,
+    StepPolicy,
+    published_asset,
+    serialized_asset,
+)
 from assets.publish_jobs import MODEL_JOB
 from assets.publishing import (
-    PublishConfig,
     snapshot_metadata,
-    tensorize_step,
 )
 from assets.state import SHA_TAG, pin_tag, run_tag
 from resources.formats.format import FormatError, choose_format
@@ -32,6 +34,39 @@ from resources.registry.records import ModelSettings
 from resources.registry.stage import StageRequest
 from resources.serving.command import serve_command
 from resources.vllm.runner import PromptsTooLong, context_length, cuda_available
+
+
+def model_request(inputs: SerializeInputs) -> tuple[StageRequest, Path]:
+    """The model build: its format, settings and prefix; refused before anything is
+    reserved if the format cannot be written here or the prompts do not fit."""
+    cat = inputs.catalog
+    entry = cat.entry(inputs.context.partition_key)
+    sha = run_tag(inputs.context, SHA_TAG, MODEL_JOB.fetch, "sha")
+    try:
+        fmt = choose_format(entry.format, cuda_available(), entry.tensor_parallel_size)
+    except FormatError as exc:
+        raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
+    source = inputs.hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, inputs.hub.cache)
+    try:  # refused before anything is reserved or uploaded
+        context_length(source, entry.prompts, entry.max_tokens)
+    except PromptsTooLong as exc:
+        raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
+    request = StageRequest(
+        repo_id=entry.repo_id,
+        sha=sha,
+        settings=ModelSettings(
+            dtype=entry.dtype,
+            encrypted=entry.encrypt,
+            format=fmt,
+            tensor_parallel_size=entry.tensor_parallel_size,
+        ),
+        key_prefix=inputs.context.partition_key,
+        prefix=lambda suffix: model_prefix(entry.repo_id, suffix),
+        tensors_file=tensors_name(entry.tensor_parallel_size),
+        cast=entry.dtype,
+        force=inputs.force,
+    )
+    return request, source
 
 
 def model_assets(policy: StepPolicy) -> list[AssetsDefinition]:
@@ -57,10 +92,12 @@ def model_assets(policy: StepPolicy) -> list[AssetsDefinition]:
             metadata=snapshot_metadata(entry.repo_id, entry.ref, sha, path),
         )
 
-    @asset(
-        **MODEL_PATH.step("serialize", policy),
-        deps=[model_snapshot],
-        kinds={"tensorizer", "pytorch"},
+    tensorized_model = serialized_asset(
+        MODEL_PATH,
+        policy,
+        MODEL_JOB.serialize,
+        model_snapshot,
+        model_request,
         pool="gpu",  # vLLM's serializer loads the model onto the GPU (vllm format)
         op_tags=policy.gpu.op_tags(),
         description="The snapshot's weights serialized with tensorizer (encrypted unless the "
@@ -69,47 +106,6 @@ def model_assets(policy: StepPolicy) -> list[AssetsDefinition]:
         "tensor-parallel rank) on a CUDA host, the HF-tensorized format elsewhere. Not visible "
         "to serving code until `published_version` records it.",
     )
-    @classified_errors()
-    def tensorized_model(
-        context: AssetExecutionContext,
-        config: PublishConfig,
-        catalog: CatalogResource,
-        hub: HubResource,
-        object_store: ObjectStoreResource,
-        key_store: KeyStoreResource,
-        registry: RegistryResource,
-        tensorizer: TensorizerResource,
-    ) -> MaterializeResult:
-        cat = catalog.load()
-        entry = cat.entry(context.partition_key)
-        sha = run_tag(context, SHA_TAG, MODEL_JOB.fetch, "sha")
-        try:
-            fmt = choose_format(entry.format, cuda_available(), entry.tensor_parallel_size)
-        except FormatError as exc:
-            raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
-        source = hub.hub(cat.hubs[entry.hub]).snapshot(entry.repo_id, sha, hub.cache)
-        try:  # refused before anything is reserved or uploaded
-            context_length(source, entry.prompts, entry.max_tokens)
-        except PromptsTooLong as exc:
-            raise Failure(f"{entry.repo_id}: {exc}", allow_retries=False) from None
-        request = StageRequest(
-            repo_id=entry.repo_id,
-            sha=sha,
-            settings=ModelSettings(
-                dtype=entry.dtype,
-                encrypted=entry.encrypt,
-                format=fmt,
-                tensor_parallel_size=entry.tensor_parallel_size,
-            ),
-            key_prefix=context.partition_key,
-            prefix=lambda suffix: model_prefix(entry.repo_id, suffix),
-            tensors_file=tensors_name(entry.tensor_parallel_size),
-            cast=entry.dtype,
-            force=config.force,
-        )
-        return tensorize_step(
-            context, request, lambda: source, registry, object_store, key_store, tensorizer
-        )
 
     published_version = published_asset(
         MODEL_PATH,

@@ -6,6 +6,7 @@ annotations (context and resources) at definition time.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -19,16 +20,19 @@ from dagster import (
 
 from assets.dagster_resources import (
     CatalogResource,
+    HubResource,
     KeyStoreResource,
     ObjectStoreResource,
     RegistryResource,
+    TensorizerResource,
 )
 from assets.errors import classified_errors, transient_retry
 from assets.gpu import GpuPlacement
 from assets.partitions import adapters_partitions, models_partitions
-from assets.publishing import Serve, publish_step
+from assets.publishing import PublishConfig, Serve, publish_step, tensorize_step
 from assets.state import staged_artifact
 from resources.catalog import Catalog
+from resources.registry.stage import StageRequest
 from resources.settings import Settings
 
 OWNERS = ["team:ml-platform"]
@@ -76,6 +80,59 @@ class PublishPath:
 
 MODEL_PATH = PublishPath("model", "models", models_partitions)
 ADAPTER_PATH = PublishPath("adapter", "adapters", adapters_partitions)
+
+
+@dataclass(frozen=True)
+class SerializeInputs:
+    """What a path's serialize step builds its StageRequest from."""
+
+    context: AssetExecutionContext
+    force: bool
+    catalog: Catalog
+    hub: HubResource
+    registry: RegistryResource
+
+
+# A path's build: its StageRequest, and the snapshot directory it serializes.
+BuildRequest = Callable[[SerializeInputs], tuple[StageRequest, Path]]
+
+
+def serialized_asset(
+    path: PublishPath,
+    policy: StepPolicy,
+    name: str,
+    fetched: AssetsDefinition,
+    build: BuildRequest,
+    description: str,
+    **declared: Any,
+) -> AssetsDefinition:
+    """The serialize step of a publish path: `tensorize_step` on what `build` asks for."""
+
+    @asset(
+        name=name,
+        deps=[fetched],
+        kinds={"tensorizer", "pytorch"},
+        description=description,
+        **path.step("serialize", policy, **declared),
+    )
+    @classified_errors()
+    def serialized(
+        context: AssetExecutionContext,
+        config: PublishConfig,
+        catalog: CatalogResource,
+        hub: HubResource,
+        object_store: ObjectStoreResource,
+        key_store: KeyStoreResource,
+        registry: RegistryResource,
+        tensorizer: TensorizerResource,
+    ) -> MaterializeResult:
+        inputs = SerializeInputs(context, config.force, catalog.load(), hub, registry)
+        request, snapshot = build(inputs)
+        return tensorize_step(
+            context, request, lambda: snapshot, registry, object_store, key_store, tensorizer
+        )
+
+    return serialized
 
 
 def published_asset(
