@@ -23,7 +23,7 @@ import torch
 
 from bench.figures import Figure
 from resources.formats import tensorize
-from resources.storage.streaming import IN_FLIGHT, PART_SIZE
+from resources.formats.streaming import IN_FLIGHT, PART_SIZE
 
 SAMPLE_TENSORS = 16  # of 16 MiB: a 256 MiB sample for the stages measured alone
 SAMPLE_ELEMENTS = 8 << 20  # float16

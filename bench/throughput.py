@@ -22,11 +22,11 @@ from bench import stages
 from bench.figures import Figure, throughput, timed
 from resources.formats import tensorize
 from resources.formats.artifact import check_files, write_artifact
+from resources.formats.streaming import part_size_for
 from resources.layout import TENSORS_FILE
 from resources.storage import digests
 from resources.storage.s3 import S3Store
 from resources.storage.store import LocalStore
-from resources.storage.streaming import part_size_for
 from tests.s3_server import IDENTITIES, SeaweedS3
 
 RAW_WRITE = "raw write + fsync"

@@ -3,8 +3,10 @@
     settings, catalog, errors, layout  the environment, what to publish, the error base,
                                        where everything lives in the store
     stores      the artifact store, registry and key store that Settings name
-    storage/    bytes: a local directory or S3, the key store, digests, streamed uploads
-    formats/    published artifacts: tensorizer I/O, HF-tensorized, PEFT LoRA, checked reads
+    storage/    bytes: a local directory or S3 (whole files, or parts as they are ready),
+                the key store, digests
+    formats/    published artifacts: tensorizer I/O and its streamed writes, HF-tensorized,
+                PEFT LoRA, checked reads
     registry/   version records, aliases, reservations, staging and publishing, signing, gc
     sources/    hubs (Hugging Face, git mirrors) and watching their refs
     vllm/       vLLM engines: the runner, the engine host, the vLLM-tensorized format, plugin

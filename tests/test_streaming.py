@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from resources.formats import tensorize
+from resources.formats import streaming, tensorize
 from resources.formats.artifact import write_artifact
 from resources.formats.format import StagingFull
+from resources.formats.streaming import MIN_PART, StreamedFile
 from resources.settings import Settings
-from resources.storage import digests, open_store, streaming
+from resources.storage import digests, open_store
 from resources.storage.store import StoreError
-from resources.storage.streaming import MIN_PART, StreamedFile
 from tests.conftest import LLAMA, Env
 from tests.published import stores
 from tests.real_parts import tmpfs
@@ -187,7 +187,9 @@ def test_a_part_damaged_on_the_way_is_refused_by_s3_and_sent_again(s3_env: Env, 
     events.register("before-send.s3.UploadPart", damage_the_first)
     events.register("before-send.s3.UploadPart", count_sends)
     events.register("needs-retry.s3.UploadPart", note_refusal)
-    streamed = store.streamed("damaged.tensors", tmp_path / "staging", PART)
+    streamed = StreamedFile(
+        store.part_sink("damaged.tensors"), "damaged.tensors", tmp_path / "staging", PART
+    )
     tensorize.serialize(_batches()[:4], streamed, None)
     entry = streamed.finish()
     # the server saw a part whose bytes did not match its SHA-256, answered BadDigest,

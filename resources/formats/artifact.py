@@ -2,7 +2,7 @@
 tensor-parallel rank in the vLLM-tensorized format) plus config/tokenizer files under one prefix.
 
 Writing streams the tensors into the store's upload where the store can (S3: parts go up
-while later tensors are still being serialized; resources/storage/streaming.py), else stages the
+while later tensors are still being serialized; resources/formats/streaming.py), else stages the
 file locally and moves or uploads it; reading back checks the file hashes and every tensor
 against the source checkpoint.
 """
@@ -19,11 +19,11 @@ from typing import BinaryIO
 from resources.formats import tensorize
 from resources.formats.checked_read import CheckedRead
 from resources.formats.format import ArtifactFormat, Progress, artifact_format, no_progress
+from resources.formats.streaming import StreamedFile, part_size_for
 from resources.layout import TENSORS_FILE
 from resources.storage import digests
 from resources.storage.digests import FileDigests
 from resources.storage.store import NotFound, ObjectStore, StoreError
-from resources.storage.streaming import StreamedFile, part_size_for
 
 
 @dataclass
@@ -70,8 +70,9 @@ def write_artifact(
     """
     form = artifact_format(fmt)
     key_ = f"{prefix}/{tensors_file}"
-    target = store.streamed(key_, staging, _part_size(snapshot)) if form.streams else None
-    if target is not None:
+    sink = store.part_sink(key_) if form.streams else None
+    if sink is not None:
+        target = StreamedFile(sink, key_, staging, _part_size(snapshot))
         return _write_streamed(store, prefix, snapshot, form, dtype, key, target, progress)
     with store.staging_dir(key_, staging) as where:
         written = form.write_tensors(

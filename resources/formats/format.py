@@ -19,8 +19,8 @@ from resources.errors import ModelpubError
 from resources.layout import tensors_name
 
 if TYPE_CHECKING:
+    from resources.formats.streaming import StreamedFile
     from resources.formats.tensorize import SerializeStats
-    from resources.storage.streaming import StreamedFile
 
 # Told (stage, done, total) as a long write goes on: "serialize" in tensors, "upload" in files.
 Progress = Callable[[str, int, int], None]
@@ -116,8 +116,7 @@ class ArtifactFormat:
         key: bytes | None,
         progress: Progress,
     ) -> SerializeStats:
-        from resources.formats import tensorize
-        from resources.storage import streaming
+        from resources.formats import streaming, tensorize
 
         # a few hundred MB in memory at a time, not the model; streaming, less: the spool
         # holds one batch until tensorizer's end marker seals it

@@ -21,7 +21,7 @@ from typing import BinaryIO
 import torch
 
 from resources.errors import ModelpubError
-from resources.storage.streaming import StreamedFile
+from resources.formats.streaming import StreamedFile
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -222,7 +222,7 @@ def serialize(
     """Write `weights` (one mapping, or batches of them, each read while the one before
     is written) to the local file `dest`, encrypted with `key` when given; returns once
     the file is durable, with its sha256. `dest` may be a file object instead (a
-    resources.storage.streaming.StreamedFile): its size is then what it was told, no sha256.
+    resources.formats.streaming.StreamedFile): its size is then what it was told, no sha256.
 
     With `consume`, the caller gives the tensors up: each batch is emptied once
     written and its tensors may be left encrypted, which saves a cipher pass.

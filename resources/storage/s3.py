@@ -39,7 +39,6 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from resources.settings import ARTIFACT_S3, S3Env
 from resources.storage.digests import CHUNK
 from resources.storage.store import NotFound, ObjectStore, S3Access, StoreError
-from resources.storage.streaming import StreamedFile
 
 # 64 MiB parts: 4 in flight measured fastest here, and 10,000 parts allow 640 GiB objects.
 TRANSFER = TransferConfig(
@@ -173,8 +172,8 @@ class S3Store(ObjectStore):
         with self._errors("read", key):
             return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
 
-    def streamed(self, key: str, staging: Path, part_size: int) -> StreamedFile:
-        return StreamedFile(_Multipart(self, key), key, staging, part_size)
+    def part_sink(self, key: str) -> _Multipart:
+        return _Multipart(self, key)
 
     def read_chunks(self, key: str) -> Iterator[bytes]:
         with self._errors("read", key):

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from resources.errors import ModelpubError
 from resources.storage import digests
 from resources.storage.digests import FileDigests
-from resources.storage.streaming import StreamedFile
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,18 @@ class NotFound(StoreError):
     pass
 
 
+class PartSink(Protocol):
+    """Where the parts go: `upload(number, data, sha256)` for parts numbered from 1 (with
+    their digest), in any order and from several threads; `complete(count)` once all are
+    up; `abort()` on failure."""
+
+    def upload(self, number: int, data: bytes, sha256: bytes) -> None: ...
+
+    def complete(self, count: int) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class ObjectStore(ABC):
     """Keys are `/`-separated relative paths."""
 
@@ -69,9 +81,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
 
-    def streamed(self, key: str, staging: Path, part_size: int) -> StreamedFile | None:
-        """A file whose parts are uploaded to `key` while it is written, spooled in
-        `staging` (resources/storage/streaming.py); None where the store stages whole files."""
+    def part_sink(self, key: str) -> PartSink | None:
+        """An upload to `key` that takes the file's parts as they are ready (what a
+        resources/formats/streaming.py StreamedFile writes into); None where the store
+        takes whole files only."""
         return None
 
     @contextmanager

@@ -27,10 +27,10 @@ import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
 
 from resources.errors import ModelpubError
 from resources.storage import digests
+from resources.storage.store import PartSink
 
 END_MARKER = b"\0" * 8  # tensorizer's "no more tensors" field, rewritten per batch
 IN_FLIGHT = 4  # parts uploading at once; two more may wait spooled
@@ -49,18 +49,6 @@ def part_size_for(expected_bytes: int) -> int:
 
 class StreamLayoutError(ModelpubError):
     """The writer changed bytes of a part already uploaded."""
-
-
-class PartSink(Protocol):
-    """Where the parts go: `upload(number, data, sha256)` for parts numbered from 1 (with
-    their digest), in any order and from several threads; `complete(count)` once all are
-    up; `abort()` on failure."""
-
-    def upload(self, number: int, data: bytes, sha256: bytes) -> None: ...
-
-    def complete(self, count: int) -> None: ...
-
-    def abort(self) -> None: ...
 
 
 class StreamedFile(io.RawIOBase):
