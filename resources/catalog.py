@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from resources.errors import ModelpubError
+from resources.formats.format import artifact_format
 
 # Always `org/name`: the store layout (resources/layout.py) relies on two segments, so
 # that no repo id reads as another's path (`acme` at v2 would be `acme/v2`'s directory).
@@ -181,7 +182,8 @@ class ModelEntry(_Strict):
 
     @model_validator(mode="after")
     def _parallelism(self) -> ModelEntry:
-        if self.tensor_parallel_size > 1 and self.format == "hf":
+        chosen = artifact_format(self.format) if self.format != "auto" else None
+        if self.tensor_parallel_size > 1 and chosen is not None and not chosen.per_rank:
             raise ValueError(
                 f"tensor_parallel_size {self.tensor_parallel_size} needs format 'vllm' or "
                 "'auto': vLLM loads the HF-tensorized format on one rank only"

@@ -68,6 +68,8 @@ class ArtifactFormat:
     load_format: ClassVar[str | None] = "tensorizer"
     # Written by modelpub's serializer, so it can stream into an upload (`stream_tensors`).
     streams: ClassVar[bool] = True
+    # One tensors file per tensor-parallel rank: what a tensor-parallel model needs.
+    per_rank: ClassVar[bool] = False
 
     def tensors_files(self, tensors_file: str, tensor_parallel_size: int) -> list[str]:
         """The files behind a `tensorizer_uri` name."""
@@ -145,6 +147,7 @@ class VllmTensorized(ArtifactFormat):
     name = "vllm"
     compares_with_source = False
     streams = False  # vLLM's serializer writes local files
+    per_rank = True
 
     def tensors_files(self, tensors_file: str, tensor_parallel_size: int) -> list[str]:
         if tensor_parallel_size == 1:
@@ -196,11 +199,11 @@ def artifact_format(name: str) -> ArtifactFormat:
 
 def choose_format(requested: str, cuda: bool, tensor_parallel_size: int = 1) -> str:
     """`auto` | `hf` | `vllm` from the catalog -> the format written here: `hf` or `vllm`."""
-    if requested == "hf":
-        return "hf"
+    if requested == ArtifactFormat.name:
+        return ArtifactFormat.name
     if cuda:
-        return "vllm"
-    if requested == "vllm":
+        return VllmTensorized.name
+    if requested == VllmTensorized.name:
         raise FormatError(
             "format 'vllm' (the vLLM-tensorized format) needs a CUDA host: vLLM serializes "
             "it from a model loaded on the GPU and only loads it there. Publish from a GPU "
@@ -212,4 +215,4 @@ def choose_format(requested: str, cuda: bool, tensor_parallel_size: int = 1) -> 
             "(one file per rank), which needs a CUDA host: publish from a GPU node with "
             f"{tensor_parallel_size} GPUs, or set tensor_parallel_size: 1"
         )
-    return "hf"
+    return ArtifactFormat.name
