@@ -83,7 +83,7 @@ def test_gc_finds_only_what_no_run_will_finish_and_removes_it(s3_registry, s3_en
     assert found.unclaimed == [f"vllm/{REPO}/v9/config.json", f"vllm/{REPO}/v9/model.tensors"]
     v1 = found.orphans[0]
     assert "failed-run ended" in v1.why
-    assert v1.keys == [
+    assert v1.objects == [
         f"vllm/{REPO}/v1/config.json",
         f"vllm/{REPO}/v1/model.tensors",
         f"validation/{REPO}/v1/failed-run.json",
@@ -186,7 +186,7 @@ def test_abandoned_adapter_upload_under_a_published_base_is_found(local):
     registry.store.create(f"{prefix}/adapter_config.json", b"{}")
 
     found = gc.find_orphans(registry, keys, RUNS.get, older_than=timedelta(0))
-    assert [(o.reference, o.keys) for o in found.orphans] == [
+    assert [(o.reference, o.objects) for o in found.orphans] == [
         (
             "org/lora@v2",
             [f"{prefix}/adapter_config.json", f"{prefix}/adapter_model.tensors"],
@@ -216,7 +216,7 @@ def test_reservations_of_the_previous_shape_are_read_and_judged(local):
     reservation = registry.reservation("org/lora", "v1")
     assert (reservation.schema_, reservation.prefix, reservation.worker) == (1, None, None)
     found = gc.find_orphans(registry, keys, RUNS.get)
-    assert [(o.reference, o.keys) for o in found.orphans] == [
+    assert [(o.reference, o.objects) for o in found.orphans] == [
         ("org/lora@v1", [f"{prefix}/adapter_model.tensors"])
     ]
 

@@ -41,14 +41,14 @@ def _gc(settings: Settings, args) -> int:
     from assets.state import run_state
     from resources.registry import gc
 
-    registry, keys = open_stores(settings)
+    registry, encryption_keys = open_stores(settings)
     runs = partial(run_state, instance(settings))
-    found = gc.find_orphans(registry, keys, runs, timedelta(hours=args.older_than))
+    found = gc.find_orphans(registry, encryption_keys, runs, timedelta(hours=args.older_than))
     statuses = []
     for orphan in found.orphans:
         status = "orphaned"
         if args.delete:
-            removed = gc.remove(registry, keys, orphan)
+            removed = gc.remove(registry, encryption_keys, orphan)
             status = "removed" if removed else "kept (a publish took it meanwhile)"
         statuses.append(status)
     if args.json:
@@ -59,7 +59,7 @@ def _gc(settings: Settings, args) -> int:
                         "reference": o.reference,
                         "status": status,
                         "why": o.why,
-                        "files": [registry.store.uri(k) for k in o.keys],
+                        "files": [registry.store.uri(k) for k in o.objects],
                         "unfinished_uploads": [registry.store.uri(k) for k in o.unfinished],
                         "key_id": o.key_id,
                     }
@@ -73,9 +73,9 @@ def _gc(settings: Settings, args) -> int:
         key = f", key {orphan.key_id}" if orphan.key_id else ""
         print(
             f"{status}: {orphan.reference} ({orphan.why}): "
-            f"{len(orphan.keys)} files, {len(orphan.unfinished)} unfinished uploads{key}"
+            f"{len(orphan.objects)} files, {len(orphan.unfinished)} unfinished uploads{key}"
         )
-        for stored in orphan.keys + orphan.unfinished:
+        for stored in orphan.objects + orphan.unfinished:
             print(f"  {registry.store.uri(stored)}")
     if found.unclaimed:
         print(

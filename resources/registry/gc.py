@@ -32,7 +32,7 @@ class Orphan:
     suffix: str
     why: str
     prefix: str
-    keys: list[str] = field(default_factory=list)  # finished objects: files, validation reports
+    objects: list[str] = field(default_factory=list)  # stored files and validation reports
     unfinished: list[str] = field(default_factory=list)  # uploads that never completed
     key_id: str | None = None  # the encryption key the run created, if still in the key store
 
@@ -73,7 +73,7 @@ def _owner(key: str, owners: dict[str, Version]) -> Version | None:
 
 def find_orphans(
     registry: Registry,
-    keys: KeyStore | None,
+    key_store: KeyStore | None,
     run_state: Callable[[str], RunState],
     older_than: timedelta = timedelta(hours=24),
     now: datetime | None = None,
@@ -115,22 +115,23 @@ def find_orphans(
             continue
         files, unfinished = found[(repo_id, suffix)]
         key_id = reservation.key_id
+        key_kept = bool(key_id) and key_store is not None and key_store.exists(key_id)
         orphan = Orphan(
             repo_id,
             suffix,
             why,
             prefix=_reserved_prefixes(repo_id, reservation, published)[0],
-            keys=files + store.list(layout.validation_dir(repo_id, suffix)),
+            objects=files + store.list(layout.validation_dir(repo_id, suffix)),
             unfinished=unfinished,
-            key_id=key_id if key_id and keys is not None and keys.exists(key_id) else None,
+            key_id=key_id if key_kept else None,
         )
-        if orphan.keys or orphan.unfinished or orphan.key_id:
+        if orphan.objects or orphan.unfinished or orphan.key_id:
             orphans.append(orphan)
     return Findings(orphans, sorted(unclaimed))
 
 
 def remove(
-    registry: Registry, keys: KeyStore | None, orphan: Orphan, by: str = "modelpub gc"
+    registry: Registry, key_store: KeyStore | None, orphan: Orphan, by: str = "modelpub gc"
 ) -> bool:
     """Delete an orphan's files and key and abort its unfinished uploads; its reservation
     stays. The suffix is claimed first, by compare-and-swap on its reservation: a publish
@@ -139,10 +140,10 @@ def remove(
     written for files being deleted."""
     if not registry.claim_abandoned(orphan.repo_id, orphan.suffix, by):
         return False
-    for key in orphan.keys:
+    for key in orphan.objects:
         registry.store.delete(key)
     for key in orphan.unfinished:
         registry.store.abort_upload(key)
-    if orphan.key_id and keys is not None:
-        keys.delete(orphan.key_id)
+    if orphan.key_id and key_store is not None:
+        key_store.delete(orphan.key_id)
     return True
