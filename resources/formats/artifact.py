@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypedDict
 
 from resources.formats import tensorize
 from resources.formats.checked_read import CheckedRead
@@ -166,6 +166,16 @@ def _upload(
     out.upload_s = time.perf_counter() - start
 
 
+class FileRow(TypedDict):
+    """One recorded file of the round trip's and integrity check's file table."""
+
+    file: str
+    size: int
+    present: bool
+    sha256_matches: bool
+    sha256: str | None
+
+
 @dataclass
 class FileCheck:
     """A recorded file as stored now, read once: present, matching its record entry,
@@ -177,10 +187,15 @@ class FileCheck:
     matches: bool = False
     sha256: str | None = None  # None: absent
 
-    def row(self) -> dict:
+    def row(self) -> FileRow:
         """The row reports and metadata show."""
-        fields = {"present": self.present, "sha256_matches": self.matches}
-        return {"file": self.file, "size": self.size, **fields, "sha256": self.sha256}
+        return FileRow(
+            file=self.file,
+            size=self.size,
+            present=self.present,
+            sha256_matches=self.matches,
+            sha256=self.sha256,
+        )
 
 
 def check_files(

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypedDict
 
 import torch
 
@@ -323,7 +323,18 @@ def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous().reshape(-1).view(torch.uint8)
 
 
-def describe_weights(tensors: dict[str, torch.Tensor], prefix: str = "") -> list[dict]:
+class TensorRow(TypedDict):
+    """One tensor of the round trip's comparison table."""
+
+    name: str
+    source_dtype: str | None  # None: not in the source (or no source counterpart)
+    published_dtype: str | None  # None: not in the published artifact
+    shape: list[int]
+    numel: int
+    equal: bool
+
+
+def describe_weights(tensors: dict[str, torch.Tensor], prefix: str = "") -> list[TensorRow]:
     """One row per tensor that has no source counterpart (the vLLM-tensorized format): it was
     read back with its hash verified, which is all `equal` can claim for it."""
     return [
@@ -339,28 +350,27 @@ def describe_weights(tensors: dict[str, torch.Tensor], prefix: str = "") -> list
     ]
 
 
-def compare_tensor(name: str, a: torch.Tensor | None, b: torch.Tensor | None) -> dict:
+def compare_tensor(name: str, a: torch.Tensor | None, b: torch.Tensor | None) -> TensorRow:
     """Does the published tensor `b` equal the source tensor `a`? (None: missing)"""
-    row = {
-        "name": name,
-        "source_dtype": str(a.dtype).removeprefix("torch.") if a is not None else None,
-        "published_dtype": str(b.dtype).removeprefix("torch.") if b is not None else None,
-        "shape": list(a.shape if a is not None else b.shape),
-        "numel": (a if a is not None else b).numel(),
-    }
-    row["equal"] = bool(
-        a is not None
-        and b is not None
-        and a.dtype == b.dtype
-        and a.shape == b.shape
-        and torch.equal(_raw_bytes(a), _raw_bytes(b))
+    return TensorRow(
+        name=name,
+        source_dtype=str(a.dtype).removeprefix("torch.") if a is not None else None,
+        published_dtype=str(b.dtype).removeprefix("torch.") if b is not None else None,
+        shape=list(a.shape if a is not None else b.shape),
+        numel=(a if a is not None else b).numel(),
+        equal=bool(
+            a is not None
+            and b is not None
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(_raw_bytes(a), _raw_bytes(b))
+        ),
     )
-    return row
 
 
 def compare_weights(
     source: dict[str, torch.Tensor], published: dict[str, torch.Tensor]
-) -> list[dict]:
+) -> list[TensorRow]:
     """One row per tensor name in either side: does the published tensor equal the source?"""
     return [
         compare_tensor(name, source.get(name), published.get(name))
@@ -370,7 +380,7 @@ def compare_weights(
 
 def compare_published(
     source: SourceCheckpoint, published: Iterable[tuple[str, torch.Tensor]]
-) -> list[dict]:
+) -> list[TensorRow]:
     """`compare_weights`, holding one tensor of each side at a time, not two models."""
     rows, seen = [], set()
     for name, tensor in published:

@@ -22,6 +22,7 @@ from resources.storage.store import ObjectStore
 from resources.validation import expectations
 from resources.validation.roundtrip import RoundTripReport
 from resources.vllm.runner import (
+    GenerationRow,
     GenerationSpec,
     PromptsTooLong,
     VllmRunError,
@@ -29,6 +30,13 @@ from resources.vllm.runner import (
     context_length,
     runtime_dtype,
 )
+
+
+class AdapterGenerationRow(GenerationRow):
+    """A prompt's row, and whether the adapter changed what the base model generates."""
+
+    differs_from_base: bool
+    base_text: str
 
 
 @dataclass
@@ -89,14 +97,18 @@ class AdapterRoundTrip:
             return
         original, published, base = ({"results": run} for run in out["runs"])
         report.engine_start_s = {"base_with_adapters": out["engine_start_s"]}
-        rows = compare_generations(original, published, self.tolerance)
-        for row, against_base in zip(
-            rows, compare_generations(base, original, self.tolerance), strict=True
-        ):
-            row["differs_from_base"] = not (
-                against_base["tokens_equal"] and against_base["within_tolerance"]
+        rows = [
+            AdapterGenerationRow(
+                **row,
+                differs_from_base=not (base_row["tokens_equal"] and base_row["within_tolerance"]),
+                base_text=base_row["source_text"],
             )
-            row["base_text"] = against_base["source_text"]
+            for row, base_row in zip(
+                compare_generations(original, published, self.tolerance),
+                compare_generations(base, original, self.tolerance),
+                strict=True,
+            )
+        ]
         report.generations = rows
         if not any(r["differs_from_base"] for r in rows):
             report.generations_error = (

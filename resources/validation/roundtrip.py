@@ -20,14 +20,16 @@ from typing import BinaryIO
 
 from resources.formats import tensorize
 from resources.formats.access import vllm_loader_options
-from resources.formats.artifact import check_files
+from resources.formats.artifact import FileRow, check_files
 from resources.formats.format import artifact_format
+from resources.formats.tensorize import TensorRow
 from resources.layout import tensors_name
 from resources.registry.records import RoundTripProof
 from resources.storage.digests import FileDigests
 from resources.storage.store import ObjectStore
 from resources.validation import expectations
 from resources.vllm.runner import (
+    GenerationRow,
     GenerationSpec,
     PromptsTooLong,
     VllmRunError,
@@ -41,11 +43,11 @@ from resources.vllm.runner import (
 
 @dataclass
 class RoundTripReport:
-    files: list[dict] = field(default_factory=list)
-    tensors: list[dict] = field(default_factory=list)
+    files: list[FileRow] = field(default_factory=list)
+    tensors: list[TensorRow] = field(default_factory=list)
     tensors_error: str | None = None
     source_tensors: int = 0
-    generations: list[dict] = field(default_factory=list)
+    generations: list[GenerationRow] = field(default_factory=list)
     generations_error: str | None = None
     engine_start_s: dict = field(default_factory=dict)
     expectations: dict = field(default_factory=dict)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from resources.errors import ModelpubError
 from resources.vllm import engine_host
@@ -187,22 +188,34 @@ def generate_each(
         return list(pool.map(generate, specs))
 
 
-def compare_generations(source: dict, published: dict, tolerance: float) -> list[dict]:
+class GenerationRow(TypedDict):
+    """One prompt of the round trip's generation table."""
+
+    prompt: str
+    tokens: int
+    tokens_equal: bool
+    max_abs_logprob_diff: float
+    within_tolerance: bool
+    source_text: str
+    published_text: str
+
+
+def compare_generations(source: dict, published: dict, tolerance: float) -> list[GenerationRow]:
     """One row per prompt: identical token ids, and the largest logprob difference."""
     rows = []
     for a, b in zip(source["results"], published["results"], strict=True):
         diffs = [abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"], strict=False)]
         max_diff = max(diffs, default=0.0)
         rows.append(
-            {
-                "prompt": a["prompt"],
-                "tokens": len(a["token_ids"]),
-                "tokens_equal": a["token_ids"] == b["token_ids"],
-                "max_abs_logprob_diff": max_diff,
-                "within_tolerance": max_diff <= tolerance,
-                "source_text": a["text"],
-                "published_text": b["text"],
-            }
+            GenerationRow(
+                prompt=a["prompt"],
+                tokens=len(a["token_ids"]),
+                tokens_equal=a["token_ids"] == b["token_ids"],
+                max_abs_logprob_diff=max_diff,
+                within_tolerance=max_diff <= tolerance,
+                source_text=a["text"],
+                published_text=b["text"],
+            )
         )
     return rows
 
