@@ -39,7 +39,7 @@ class StagingFull(ModelpubError):
 
 
 @dataclass
-class StagedTensors:
+class WrittenTensors:
     """The tensors files a format wrote into staging, with the digests taken as it wrote."""
 
     paths: list[Path]
@@ -84,7 +84,7 @@ class ArtifactFormat:
         tensors_file: str,
         tensor_parallel_size: int,
         progress: Progress = no_progress,
-    ) -> StagedTensors:
+    ) -> WrittenTensors:
         """Serialize the snapshot's weights (cast to `dtype`, None keeps theirs) into
         `staging/tensors_file`, streamed in batches."""
         path = staging / tensors_file
@@ -93,7 +93,7 @@ class ArtifactFormat:
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise _staging_full(exc, staging, "while serializing") from None
-        return StagedTensors([path], stats.seconds, {tensors_file: stats.sha256})
+        return WrittenTensors([path], stats.seconds, {tensors_file: stats.sha256})
 
     def stream_tensors(
         self,
@@ -163,13 +163,13 @@ class VllmTensorized(ArtifactFormat):
         tensors_file: str,
         tensor_parallel_size: int,
         progress: Progress = no_progress,
-    ) -> StagedTensors:
+    ) -> WrittenTensors:
         from resources.vllm.tensorized import write_vllm_tensors
 
         names = self.tensors_files(tensors_name(tensor_parallel_size), tensor_parallel_size)
         start = time.perf_counter()
         paths = write_vllm_tensors(snapshot, staging, dtype, key, tensor_parallel_size, names)
-        return StagedTensors(paths, time.perf_counter() - start)  # includes vLLM's load
+        return WrittenTensors(paths, time.perf_counter() - start)  # includes vLLM's load
 
     def serve_note(self, tensor_parallel_size: int) -> str | None:
         gpus = f" with {tensor_parallel_size} GPUs" if tensor_parallel_size > 1 else ""

@@ -61,7 +61,7 @@ class PublishPlan(BaseModel):
 
 
 @dataclass(frozen=True)
-class Published:
+class PublishOutcome:
     """A publish's outcome: the version record, the history entry of each alias it moved,
     and why it left the others (protected ones) where they were."""
 
@@ -86,7 +86,7 @@ def publish_staged(
     staged: StagedArtifact,
     plan: PublishPlan,
     proof: RoundTripProof,
-) -> Published:
+) -> PublishOutcome:
     """Sign a verified version, write its immutable record and move the plan's aliases to it.
 
     Refused unless the round trip passed (`proof`), the aliases are valid names, every
@@ -104,7 +104,7 @@ def publish_staged(
     if bad:
         raise PublishRefused(f"run tag {bad!r}: not alias names like 'latest'; not publishing")
     if staged.reused:
-        return Published(registry.version(staged.repo_id, staged.suffix))
+        return PublishOutcome(registry.version(staged.repo_id, staged.suffix))
     missing = [n for n in staged.files if not store.exists(f"{staged.prefix}/{n}")]
     if missing:
         raise PublishRefused(
@@ -152,7 +152,7 @@ def publish_staged(
             continue
         if entry is not None:
             moved[alias] = entry
-    return Published(record, moved, kept)
+    return PublishOutcome(record, moved, kept)
 
 
 def earlier_builds(

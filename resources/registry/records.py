@@ -103,7 +103,7 @@ class AdapterSettings(BaseModel):
 ArtifactSettings = Annotated[ModelSettings | AdapterSettings, Field(discriminator="kind")]
 
 
-class _Published(BaseModel):
+class _VersionFields(BaseModel):
     """What every version record holds besides the settings it was made with."""
 
     schema_: int = Field(1, alias="schema")  # records before the field existed: schema 1
@@ -146,7 +146,7 @@ class _Published(BaseModel):
 _RECORD_CONFIG = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
 
-class ModelVersion(ModelSettings, _Published):
+class ModelVersion(ModelSettings, _VersionFields):
     """A published model version: its files under `vllm/<repo>/<suffix>/`."""
 
     model_config = _RECORD_CONFIG
@@ -162,7 +162,7 @@ class ModelVersion(ModelSettings, _Published):
         return prefix, layout.tensors_name(self.tensor_parallel_size)
 
 
-class AdapterVersion(AdapterSettings, _Published):
+class AdapterVersion(AdapterSettings, _VersionFields):
     """A published LoRA adapter version: its files under the base version it fits."""
 
     model_config = _RECORD_CONFIG

@@ -63,7 +63,7 @@ class StagingRun:
 
 
 @dataclass(frozen=True)
-class Staged:
+class StageOutcome:
     """What staging left: the artifact to check and publish, and how it was written
     (None where an existing version is reused)."""
 
@@ -80,7 +80,7 @@ def stage(
     snapshot: Callable[[], Path],
     staging: Path,
     progress: Progress = no_progress,
-) -> Staged:
+) -> StageOutcome:
     """Serialize `snapshot()` under a newly reserved suffix, or reuse the version already
     published (or being published by an earlier run) from the same build."""
     existing = (
@@ -134,7 +134,7 @@ def stage(
         reused=False,
         settings=request.settings,
     )
-    return Staged(artifact, written)
+    return StageOutcome(artifact, written)
 
 
 def wait_for_earlier_build(
@@ -161,10 +161,10 @@ def wait_for_earlier_build(
         run.sleep(run.poll_s)
 
 
-def _reused(run: StagingRun, record: VersionRecord) -> Staged:
+def _reused(run: StagingRun, record: VersionRecord) -> StageOutcome:
     artifact = StagedArtifact.of_version(record)
     run.log(
         f"{artifact.repo_id}@{artifact.sha[:12]} is already published as {artifact.suffix}; "
         "re-verifying it instead of publishing again"
     )
-    return Staged(artifact)
+    return StageOutcome(artifact)
