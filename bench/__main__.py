@@ -71,6 +71,8 @@ def bench_model(spec: ModelSpec, work: Path, repeat: int, smoke: bool) -> list[F
         figures += log(throughput.load_s3(spec.label, key, s3, work))
         if smoke or spec == LARGE:
             figures += log(throughput.size_sweep(spec.label, snapshot, work, key, s3))
+    if smoke or spec == LARGE:
+        figures += log(throughput.size_sweep_local(spec.label, snapshot, work))
     figures += log(runs.memory(spec.label, snapshot, work / "memory", size))
     figures += log(
         runs.publish_runs(
@@ -97,6 +99,7 @@ def sweep_models() -> list[Figure]:
                 print(f"size sweep: making a {layers}-layer model", file=sys.stderr, flush=True)
                 write_large_model(snapshot, layers)
                 figures += log(throughput.size_sweep(snapshot.name, snapshot, work, key, s3))
+                figures += log(throughput.size_sweep_local(snapshot.name, snapshot, work))
                 shutil.rmtree(snapshot)
     finally:
         shutil.rmtree(work, ignore_errors=True)

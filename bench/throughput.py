@@ -10,6 +10,7 @@ for context, run once.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -373,6 +374,46 @@ def size_sweep(model: str, snapshot: Path, work: Path, key: bytes, s3: SeaweedS3
             "s/GB",
             BOTO3_GET,
             get_s / gb,
+            higher_is_better=False,
+        ),
+    ]
+
+
+def size_sweep_local(model: str, snapshot: Path, work: Path) -> list[Figure]:
+    """One point of the local size sweep: the publish step in a process of its own
+    (encrypted, to a local store, fsynced) in s/GB against a raw write + fsync of the same
+    bytes, and its peak RSS against the model's size: both should stay flat in size."""
+    from bench.child import run_child
+
+    result = run_child("publish_step", {"snapshot": str(snapshot), "root": str(work / "sweep")})
+    tensors = work / "sweep" / "store" / "bench" / "v1" / TENSORS_FILE
+    data = read_all(tensors)
+    size = data.numel()
+    shutil.rmtree(work / "sweep")
+    raw = work / "sweep-raw.bin"
+    write_s = timed(lambda: raw_write(data, raw))
+    raw.unlink()
+    gb = size / 1e9
+    label = f"{model} ({gb:.2f} GB)"
+    return [
+        Figure(
+            "size sweep",
+            label,
+            "publish step → local disk, encrypted",
+            result["seconds"] / gb,
+            "s/GB",
+            RAW_WRITE,
+            write_s / gb,
+            higher_is_better=False,
+        ),
+        Figure(
+            "size sweep",
+            label,
+            "publish step: peak RSS above the idle interpreter",
+            (result["peak_rss"] - result["idle_rss"]) / 1e9,
+            "GB",
+            "model size",
+            gb,
             higher_is_better=False,
         ),
     ]

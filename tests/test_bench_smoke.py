@@ -63,6 +63,8 @@ def test_smoke_bench_reports_every_figure_with_its_baseline(tmp_path: Path):
         "full publish run (Dagster job, in process)",  # the multiprocess run is full-bench only
         "vLLM engine of the round trip",
         "write_artifact → S3, encrypted, streamed",
+        "publish step → local disk, encrypted",  # the local size sweep
+        "publish step: peak RSS above the idle interpreter",
         "peak staging disk",
         "cores busy",
         "upload the parts: the S3 server",
