@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from resources.formats import tensorize
 from resources.formats.artifact import check_files, write_artifact
 from resources.layout import TENSORS_FILE
+from resources.storage import digests
 from resources.storage.store import LocalStore
 from tests.real_parts import require
 
@@ -60,6 +61,19 @@ def test_consumed_batches_serialize_to_the_same_tensors(snapshot: Path, tmp_path
     assert_same(tensorize.deserialize(str(dest), key), expected)
 
 
+def test_a_local_file_is_hashed_part_by_part_as_its_batches_are_written(
+    snapshot: Path, tmp_path: Path
+):
+    """Parts are hashed while later batches are still being written: each digest must
+    be of the part's final bytes (tensorizer rewrites the prologue and end marker)."""
+    batches = tensorize.iter_source_weights(snapshot, "float16", batch_bytes=20_000)
+    dest = tmp_path / "model.tensors"
+    stats = tensorize.serialize(batches, dest, bytes(range(32)), consume=True, part_size=4096)
+    assert stats.entry["size"] == dest.stat().st_size
+    assert len(stats.entry["parts_sha256"]) == -(-dest.stat().st_size // 4096) > 2
+    assert digests.file_matches(dest, stats.entry)
+
+
 def test_without_consume_the_callers_tensors_are_left_intact(snapshot: Path, tmp_path: Path):
     weights = tensorize.load_source_weights(snapshot, "float16")
     before = {k: v.clone() for k, v in weights.items()}
@@ -85,7 +99,8 @@ def test_write_artifact_moves_the_tensors_into_the_store(snapshot: Path, tmp_pat
     assert not any(staging.iterdir())
     stored = store.path(f"m/v1/{TENSORS_FILE}")
     assert stored.stat().st_mode & 0o777 == 0o644
-    assert written.files[TENSORS_FILE]["sha256"] == tensorize.sha256_file(stored)
+    entry = written.files[TENSORS_FILE]
+    assert "parts_sha256" in entry and digests.file_matches(stored, entry)
     assert all(c.present and c.matches for c in check_files(store, "m/v1", written.files))
     assert_same(
         tensorize.deserialize(str(stored), key), tensorize.load_source_weights(snapshot, "float16")

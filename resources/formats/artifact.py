@@ -82,7 +82,7 @@ def write_artifact(
             serialize_s=written.seconds, tensors_files=[p.name for p in written.paths]
         )
         try:
-            _upload(store, prefix, snapshot, out, written.paths, written.sha256, progress)
+            _upload(store, prefix, snapshot, out, written.paths, written.entries, progress)
         finally:
             for path in written.paths:
                 path.unlink(missing_ok=True)
@@ -137,7 +137,7 @@ def _upload(
     snapshot: Path,
     out: WrittenArtifact,
     tensors: list[Path],
-    hashes: dict[str, str | None],
+    entries: dict[str, digests.Entry | None],
     progress: Progress,
 ) -> None:
     """Upload the staged tensors files and the config files into `out.files`; on failure
@@ -151,9 +151,9 @@ def _upload(
         for done, (name, path) in enumerate(uploads):
             progress("upload", done, len(uploads))
             staged = path in tensors
-            digest = hashes.get(name) if staged else None
-            out.files[name] = digests.whole(
-                path.stat().st_size, digest or tensorize.sha256_file(path)
+            entry = entries.get(name) if staged else None
+            out.files[name] = entry or digests.whole(
+                path.stat().st_size, tensorize.sha256_file(path)
             )
             uploaded.append(name)
             (store.put_staged if staged else store.put_file)(f"{prefix}/{name}", path)

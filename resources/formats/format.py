@@ -21,6 +21,7 @@ from resources.layout import tensors_name
 if TYPE_CHECKING:
     from resources.formats.streaming import StreamedFile
     from resources.formats.tensorize import SerializeStats
+    from resources.storage.digests import Entry
 
 # Told (stage, done, total) as a long write goes on: "serialize" in tensors, "upload" in files.
 Progress = Callable[[str, int, int], None]
@@ -44,7 +45,8 @@ class WrittenTensors:
 
     paths: list[Path]
     seconds: float
-    sha256: dict[str, str] = field(default_factory=dict)  # file name -> digest, where known
+    # file name -> its record entry (resources/storage/digests.py), where known
+    entries: dict[str, Entry] = field(default_factory=dict)
 
 
 def _staging_full(exc: OSError, staging: Path, doing: str) -> Exception:
@@ -93,7 +95,7 @@ class ArtifactFormat:
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise _staging_full(exc, staging, "while serializing") from None
-        return WrittenTensors([path], stats.seconds, {tensors_file: stats.sha256})
+        return WrittenTensors([path], stats.seconds, {tensors_file: stats.entry})
 
     def stream_tensors(
         self,
@@ -133,7 +135,9 @@ class ArtifactFormat:
 
         progress("serialize", 0, total)
         batches = checkpoint.batches(batch)
-        return tensorize.serialize(batches, dest, key, consume=True, written=written)
+        # the parts of a local file are those the store would stream it in
+        parts = streaming.part_size_for(2 * tensorize.weight_bytes(snapshot))
+        return tensorize.serialize(batches, dest, key, True, written, parts)
 
     def serve_note(self, tensor_parallel_size: int) -> str | None:
         """A comment for the printed serve command, where serving it needs saying."""

@@ -1,12 +1,14 @@
 """The digest a version record keeps for each file, in one of two schemes.
 
-- `{"size", "sha256"}`: the whole file's sha256 (every staged file, and every record
-  written before streaming).
+- `{"size", "sha256"}`: the whole file's sha256 (config files, vLLM-serialized tensors,
+  and every record written before streaming).
 - `{"size", "part_size", "parts_sha256"}`: the sha256 of each `part_size` slice, in
-  order (the last may be shorter). A streamed tensors file is known only part by part,
-  its first part (the header) last, so no single pass sees it in order; each part's
-  digest is also what S3 checked when the part arrived (ChecksumSHA256), like S3's
-  composite checksums and OpenSSF model signing's sharded hashing.
+  order (the last may be shorter). A tensors file modelpub serializes, streamed or
+  written locally, is known only part by part, its first part (the header) last, so
+  no single pass sees it in order; each part is hashed as soon as it is final, not in a
+  pass after the write. A streamed part's digest is also what S3 checked when the part
+  arrived (ChecksumSHA256), like S3's composite checksums and OpenSSF model signing's
+  sharded hashing.
 
 `chunks_match`, `file_matches` and `Digester` recompute whichever scheme the entry names.
 """
