@@ -51,6 +51,30 @@ def test_batches_cover_the_checkpoint_in_order_within_the_size(snapshot: Path):
     assert whole["ids"].dtype == torch.int64  # only floating point tensors are cast
 
 
+def test_source_tensors_read_as_safetensors_reads_them(tmp_path: Path):
+    """Read straight into each tensor's memory (or through safetensors for a dtype it
+    does not read itself): the same names, dtypes, shapes and bytes."""
+    from safetensors.torch import load_file
+
+    gen = torch.Generator().manual_seed(2)
+    tensors = {
+        "b.bf16": torch.randn(3, 5, generator=gen).to(torch.bfloat16),
+        "a.mask": torch.rand(7, generator=gen) > 0.5,
+        "c.scalar": torch.tensor(3, dtype=torch.int32),
+        "d.empty": torch.empty(0, 4),
+        "e.fp8": torch.randn(8, generator=gen).to(torch.float8_e4m3fn),
+    }
+    save_file(tensors, tmp_path / "model.safetensors")
+    expected = load_file(tmp_path / "model.safetensors")
+    got = tensorize.load_source_weights(tmp_path, None)
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape, name
+        assert torch.equal(
+            got[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
+        ), name
+
+
 @pytest.mark.parametrize("key", [None, bytes(range(32))], ids=["plain", "encrypted"])
 def test_consumed_batches_serialize_to_the_same_tensors(snapshot: Path, tmp_path: Path, key):
     expected = tensorize.load_source_weights(snapshot, "float16")

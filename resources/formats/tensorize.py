@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import threading
 import time
@@ -62,6 +63,63 @@ def _safetensors_files(snapshot: Path) -> list[Path]:
     return files
 
 
+# safetensors dtypes read straight into a tensor's own memory; others through safetensors
+_READ_DIRECTLY = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """Where a tensor's bytes lie in its safetensors file."""
+
+    file: Path
+    offset: int
+    size: int
+    dtype: torch.dtype
+    shape: list[int]
+
+
+def _stored_tensors(file: Path) -> dict[str, _Stored]:
+    """The tensors of a safetensors file (a little-endian u64 header length, the JSON
+    header, the data) whose dtype is read directly."""
+    with open(file, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    return {
+        name: _Stored(file, 8 + length + start, end - start, _READ_DIRECTLY[e["dtype"]], e["shape"])
+        for name, e in header.items()
+        if name != "__metadata__" and e["dtype"] in _READ_DIRECTLY
+        for start, end in [e["data_offsets"]]
+    }
+
+
+def _pread_tensor(stored: _Stored) -> torch.Tensor:
+    """Read into uninitialised memory: safetensors' pread backend zeroes a buffer first,
+    then copies it into the tensor."""
+    out = torch.empty(stored.size, dtype=torch.uint8)
+    view, done = memoryview(out.numpy()), 0
+    fd = os.open(stored.file, os.O_RDONLY)
+    try:
+        while done < stored.size:
+            n = os.preadv(fd, [view[done:]], stored.offset + done)
+            if n == 0:
+                raise TensorizeError(f"{stored.file} ends inside a tensor: truncated")
+            done += n
+    finally:
+        os.close(fd)
+    return out.view(stored.dtype).reshape(stored.shape)
+
+
 class SourceCheckpoint:
     """The snapshot's safetensors files, read one tensor at a time, floating point
     tensors cast to `dtype` (None keeps theirs). Each tensor owns its memory: read with
@@ -72,9 +130,11 @@ class SourceCheckpoint:
 
         self.target = DTYPES[dtype] if dtype else None
         self._files = {}
+        self._stored: dict[str, _Stored] = {}
         for file in _safetensors_files(snapshot):
-            handle = safe_open(file, framework="pt", backend="pread")
+            handle = safe_open(file, framework="pt", backend="pread")  # checks the header
             self._files.update(dict.fromkeys(handle.keys(), handle))
+            self._stored.update(_stored_tensors(file))
 
     def names(self) -> list[str]:
         return list(self._files)
@@ -83,7 +143,8 @@ class SourceCheckpoint:
         handle = self._files.get(name)
         if handle is None:
             return None
-        tensor = handle.get_tensor(name)
+        stored = self._stored.get(name)
+        tensor = _pread_tensor(stored) if stored else handle.get_tensor(name)
         return tensor.to(self.target) if self.target and tensor.is_floating_point() else tensor
 
     def batches(self, batch_bytes: int = BATCH_BYTES) -> Iterator[dict[str, torch.Tensor]]:
