@@ -5,6 +5,7 @@ exactly the artifact the plain path would."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,24 @@ def test_consumed_batches_serialize_to_the_same_tensors(snapshot: Path, tmp_path
     tensorize.serialize(iter(batches), dest, key, consume=True)
     assert all(not b for b in batches)  # given up: emptied once written
     assert_same(tensorize.deserialize(str(dest), key), expected)
+
+
+def test_recycled_batches_reuse_memory_only_once_the_batch_before_is_done(snapshot: Path):
+    """A batch, read one ahead of its consumer, keeps the checkpoint's values while the
+    consumer works on it (the next one being read meanwhile) and until it garbles them
+    as encryption does; memory is reused after that."""
+    expected = tensorize.load_source_weights(snapshot, None)
+    checkpoint = tensorize.SourceCheckpoint(snapshot, None)
+    seen, pointers = [], set()
+    for batch in tensorize._prefetched(checkpoint.batches(20_000, recycle=True)):
+        time.sleep(0.05)  # the next batch is read meanwhile
+        assert_same(batch, {name: expected[name] for name in batch})
+        seen += batch
+        for tensor in batch.values():
+            pointers.add(tensor.untyped_storage().data_ptr())
+            tensor.reshape(-1).view(torch.uint8).fill_(0xFF)  # what encryption leaves
+    assert seen == list(expected)
+    assert len(pointers) < len(expected)
 
 
 def test_a_local_file_is_hashed_part_by_part_as_its_batches_are_written(

@@ -134,7 +134,7 @@ class ArtifactFormat:
             progress("serialize", done, total)
 
         progress("serialize", 0, total)
-        batches = checkpoint.batches(batch)
+        batches = checkpoint.batches(batch, recycle=True)  # serialize consumes them
         # the parts of a local file are those the store would stream it in
         parts = streaming.part_size_for(2 * tensorize.weight_bytes(snapshot))
         return tensorize.serialize(batches, dest, key, True, written, parts)
