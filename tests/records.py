@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from resources.registry.records import VersionRecord, parse_version
+from resources.registry.records import AdapterVersion, VersionRecord, parse_version
+from resources.storage.store import ObjectStore
 
 
 def version_record(repo_id: str, suffix: str, **fields: Any) -> VersionRecord:
@@ -29,7 +30,14 @@ def version_record(repo_id: str, suffix: str, **fields: Any) -> VersionRecord:
     )
 
 
-def recorded_sha256(record: VersionRecord) -> dict[str, str]:
-    """The sha256 each of the record's (whole-file) entries holds: what a round trip of
-    files that match it would prove, for tests that sign a hand-written record."""
-    return {name: entry["sha256"] for name, entry in record.files.items()}
+def recorded_sha256(
+    record: VersionRecord | AdapterVersion, store: ObjectStore | None = None
+) -> dict[str, str]:
+    """Each file's whole-file sha256: what a round trip of files that match the record
+    would prove, for tests that sign a record again. A whole-file entry holds it; a
+    per-part one (a tensors file modelpub serialized) is read back from `store`."""
+    prefix, _ = record.location
+    return {
+        name: entry.get("sha256") or store.sha256(f"{prefix}/{name}")
+        for name, entry in record.files.items()
+    }

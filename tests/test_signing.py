@@ -86,7 +86,7 @@ def test_a_published_version_is_signed_over_its_files_and_record(env, published,
     signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
     stored = Registry(LocalStore(env.settings.store)).stored(LLAMA, "v1")
     assert signed.pop(RECORD_FILE) == hashlib.sha256(stored).hexdigest()
-    assert signed == {name: f["sha256"] for name, f in published.files.items()}
+    assert signed == recorded_sha256(published, LocalStore(env.settings.store))
 
     code, out = verify(capsys)
     assert code == 0 and f"signed by key {published.signing_key}" in out
@@ -169,7 +169,7 @@ def test_a_version_signed_again_by_another_key_is_refused(env, published, capsys
     trust that key."""
     registry, _ = stores(env)
     resigned = sign_record(
-        registry.store, other_key(env.root), published, recorded_sha256(published)
+        registry.store, other_key(env.root), published, recorded_sha256(published, registry.store)
     )
     assert resigned.signing_key != published.signing_key
     path = store_path(env, layout.registry_key(LLAMA, "versions", "v1"))
