@@ -395,55 +395,56 @@ def size_sweep(model: str, snapshot: Path, work: Path, key: bytes, s3: SeaweedS3
     gb = size / 1e9
     label = f"{model} ({gb:.2f} GB)"
     return [
-        Figure(
-            "size sweep",
-            label,
-            "publish step → S3",
-            publish_s / gb,
-            "s/GB",
-            BOTO3_PUT,
-            put_s / gb,
-            higher_is_better=False,
-        ),
-        Figure(
-            "size sweep",
+        per_gb(label, "publish step → S3", publish_s, BOTO3_PUT, put_s, gb),
+        per_gb(
             label,
             "round-trip check ← S3 (one read: digests + iter_deserialized)",
-            check_s / gb,
-            "s/GB",
+            check_s,
             BOTO3_GET,
-            get_s / gb,
-            higher_is_better=False,
+            get_s,
+            gb,
         ),
     ]
+
+
+def per_gb(
+    label: str, name: str, seconds: float, baseline: str, base_s: float, gb: float
+) -> Figure:
+    """A size sweep figure: seconds per GB against the baseline's, lower is better."""
+    return Figure(
+        "size sweep",
+        label,
+        name,
+        seconds / gb,
+        "s/GB",
+        baseline,
+        base_s / gb,
+        higher_is_better=False,
+    )
 
 
 def size_sweep_local(model: str, snapshot: Path, work: Path) -> list[Figure]:
     """One point of the local size sweep: the publish step in a process of its own
     (encrypted, to a local store, fsynced) in s/GB against a raw write + fsync of the same
-    bytes, and its peak RSS against the model's size: both should stay flat in size."""
+    bytes, and its peak RSS against the model's size: both should stay flat in size.
+    Each starts with no dirty pages waiting (the model was just written)."""
     from bench.child import run_child
 
+    os.sync()
     result = run_child("publish_step", {"snapshot": str(snapshot), "root": str(work / "sweep")})
     tensors = work / "sweep" / "store" / "bench" / "v1" / TENSORS_FILE
     data = read_all(tensors)
     size = data.numel()
     shutil.rmtree(work / "sweep")
     raw = work / "sweep-raw.bin"
+    os.sync()
     write_s = timed(lambda: raw_write(data, raw))
     raw.unlink()
     gb = size / 1e9
     label = f"{model} ({gb:.2f} GB)"
     return [
-        Figure(
-            "size sweep",
-            label,
-            "publish step → local disk, encrypted",
-            result["seconds"] / gb,
-            "s/GB",
-            RAW_WRITE,
-            write_s / gb,
-            higher_is_better=False,
+        per_gb(
+            label, "publish step → local disk, encrypted", result["seconds"], RAW_WRITE, write_s, gb
         ),
         Figure(
             "size sweep",
