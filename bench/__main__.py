@@ -93,14 +93,16 @@ def sweep_models() -> list[Figure]:
     figures: list[Figure] = []
     work = Path(tempfile.mkdtemp(prefix="modelpub-bench-sweep-"))
     try:
+        snapshots = []
+        for layers in SWEEP_LAYERS:
+            print(f"size sweep: making a {layers}-layer model", file=sys.stderr, flush=True)
+            snapshots.append(work / f"llama-{layers}l")
+            write_large_model(snapshots[-1], layers)
+        for snapshot in snapshots:  # local first: no S3 server writing its volumes meanwhile
+            figures += log(throughput.size_sweep_local(snapshot.name, snapshot, work))
         with s3_server("bench") as s3:
-            for layers in SWEEP_LAYERS:
-                snapshot = work / f"llama-{layers}l"
-                print(f"size sweep: making a {layers}-layer model", file=sys.stderr, flush=True)
-                write_large_model(snapshot, layers)
+            for snapshot in snapshots:
                 figures += log(throughput.size_sweep(snapshot.name, snapshot, work, key, s3))
-                figures += log(throughput.size_sweep_local(snapshot.name, snapshot, work))
-                shutil.rmtree(snapshot)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return figures
