@@ -129,7 +129,7 @@ def serialized_asset(
         inputs = SerializeInputs(context, config.force, catalog.load(), hub, registry)
         request, snapshot = build(inputs)
         return tensorize_step(
-            context, request, lambda: snapshot, registry, object_store, key_store, tensorizer
+            context, request, snapshot, registry, object_store, key_store, tensorizer
         )
 
     return serialized

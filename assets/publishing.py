@@ -75,7 +75,7 @@ def snapshot_metadata(repo_id: str, ref: str, sha: str, path: Path) -> dict:
 def tensorize_step(
     context: AssetExecutionContext,
     request: StageRequest,
-    snapshot: Callable[[], Path],
+    snapshot: Path,
     registry: RegistryResource,
     object_store: ObjectStoreResource,
     key_store: KeyStoreResource,

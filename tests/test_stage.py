@@ -53,7 +53,7 @@ def staged_in(registry, keys, tmp_path, mirror_template, request=REQUEST, run_=N
         keys,
         request,
         run_ or run("run-1"),
-        lambda: snapshot,
+        snapshot,
         tmp_path / "staging",
     )
 

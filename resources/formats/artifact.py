@@ -19,7 +19,7 @@ from typing import BinaryIO, TypedDict
 from resources.formats import tensorize
 from resources.formats.checked_read import CheckedRead
 from resources.formats.format import ArtifactFormat, Progress, artifact_format, no_progress
-from resources.formats.streaming import StreamedFile, part_size_for
+from resources.formats.streaming import StreamedFile
 from resources.layout import TENSORS_FILE
 from resources.storage import digests
 from resources.storage.digests import FileDigests
@@ -72,7 +72,7 @@ def write_artifact(
     key_ = f"{prefix}/{tensors_file}"
     sink = store.part_sink(key_) if form.streams else None
     if sink is not None:
-        target = StreamedFile(sink, key_, staging, _part_size(snapshot))
+        target = StreamedFile(sink, key_, staging, tensorize.part_size(snapshot))
         return _write_streamed(store, prefix, snapshot, form, dtype, key, target, progress)
     with store.staging_dir(key_, staging) as where:
         written = form.write_tensors(
@@ -87,11 +87,6 @@ def write_artifact(
             for path in written.paths:
                 path.unlink(missing_ok=True)
     return out
-
-
-def _part_size(snapshot: Path) -> int:
-    """Parts for a tensors file up to twice the checkpoint (an fp16 source cast to fp32)."""
-    return part_size_for(2 * tensorize.weight_bytes(snapshot))
 
 
 def _write_streamed(

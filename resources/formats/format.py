@@ -136,7 +136,7 @@ class ArtifactFormat:
         progress("serialize", 0, total)
         batches = checkpoint.batches(batch, recycle=True)  # serialize consumes them
         # the parts of a local file are those the store would stream it in
-        parts = streaming.part_size_for(2 * tensorize.weight_bytes(snapshot))
+        parts = tensorize.part_size(snapshot)
         return tensorize.serialize(batches, dest, key, True, written, parts)
 
     def serve_note(self, tensor_parallel_size: int) -> str | None:

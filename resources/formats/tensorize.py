@@ -22,7 +22,7 @@ from typing import BinaryIO, TypedDict
 import torch
 
 from resources.errors import ModelpubError
-from resources.formats.streaming import END_MARKER, PART_SIZE, StreamedFile
+from resources.formats.streaming import END_MARKER, PART_SIZE, StreamedFile, part_size_for
 from resources.storage import digests
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
@@ -41,6 +41,12 @@ def is_weight_file(name: str) -> bool:
 def weight_bytes(snapshot: Path) -> int:
     """The size of the snapshot's safetensors weights, the only ones published."""
     return sum(p.stat().st_size for p in snapshot.glob("*.safetensors"))
+
+
+def part_size(snapshot: Path) -> int:
+    """The part size of the snapshot's tensors file, streamed or hashed locally: parts for
+    a file up to twice the checkpoint (an fp16 source cast to fp32)."""
+    return part_size_for(2 * weight_bytes(snapshot))
 
 
 def config_files(snapshot: Path) -> list[Path]:
@@ -508,14 +514,14 @@ def describe_weights(tensors: dict[str, torch.Tensor], prefix: str = "") -> list
     """One row per tensor that has no source counterpart (the vLLM-tensorized format): it was
     read back with its hash verified, which is all `equal` can claim for it."""
     return [
-        {
-            "name": f"{prefix}{name}",
-            "source_dtype": None,
-            "published_dtype": str(t.dtype).removeprefix("torch."),
-            "shape": list(t.shape),
-            "numel": t.numel(),
-            "equal": True,
-        }
+        TensorRow(
+            name=f"{prefix}{name}",
+            source_dtype=None,
+            published_dtype=str(t.dtype).removeprefix("torch."),
+            shape=list(t.shape),
+            numel=t.numel(),
+            equal=True,
+        )
         for name, t in sorted(tensors.items())
     ]
 

@@ -77,11 +77,11 @@ def stage(
     keys: KeyStore,
     request: StageRequest,
     run: StagingRun,
-    snapshot: Callable[[], Path],
+    snapshot: Path,
     staging: Path,
     progress: Progress = no_progress,
 ) -> StageOutcome:
-    """Serialize `snapshot()` under a newly reserved suffix, or reuse the version already
+    """Serialize `snapshot` under a newly reserved suffix, or reuse the version already
     published (or being published by an earlier run) from the same build."""
     existing = (
         None
@@ -103,7 +103,6 @@ def stage(
         earlier = wait_for_earlier_build(registry, request, suffix, run)
         if earlier is not None:
             return _reused(run, earlier)
-    source = snapshot()
     key_id = request.key_id(suffix)
     key = keys.create(key_id) if key_id else None
     where = request.prefix(suffix)
@@ -114,7 +113,7 @@ def stage(
     written = write_artifact(
         store,
         where,
-        source,
+        snapshot,
         request.cast,
         key,
         staging,
