@@ -202,7 +202,8 @@ def publish_model_job():
 
 def dagster_multiprocess_run(spec: dict) -> dict:
     """The job the way the daemon's run worker runs it: the multiprocess executor, every
-    step in a process of its own (imports and resources paid per step)."""
+    step in a process of its own, forked from a server that imports the project once per
+    run (inside the clock: the daemon pays it for every run)."""
     from dagster import DagsterInstance, execute_job, reconstructable
 
     from resources.catalog import partition_key

@@ -75,7 +75,8 @@ def memory(model: str, snapshot: Path, work: Path, model_bytes: int) -> list[Fig
 
 
 def median_run(runs: list[dict]) -> dict:
-    """The run of median length (the lower middle one of an even count)."""
+    """The run of median length; of an even count the lower middle one (of two, the
+    faster: the spread noted beside it says how far apart they were)."""
     return sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
 
 
@@ -112,7 +113,7 @@ def publish_runs(
 ) -> list[Figure]:
     """Plain and Dagster publishes, `repeat` of each, in the order plain, Dagster, Dagster,
     plain, ... so that neither always runs first (on a cold page cache, a cooler CPU). The
-    Dagster figure compares the medians and notes every run, so its spread shows whether
+    Dagster figure compares the (lower) medians and notes every run, so its spread shows whether
     a difference is more than noise (the round trip's vLLM engines dominate both and vary
     the most). The multiprocess run, which has no target, runs once where `multiprocess`."""
     runs: dict[str, list[dict]] = {"plain_run": [], "dagster_run": []}
@@ -196,7 +197,7 @@ def publish_runs(
             plain["seconds"],
             higher_is_better=False,
             target=1.10,
-            note=f"medians of {repeat} runs each: {spread(plains, dagsters)}; plain steps: "
+            note=f"lower medians of {repeat} runs each: {spread(plains, dagsters)}; plain steps: "
             f"{steps}; Dagster steps (start to success events): {dagster_steps}; importing "
             f"Dagster and the definitions took {dagster['import_s']:.1f} s more (once per "
             "process, not counted)",

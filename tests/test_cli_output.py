@@ -10,6 +10,8 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 from dagster_project import cli
 from resources.registry.records import parse_version
 from resources.registry.registry import Registry
@@ -67,4 +69,7 @@ def test_the_cli_prints_what_it_printed_for_todays_records(env, capsys, monkeypa
     ]
     if os.environ.get("MODELPUB_UPDATE_SNAPSHOTS"):
         SNAPSHOT.write_text(json.dumps(seen, indent=2, sort_keys=True) + "\n")
+        pytest.fail(
+            "snapshot rewritten: review its diff, then rerun without MODELPUB_UPDATE_SNAPSHOTS"
+        )
     assert seen == json.loads(SNAPSHOT.read_text())

@@ -75,6 +75,7 @@ def test_daemon_publishes_a_new_commit_as_a_new_suffix_exactly_once(env, tmp_pat
                 "a tick after the publish",
                 daemon,
             )
+            assert all(t.status != TickStatus.FAILURE for t in sensor_ticks(instance))
         finally:
             stop(daemon)
 

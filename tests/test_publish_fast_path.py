@@ -5,7 +5,6 @@ exactly the artifact the plain path would."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -87,18 +86,20 @@ def test_consumed_batches_serialize_to_the_same_tensors(snapshot: Path, tmp_path
 
 
 def test_recycled_batches_reuse_memory_only_once_the_batch_before_is_done(snapshot: Path):
-    """A batch, read one ahead of its consumer, keeps the checkpoint's values while the
-    consumer works on it (the next one being read meanwhile) and until it garbles them
-    as encryption does; memory is reused after that."""
+    """A batch, read one ahead of its consumer, never shares memory with the batch before
+    it (the one being written meanwhile), keeps the checkpoint's values until the consumer
+    garbles them as encryption does, and memory is reused after that."""
     expected = tensorize.load_source_weights(snapshot, None)
     checkpoint = tensorize.SourceCheckpoint(snapshot, None)
-    seen, pointers = [], set()
+    seen, pointers, before = [], set(), set()
     for batch in tensorize._prefetched(checkpoint.batches(20_000, recycle=True)):
-        time.sleep(0.05)  # the next batch is read meanwhile
         assert_same(batch, {name: expected[name] for name in batch})
         seen += batch
+        these = {tensor.untyped_storage().data_ptr() for tensor in batch.values()}
+        assert not these & before  # the batch before may still be in use
+        pointers |= these
+        before = these
         for tensor in batch.values():
-            pointers.add(tensor.untyped_storage().data_ptr())
             tensor.reshape(-1).view(torch.uint8).fill_(0xFF)  # what encryption leaves
     assert seen == list(expected)
     assert len(pointers) < len(expected)

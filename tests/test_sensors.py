@@ -19,6 +19,7 @@ from assets.state import BASE_TAG, SHA_TAG
 from dagster_project.definitions import build_definitions
 from dagster_project.demo import commit_tiny_model, git
 from resources.registry.registry import Registry
+from resources.sources import watch
 from resources.storage import open_store
 from tests.conftest import LLAMA, OPT, catalog_yaml, execute_request
 from tests.fake_hub import FakeHub
@@ -145,7 +146,17 @@ def hub_catalog(env, hub: FakeHub, repos: list[str], **watch) -> None:
     )
 
 
-def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(env, instance):
+def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(
+    env, instance, monkeypatch
+):
+    pools: list[int] = []
+
+    class CountedPool(watch.ThreadPoolExecutor):
+        def __init__(self, max_workers: int, **kwargs):
+            pools.append(max_workers)
+            super().__init__(max_workers, **kwargs)
+
+    monkeypatch.setattr(watch, "ThreadPoolExecutor", CountedPool)
     repos = [f"big-org/model-{i:03d}" for i in range(200)]
     sha = head(env, LLAMA)
     with FakeHub(env.root / "hub") as hub:
@@ -166,6 +177,7 @@ def test_200_entries_on_a_slow_hub_are_polled_in_chunks_within_the_tick_budget(e
         assert seen == {r.replace("/", "__"): sha for r in repos}
         assert sorted(Counter(hub.requests).values()) == [1] * 200
         assert hub.most_in_flight >= 8  # a barrier of 8: one by one, the budget ran out
+        assert set(pools) == {8}  # and no more than the sensor's 8 workers at a time
 
         # The next round starts again at the first chunk: only the entry that moved runs.
         moved = hub.root / repos[3]
