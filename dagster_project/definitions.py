@@ -41,9 +41,14 @@ def executor_def(name: str) -> ExecutorDefinition:
 
         return k8s_job_executor
     if name == "multiprocess":
+        # the start method fixed, every other field (max_concurrent, retries, ...) still
+        # the run's to set, as on Dagster's own executor
+        fields = multiprocess_executor.config_schema.config_type.fields
+        forkserver = {"forkserver": {"preload_modules": STEP_PRELOAD}}
         return multiprocess_executor.configured(
-            {"start_method": {"forkserver": {"preload_modules": STEP_PRELOAD}}},
+            lambda config: {**config, "start_method": forkserver},
             name="multiprocess_executor",
+            config_schema={k: v for k, v in fields.items() if k != "start_method"},
         )
     raise ModelpubError(f"MODELPUB_EXECUTOR={name!r}: use 'multiprocess' or 'k8s'")
 

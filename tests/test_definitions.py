@@ -55,3 +55,18 @@ def test_cli_errors_are_one_clear_line(env, capsys):
     assert err.startswith("modelpub: no catalog entry with key 'nobody__nothing' (known: ")
     assert main(["resolve", "test-org/tiny-llama@stable"]) == 1
     assert "no alias 'stable'" in capsys.readouterr().err
+
+
+def test_a_runs_executor_settings_apply_beside_the_fork_server(env):
+    """The project fixes the multiprocess executor's start method only: what a run sets
+    in the launchpad (max_concurrent, retries) still reaches the executor."""
+    from dagster import validate_run_config
+
+    from dagster_project.definitions import build_definitions
+
+    job = build_definitions(env.settings).resolve_job_def("publish_model")
+    asked = {"max_concurrent": 2, "retries": {"disabled": {}}}
+    resolved = validate_run_config(job, {"execution": {"config": asked}})["execution"]
+    config = resolved["multiprocess_executor"]
+    assert {k: config[k] for k in asked} == asked
+    assert "forkserver" in config["start_method"]
