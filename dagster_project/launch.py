@@ -14,7 +14,7 @@ from typing import Any
 from dagster import RunRequest
 
 from assets.gpu import GpuPlacement
-from assets.publish_jobs import ADAPTER_JOB, MODEL_JOB, PUBLISH_JOBS
+from assets.publish_jobs import ADAPTER_JOB, MODEL_JOB, PublishJob
 from assets.state import (
     ALIASES_TAG,
     BASE_TAG,
@@ -46,14 +46,14 @@ class Launch:
 
 
 def _publish(
-    job_name: str, key: str, model: ModelEntry, gpu: GpuPlacement, force: bool, tags: dict[str, str]
+    job: PublishJob, key: str, model: ModelEntry, gpu: GpuPlacement, force: bool, tags: dict
 ) -> Launch:
     return Launch(
-        job_name=job_name,
+        job_name=job.name,
         partition_key=key,
         tags=tags,
         run_config={
-            "ops": {PUBLISH_JOBS[job_name].serialize: {"config": {"force": force}}},
+            "ops": {job.serialize: {"config": {"force": force}}},
             **gpu.run_config(model),
         },
     )
@@ -74,7 +74,7 @@ def publish_model(
         tags[ALIASES_TAG] = ",".join(aliases)
     if rotated_from:
         tags[ROTATED_FROM_TAG] = rotated_from
-    return _publish(MODEL_JOB.name, entry.key, entry, gpu, force, tags)
+    return _publish(MODEL_JOB, entry.key, entry, gpu, force, tags)
 
 
 def publish_adapter(
@@ -90,7 +90,7 @@ def publish_adapter(
     tags = {SHA_TAG: sha} if sha else {}
     if base_suffix:
         tags[BASE_TAG] = base_suffix
-    return _publish(ADAPTER_JOB.name, target.key, target.base, gpu, force, tags)
+    return _publish(ADAPTER_JOB, target.key, target.base, gpu, force, tags)
 
 
 def reverify_model(entry: ModelEntry, suffix: str, sha: str, gpu: GpuPlacement) -> Launch:

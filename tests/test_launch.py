@@ -57,7 +57,7 @@ def test_sensor_and_cli_launch_a_tensor_parallel_entry_alike(k8s_env, instance, 
 
     launched = []
     monkeypatch.setattr(
-        runner, "_run_publish", lambda settings, parts, run, verbose: launched.append(run)
+        runner, "_run_publish", lambda settings, run, verbose: launched.append(run)
     )
     runner.publish(k8s_env.settings, LLAMA)
     [by_hand] = launched

@@ -42,8 +42,9 @@ def _gc(settings: Settings, args) -> int:
     from resources.registry import gc
 
     registry, encryption_keys = open_stores(settings)
-    runs = partial(run_state, instance(settings))
-    found = gc.find_orphans(registry, encryption_keys, runs, timedelta(hours=args.older_than))
+    with instance(settings) as dagster:
+        runs = partial(run_state, dagster)
+        found = gc.find_orphans(registry, encryption_keys, runs, timedelta(hours=args.older_than))
     statuses = []
     for orphan in found.orphans:
         status = "orphaned"

@@ -54,7 +54,7 @@ def publish(
 
     entry = load_catalog(settings.catalog).entry(partition_key(key))
     run = launch.publish_model(entry, GpuPlacement.of(settings), force=force)
-    return _run_publish(settings, "models", run, verbose)
+    return _run_publish(settings, run, verbose)
 
 
 def publish_adapter(
@@ -65,10 +65,10 @@ def publish_adapter(
 
     adapter = load_catalog(settings.catalog).adapter(name)
     run = launch.publish_adapter(adapter, GpuPlacement.of(settings), force=force)
-    return _run_publish(settings, "adapters", run, verbose)
+    return _run_publish(settings, run, verbose)
 
 
-def _run_publish(settings: Settings, partitions: str, run: Launch, verbose: bool) -> VersionRecord:
+def _run_publish(settings: Settings, run: Launch, verbose: bool) -> VersionRecord:
     """Run a publish job in-process for one partition; returns the published record."""
     from dagster_project.definitions import build_definitions
     from dagster_project.progress import StepLines, step_lines_logger
@@ -81,30 +81,31 @@ def _run_publish(settings: Settings, partitions: str, run: Launch, verbose: bool
             "launcher with the same run config"
         )
 
+    publish_job = PUBLISH_JOBS[run.job_name]
     defs = build_definitions(settings)
-    dagster = instance(settings)
-    ensure_partition(dagster, partitions, run.partition_key)
-    job = defs.resolve_job_def(run.job_name)
-    lines = StepLines(sys.stderr, live=sys.stderr.isatty())
-    loggers = {**(job.loggers if verbose else {}), "modelpub_steps": step_lines_logger(lines)}
-    # Dagster starts the loggers the run config names, and its console one if none;
-    # verbose: the console one at DEBUG, as Dagster's own default is.
-    logger_config = {name: {"config": {"log_level": "DEBUG"}} for name in job.loggers}
-    run_config = {
-        **run.run_config,
-        "loggers": {"modelpub_steps": {}, **(logger_config if verbose else {})},
-    }
-    try:
-        result = job.with_logger_defs(loggers).execute_in_process(
-            instance=dagster,
-            partition_key=run.partition_key,
-            tags=run.tags,
-            run_config=run_config,
-            raise_on_error=False,
-        )
-    finally:
-        lines.close()
-    key, publish_op = run.partition_key, PUBLISH_JOBS[run.job_name].publish
+    with instance(settings) as dagster:
+        ensure_partition(dagster, publish_job.partitions, run.partition_key)
+        job = defs.resolve_job_def(run.job_name)
+        lines = StepLines(sys.stderr, live=sys.stderr.isatty())
+        loggers = {**(job.loggers if verbose else {}), "modelpub_steps": step_lines_logger(lines)}
+        # Dagster starts the loggers the run config names, and its console one if none;
+        # verbose: the console one at DEBUG, as Dagster's own default is.
+        logger_config = {name: {"config": {"log_level": "DEBUG"}} for name in job.loggers}
+        run_config = {
+            **run.run_config,
+            "loggers": {"modelpub_steps": {}, **(logger_config if verbose else {})},
+        }
+        try:
+            result = job.with_logger_defs(loggers).execute_in_process(
+                instance=dagster,
+                partition_key=run.partition_key,
+                tags=run.tags,
+                run_config=run_config,
+                raise_on_error=False,
+            )
+        finally:
+            lines.close()
+    key, publish_op = run.partition_key, publish_job.publish
     failed_checks = [
         f"{e.check_name}: {e.description or 'see the check metadata in the Dagster UI'}"
         for e in result.get_asset_check_evaluations()
