@@ -305,15 +305,23 @@ class Catalog(_Strict):
 
     def is_adapter(self, name: str) -> bool:
         """Whether `name` (a partition key or repo id) names an adapter, not a model entry."""
-        return partition_key(name) not in self.keys and any(
-            name in (t.key, t.adapter.repo_id) for t in self.adapters
+        return partition_key(name) not in self.keys and self._find_adapter(name) is not None
+
+    def _find_adapter(self, name: str) -> AdapterTarget | None:
+        return next(
+            (
+                t
+                for t in self.adapters
+                if name in (t.key, t.adapter.repo_id, partition_key(t.adapter.repo_id))
+            ),
+            None,
         )
 
     def adapter(self, name: str) -> AdapterTarget:
         """The adapter with partition key, adapter repo id or adapter key `name`."""
-        for target in self.adapters:
-            if name in (target.key, target.adapter.repo_id, partition_key(target.adapter.repo_id)):
-                return target
+        target = self._find_adapter(name)
+        if target is not None:
+            return target
         known = ", ".join(t.key for t in self.adapters) or "none"
         raise CatalogError(f"no catalog adapter {name!r} (known: {known})")
 

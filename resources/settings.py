@@ -17,7 +17,7 @@ from resources.errors import ModelpubError
 
 ARTIFACT_S3 = "MODELPUB_S3"
 KEYS_S3 = "MODELPUB_KEYS_S3"
-# S3Resource field -> environment variable suffix
+# boto3 Session/client argument -> environment variable suffix
 S3_FIELDS = {
     "endpoint_url": "ENDPOINT_URL",
     "region_name": "REGION",
@@ -45,7 +45,7 @@ class EnvValue:
 
 @dataclass(frozen=True)
 class S3Env:
-    """One store's S3 settings: S3Resource field -> the variable that set it. A field not
+    """One store's S3 settings: boto3 argument -> the variable that set it. A field not
     here is left to boto3's own chain (`AWS_*` variables, `~/.aws`, instance roles)."""
 
     fields: Mapping[str, EnvValue] = field(default_factory=dict)

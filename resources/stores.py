@@ -1,4 +1,4 @@
-"""The artifact store, registry and key store that `Settings` name, opened here only."""
+"""The artifact store, registry and key store that `Settings` name, opened from them."""
 
 from __future__ import annotations
 

@@ -65,6 +65,13 @@ models:
 """
 
 
+def test_an_adapter_is_told_from_a_model_by_every_name_it_is_looked_up_by():
+    catalog = parse_catalog(CATALOG + "      - {repo_id: org/lora}\n")
+    for name in ("org/lora", "org__lora", "org__base--org__lora"):
+        assert catalog.is_adapter(name) and catalog.adapter(name).adapter.repo_id == "org/lora"
+    assert not catalog.is_adapter("org/base") and not catalog.is_adapter("org__base")
+
+
 def test_adapter_entries_default_to_their_base():
     catalog = parse_catalog(
         CATALOG + "      - {repo_id: org/lora}\n"

@@ -56,9 +56,7 @@ def test_sensor_and_cli_launch_a_tensor_parallel_entry_alike(k8s_env, instance, 
     assert validate_run_config(job, request.run_config)
 
     launched = []
-    monkeypatch.setattr(
-        runner, "_run_publish", lambda settings, run, verbose: launched.append(run)
-    )
+    monkeypatch.setattr(runner, "_run_publish", lambda settings, run, verbose: launched.append(run))
     runner.publish(k8s_env.settings, LLAMA)
     [by_hand] = launched
     assert (by_hand.job_name, by_hand.partition_key) == (request.job_name, request.partition_key)

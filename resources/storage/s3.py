@@ -124,7 +124,7 @@ class S3Store(ObjectStore):
             )
         if not isinstance(exc, ClientError):
             return StoreError(f"{action} {uri} at {where} failed: {exc}")
-        code = exc.response.get("Error", {}).get("Code", "")
+        code = _code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in ABSENT:
             return NotFound(f"{uri} does not exist")
@@ -221,7 +221,7 @@ class S3Store(ObjectStore):
                 )
                 return True
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
+                code = _code(exc)
                 if code == "PreconditionFailed" or code in ABSENT:  # ABSENT: If-Match, gone
                     return False
                 if code != "ConditionalRequestConflict":
@@ -318,11 +318,7 @@ class _Multipart:
                 break
             except (BotoCoreError, ClientError) as exc:
                 error = self.store._describe_failure("upload a part of", self.key, exc)
-                code = (
-                    exc.response.get("Error", {}).get("Code")
-                    if isinstance(exc, ClientError)
-                    else None
-                )
+                code = _code(exc) if isinstance(exc, ClientError) else None
                 if attempt + 1 == PART_ATTEMPTS or not (error.transient or code == "BadDigest"):
                     raise error from exc
                 time.sleep(0.5 * 2**attempt)
