@@ -41,6 +41,12 @@ CRON_FIELDS = (
 )
 CRON_SHORTHANDS = {"@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually"}
 CRON_ITEM = re.compile(r"^(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?$")
+# croniter's extensions, which Dagster's schedules take: `?` for any day, `L` for the last
+# day of the month, `1#2` (or `mon#2`) for its second Monday
+CRON_DAY_ITEMS = {
+    2: re.compile(r"^(\?|l)$"),
+    4: re.compile(r"^(\?|([0-7]|sun|mon|tue|wed|thu|fri|sat)#[1-5])$"),
+}
 
 
 def is_cron(value: str) -> bool:
@@ -51,9 +57,12 @@ def is_cron(value: str) -> bool:
     if len(fields) != 5:
         return False
     days: set[int] = set()
-    for text, (low, high, names) in zip(fields, CRON_FIELDS, strict=True):
+    for field, (text, (low, high, names)) in enumerate(zip(fields, CRON_FIELDS, strict=True)):
         values: set[int] = set()
         for item in text.split(","):
+            special = CRON_DAY_ITEMS.get(field)
+            if special is not None and special.match(item):
+                continue
             match = CRON_ITEM.match(item)
             if not match or match.group(4) == "0":
                 return False
@@ -65,8 +74,8 @@ def is_cron(value: str) -> bool:
             values.update(*(wrapped if start > end else [range(start, end + 1)]))
         if high == 31:
             days = values
-        if high == 12 and values == {2} and min(days) >= 30:
-            return False  # only the 30th or 31st of February: never fires
+        if high == 12 and values == {2} and len(days) == 1 and days <= {30, 31}:
+            return False  # only the 30th or only the 31st of February: never fires
     return True
 
 

@@ -147,6 +147,15 @@ def dagster_takes(cron: str) -> bool:
         "0 0 30 2 *",
         "0 0 31 feb *",
         "x 0 * * *",
+        "0 0 L * *",
+        "0 0 * * 1#2",
+        "0 0 ? * *",
+        "0 0 30,31 2 *",
+        "0 0 * * 5L",
+        "0 0 L 2 ?",
+        "0 0 * * mon#2",
+        "0 0 * * L",
+        "0 0 ? ? ?",
     ],
 )
 def test_the_catalogs_cron_check_agrees_with_dagsters_schedules(cron):
