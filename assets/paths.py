@@ -22,7 +22,6 @@ from assets.dagster_resources import (
     CatalogResource,
     HubResource,
     KeyStoreResource,
-    ObjectStoreResource,
     RegistryResource,
     TensorizerResource,
 )
@@ -121,16 +120,13 @@ def serialized_asset(
         config: PublishConfig,
         catalog: CatalogResource,
         hub: HubResource,
-        object_store: ObjectStoreResource,
         key_store: KeyStoreResource,
         registry: RegistryResource,
         tensorizer: TensorizerResource,
     ) -> MaterializeResult:
         inputs = SerializeInputs(context, config.force, catalog.load(), hub, registry)
         request, snapshot = build(inputs)
-        return tensorize_step(
-            context, request, snapshot, registry, object_store, key_store, tensorizer
-        )
+        return tensorize_step(context, request, snapshot, registry, key_store, tensorizer)
 
     return serialized
 
@@ -160,7 +156,6 @@ def published_asset(
     def published(
         context: AssetExecutionContext,
         catalog: CatalogResource,
-        object_store: ObjectStoreResource,
         registry: RegistryResource,
         key_store: KeyStoreResource,
     ) -> MaterializeResult:
@@ -170,7 +165,6 @@ def published_asset(
             staged=staged_artifact(context, staged_name),
             asset=staged_name,
             registry=registry,
-            object_store=object_store,
             key_store=key_store,
             serve=serve,
         )

@@ -16,7 +16,6 @@ from pydantic import Field
 
 from assets.dagster_resources import (
     KeyStoreResource,
-    ObjectStoreResource,
     RegistryResource,
     TensorizerResource,
 )
@@ -77,13 +76,13 @@ def tensorize_step(
     request: StageRequest,
     snapshot: Path,
     registry: RegistryResource,
-    object_store: ObjectStoreResource,
     key_store: KeyStoreResource,
     tensorizer: TensorizerResource,
 ) -> MaterializeResult:
     """Stage `request` in this run (resources/registry/stage.py: reuse the build's version, or
     reserve a suffix and write the artifact) and record what was staged."""
-    store = object_store.open()
+    reg = registry.open()
+    store = reg.store
     run = StagingRun(
         run_id=context.run.run_id,
         lineage=run_lineage(context),
@@ -92,8 +91,7 @@ def tensorize_step(
         log=context.log.info,
     )
     staged = stage(
-        registry.open(),
-        store,
+        reg,
         key_store.open(),
         request,
         run,
@@ -136,7 +134,6 @@ def publish_step(
     staged: StagedArtifact,
     asset: str,
     registry: RegistryResource,
-    object_store: ObjectStoreResource,
     key_store: KeyStoreResource,
     serve: Serve,
 ) -> MaterializeResult:
@@ -147,7 +144,7 @@ def publish_step(
     as it checked them; a reused version is only re-verified, its record stays as it was.
     """
     reg = registry.open()
-    store = object_store.open()
+    store = reg.store
     repo_id, suffix = staged.repo_id, staged.suffix
     plan = PublishPlan(
         run_id=context.run.run_id,

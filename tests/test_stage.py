@@ -49,7 +49,6 @@ def staged_in(registry, keys, tmp_path, mirror_template, request=REQUEST, run_=N
     snapshot = mirror_template / LLAMA
     return stage(
         registry,
-        registry.store,
         keys,
         request,
         run_ or run("run-1"),

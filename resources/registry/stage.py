@@ -28,7 +28,6 @@ from resources.registry.records import (
 )
 from resources.registry.registry import Registry
 from resources.storage.keys import KeyStore
-from resources.storage.store import ObjectStore
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,6 @@ class StageOutcome:
 
 def stage(
     registry: Registry,
-    store: ObjectStore,
     keys: KeyStore,
     request: StageRequest,
     run: StagingRun,
@@ -108,10 +106,10 @@ def stage(
     where = request.prefix(suffix)
     run.log(
         f"serializing {request.repo_id}@{request.sha[:12]} ({request.settings.format} format) "
-        f"to {store.uri(where)}"
+        f"to {registry.store.uri(where)}"
     )
     written = write_artifact(
-        store,
+        registry.store,
         where,
         snapshot,
         request.cast,
