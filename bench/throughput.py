@@ -23,11 +23,12 @@ from bench import stages
 from bench.figures import Figure, throughput, timed
 from resources.formats import tensorize
 from resources.formats.artifact import check_files, write_artifact
+from resources.formats.checked_read import CheckedRead
 from resources.formats.streaming import part_size_for
 from resources.layout import TENSORS_FILE
 from resources.storage import digests
 from resources.storage.s3 import S3Store
-from resources.storage.store import LocalStore
+from resources.storage.store import LocalStore, ObjectStore
 from tests.s3_server import IDENTITIES, SeaweedS3
 
 RAW_WRITE = "raw write + fsync"
@@ -37,11 +38,14 @@ BOTO3_GET = "boto3 get_object"
 SERIALIZE = "pipeline serialize + encrypt (streamed batches)"
 PUBLISH = "publish step: write_artifact, encrypted"
 PUBLISH_S3 = "publish step: write_artifact → S3, encrypted, streamed"
-DESERIALIZE = "deserialize: decrypt + verify_hash (pipeline)"
-# What the blocking tensor check reads with: one tensor at a time, one reader.
-ITERATE = "iter_deserialized: decrypt + verify_hash, streamed (the tensor check's read)"
+# What vLLM's modelpub loader reads with: the store's bytes, each part checked against the
+# record before tensorizer decrypts it, one tensor at a time.
+DESERIALIZE = "serve load: parts checked, then decrypted (the modelpub loader)"
+# tensorizer's own streamed read, straight from the store: no record digest checked.
+ITERATE = "iter_deserialized: decrypt + tensorizer's verify_hash, no record check"
 # The tensor check as the round trip and `modelpub verify` run it: one read of the object,
-# hashed for its record digest and signature while tensorizer decrypts and verifies it.
+# each part checked against the record, then decrypted, the whole file's sha256 (what the
+# signature names) computed on the way.
 CHECK = "tensor check: one read, digests + iter_deserialized (check_files)"
 COLD = " (cold: file evicted from the page cache)"
 DTYPE = "float16"
@@ -252,7 +256,8 @@ def load_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: int) 
     plain, encrypted, pt = work / "plain.tensors", work / "enc.tensors", work / "weights.pt"
     torch.save(weights, pt)
     tensorize.serialize(weights, plain, None)
-    tensorize.serialize(tensorize.load_source_weights(snapshot, DTYPE), encrypted, key)
+    again = tensorize.load_source_weights(snapshot, DTYPE)
+    entry = tensorize.serialize(again, encrypted, key).entry
     del weights
 
     def tensorizer_load(verify: bool) -> Callable[[], None]:
@@ -265,16 +270,20 @@ def load_local(model: str, snapshot: Path, work: Path, key: bytes, repeat: int) 
 
     files = sorted(snapshot.glob("*.safetensors"))
     read_encrypted = partial(read_all, encrypted)
-    source = (str(encrypted), key)
-    deserialize = partial(tensorize.deserialize, *source)
-    loaded = best_usage(repeat, deserialize)
-    loaded_cold = best_usage(repeat, deserialize, lambda: evict(encrypted))
+
+    def serve_load() -> None:
+        stream = CheckedRead(digests.file_chunks(encrypted), entry, whole=False)
+        sum(1 for _ in tensorize.iter_deserialized(stream, key))
+        assert stream.finish().matches(entry)
+
+    loaded = best_usage(repeat, serve_load)
+    loaded_cold = best_usage(repeat, serve_load, lambda: evict(encrypted))
     warm = {
         RAW_READ: best(repeat, read_encrypted),
         "tensorizer load": best(1, tensorizer_load(False)),
         "tensorizer load + verify_hash": best(1, tensorizer_load(True)),
         DESERIALIZE: loaded.wall,
-        ITERATE: best(1, lambda: sum(1 for _ in tensorize.iter_deserialized(*source))),
+        ITERATE: best(1, lambda: sum(1 for _ in tensorize.iter_deserialized(str(encrypted), key))),
         "safetensors load_file": best(1, lambda: [load_file(f, backend="pread") for f in files]),
         "torch.load": best(1, lambda: torch.load(pt, weights_only=True)),
     }
@@ -323,15 +332,16 @@ def load_s3(model: str, key: bytes, s3: SeaweedS3, work: Path) -> list[Figure]:
         ITERATE: timed(lambda: sum(1 for _ in tensorize.iter_deserialized(*source))),
         CHECK: check.wall,
     }
-    local = work / "check.tensors"
+    local = work / "check" / "pub" / TENSORS_FILE
+    local.parent.mkdir(parents=True, exist_ok=True)
     store.get_file(f"pub/{TENSORS_FILE}", local)
-    alone = stages.measure(lambda: sum(1 for _ in tensorize.iter_deserialized(str(local), key)))
-    local.unlink()
+    alone = stages.measure(lambda: tensor_check(LocalStore(work / "check"), "pub", files, key))
+    shutil.rmtree(work / "check")
     gb = size / 1e9
     verify_alone = Figure(
         "breakdown",
         model,
-        "tensor check alone: decrypt + verify sha256, from the page cache",
+        "tensor check alone: digests + decrypt, from the page cache",
         alone.cpu / gb,
         "CPU s/GB",
         f"{CHECK} ← S3: CPU of this process + the server",
@@ -357,9 +367,9 @@ def load_s3(model: str, key: bytes, s3: SeaweedS3, work: Path) -> list[Figure]:
     ]
 
 
-def tensor_check(store: S3Store, prefix: str, files: dict[str, dict], key: bytes) -> None:
+def tensor_check(store: ObjectStore, prefix: str, files: dict[str, dict], key: bytes) -> None:
     """The round trip's and `modelpub verify`'s read of the tensors: each file read once,
-    its digests computed as tensorizer decrypts and verifies it."""
+    each part checked against the record before tensorizer decrypts it."""
 
     def read(stream) -> None:
         sum(1 for _ in tensorize.iter_deserialized(stream, key))

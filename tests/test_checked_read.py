@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from resources.formats import tensorize
-from resources.formats.checked_read import CheckedRead
+from resources.formats.checked_read import ChangedInStore, CheckedRead
 from resources.storage import digests
 from resources.storage.store import StoreError
 
@@ -76,3 +76,73 @@ def test_it_only_goes_forward(tmp_path):
     with pytest.raises(OSError, match="only goes forward"):
         stream.seek(10)
     stream.finish()
+
+
+def _changed(data: bytes, at: int) -> bytes:
+    changed = bytearray(data)
+    changed[at] ^= 1
+    return bytes(changed)
+
+
+def _readable(stream: CheckedRead) -> bytes:
+    """What the reader gets before the stream refuses to go on."""
+    got = bytearray()
+    with pytest.raises(ChangedInStore):
+        while chunk := stream.read(100_000):
+            got += chunk
+    return bytes(got)
+
+
+def test_a_changed_part_reaches_the_reader_not_at_all(tmp_path):
+    """The reader gets every byte before the changed part, then an error: none of the
+    changed part's bytes, and no bytes after them."""
+    _, data = _file(tmp_path)
+    entry = digests.recompute({"part_size": PART}, [data])
+    stream = CheckedRead(_chunks(_changed(data, PART + 10)), entry)
+    assert _readable(stream) == data[:PART]
+    assert stream.changed
+    digester = stream.finish()
+    assert not digester.matches(entry)
+    assert digester.sha256 == hashlib.sha256(_changed(data, PART + 10)).hexdigest()
+
+
+def test_a_changed_header_part_gives_tensorizer_nothing_to_parse(tmp_path):
+    _, data = _file(tmp_path)
+    entry = digests.recompute({"part_size": PART}, [data])
+    assert _readable(CheckedRead(_chunks(_changed(data, 100)), entry)) == b""
+    with pytest.raises(ChangedInStore, match="part 0"):
+        dict(tensorize.iter_deserialized(CheckedRead(_chunks(_changed(data, 100)), entry), None))
+
+
+@pytest.mark.parametrize("cut", [-1, 1])
+def test_a_file_cut_short_or_grown_is_refused_before_its_last_part(tmp_path, cut):
+    _, data = _file(tmp_path)
+    entry = digests.recompute({"part_size": PART}, [data])
+    changed = data[:cut] if cut < 0 else data + b"\0"
+    stream = CheckedRead(_chunks(changed), entry)
+    assert _readable(stream) == data[: len(data) // PART * PART]
+    assert stream.changed
+
+
+def test_parts_checked_first_leave_tensorizer_s_own_hashes_unchecked(tmp_path, monkeypatch):
+    """Bytes checked against the record before tensorizer reads them are what was
+    published: its per-tensor sha256 (a second pass) is skipped; a whole-file digest,
+    known only at the end, still has tensorizer check each tensor."""
+    from tensorizer import TensorDeserializer
+
+    seen = []
+    init = TensorDeserializer.__init__
+
+    def recording(self, *args, verify_hash=None, **kwargs):
+        seen.append(verify_hash)
+        init(self, *args, verify_hash=verify_hash, **kwargs)
+
+    monkeypatch.setattr(TensorDeserializer, "__init__", recording)
+    weights, data = _file(tmp_path)
+    for entry in (
+        digests.recompute({"part_size": PART}, [data]),
+        digests.whole(len(data), hashlib.sha256(data).hexdigest()),
+    ):
+        back = dict(tensorize.iter_deserialized(CheckedRead(_chunks(data), entry), None))
+        assert all(torch.equal(back[n], weights[n]) for n in weights)
+    assert seen == [False, True]

@@ -115,8 +115,8 @@ def _load(plan: ServePlan, env: Env, request: LoadRequest | None = None) -> int:
 
 
 def _swap_tensors(env: Env, record, flip: bool = True) -> None:
-    """Flip a byte of the tensors (tensorizer's decryption notices), or append some
-    (only the signed digests notice)."""
+    """Flip a byte of the tensors near their end, or append some: the part's digest in
+    the signed record notices either, before tensorizer reads the part."""
     registry, _ = stores(env)
     prefix, tensors = record.location
     path = registry.store.path(f"{prefix}/{tensors}")
@@ -151,7 +151,7 @@ def _swap_adapter(env: Env, plan: ServePlan) -> None:
 @pytest.mark.parametrize(
     ("swap", "message"),
     [
-        (lambda env, plan: _swap_tensors(env, plan.record), "does not decrypt .*model.tensors"),
+        (lambda env, plan: _swap_tensors(env, plan.record), "model.tensors is not the file that"),
         (
             lambda env, plan: _swap_tensors(env, plan.record, flip=False),
             "model.tensors is not the file that was signed",
@@ -179,6 +179,21 @@ def test_anything_changed_after_prepare_is_refused_by_the_loader(env: Env, swap,
     line = str(refused.value)
     assert len(line.splitlines()) == 1 and line.endswith("; not serving it")
     assert (base.reference in line) or (adapter.reference in line)
+
+
+def test_no_tensor_of_a_changed_file_reaches_the_model(env: Env):
+    """The loader hands vLLM only bytes checked against the signed record: a byte changed
+    near the end of the file (the tiny model is one part) stops the load before the
+    model is given a single tensor, not after it was given those read before it."""
+    _published(env)
+    plan = prepare(LLAMA, env.settings)
+    _swap_tensors(env, plan.record)
+    request = LoadRequest.of(plan.engine_kwargs()["model_loader_extra_config"])
+    given = []
+    with pytest.raises(ServeError, match="model.tensors is not the file that was signed"):
+        for name, _ in loaded_weights(request, plan.model_dir, env.settings):
+            given.append(name)
+    assert given == []
 
 
 def test_the_loader_used_by_hand_checks_the_signature_and_the_bytes(env: Env):

@@ -22,6 +22,7 @@ from typing import BinaryIO, TypedDict
 import torch
 
 from resources.errors import ModelpubError
+from resources.formats.checked_read import ChangedInStore, CheckedRead
 from resources.formats.streaming import END_MARKER, PART_SIZE, StreamedFile, part_size_for
 from resources.storage import digests
 
@@ -446,7 +447,8 @@ def _deserializer(
     """`source`: a path or URI tensorizer opens, or a file already open (a
     resources.formats.checked_read.CheckedRead). Streaming: tensors read on demand by one reader
     thread (decryption still runs on every core); more readers read ahead without bound,
-    holding most of the model."""
+    holding most of the model. tensorizer checks each tensor's sha256 against its header
+    unless every byte it reads was already checked against the record, part by part."""
     from tensorizer import DecryptionParams, TensorDeserializer
     from tensorizer.stream_io import open_stream
 
@@ -463,7 +465,7 @@ def _deserializer(
             device="cpu",
             lazy_load=streaming,
             num_readers=1 if streaming else None,
-            verify_hash=True,
+            verify_hash=not (isinstance(source, CheckedRead) and source.checks_parts),
             encryption=decryption,
         ) as tensors,
     ):
@@ -575,6 +577,8 @@ def describe_load_error(exc: Exception, uri: str, key_id: str | None) -> str:
             f"key {key_id!r} does not decrypt {uri}: the key is wrong or the file was "
             f"modified after publishing ({exc})"
         )
+    if isinstance(exc, ChangedInStore):
+        return f"{uri} was modified after publishing: {exc}; do not serve this version"
     if isinstance(exc, HashMismatchError):
         return f"{uri} is corrupted: a tensor's hash does not match its header ({exc})"
     return f"cannot read {uri}: {type(exc).__name__}: {exc}"

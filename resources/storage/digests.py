@@ -72,6 +72,11 @@ class Digester:
                 self._part, self._filled = hashlib.sha256(), 0
 
     @property
+    def parts(self) -> list[str]:
+        """The sha256 of each whole part read so far, in order."""
+        return self._parts
+
+    @property
     def sha256(self) -> str | None:
         """The whole file's sha256, where it was computed."""
         return self._whole.hexdigest() if self._whole is not None else None
