@@ -47,17 +47,30 @@ class CheckedRead(io.RawIOBase):
         self._chunk, self._at, self._pos, self._ended = memoryview(b""), 0, 0, False
         self._error: BaseException | None = None  # the store's, raised again by finish
         self._failure: BaseException | None = None  # what every read raises from here on
-        self._thread = threading.Thread(
-            target=self._fetch, args=(chunks,), name="modelpub-read", daemon=True
-        )
-        self._thread.start()
+        # the whole file's sha256 on a thread of its own where parts are checked too:
+        # two hashes of every byte, on two cores
+        self._wholes: queue.Queue[memoryview | None] | None = None
+        self._threads = [
+            threading.Thread(target=self._fetch, args=(chunks,), name="modelpub-read", daemon=True)
+        ]
+        if whole and self.checks_parts:
+            self._wholes = queue.Queue(2 * DEPTH)
+            self._threads.append(
+                threading.Thread(target=self._hash_whole, name="modelpub-hash", daemon=True)
+            )
+        for thread in self._threads:
+            thread.start()
 
     def _fetch(self, chunks: Iterable[bytes]) -> None:
         held = _Held()  # bytes of the part not yet checked
         try:
             for chunk in chunks:
                 view = memoryview(chunk).cast("B")
-                self.digester.update(view)
+                if self._wholes is None:
+                    self.digester.update(view)
+                else:
+                    self._wholes.put(view)
+                    self.digester.update_parts(view)
                 if self.changed:
                     continue  # hashed for the digests `finish` reports, never handed on
                 if not self.checks_parts:
@@ -75,6 +88,13 @@ class CheckedRead(io.RawIOBase):
             self._error = exc
             if not self.changed:
                 self._queue.put(exc)
+        finally:
+            if self._wholes is not None:
+                self._wholes.put(None)
+
+    def _hash_whole(self) -> None:
+        while (view := self._wholes.get()) is not None:
+            self.digester.update_whole(view)
 
     def _checked_bytes(self) -> int:
         """How far the file is known to be what the record names: up to its last whole
@@ -178,7 +198,8 @@ class CheckedRead(io.RawIOBase):
                 self._chunk, self._at = memoryview(b""), 0
         except Exception:  # noqa: BLE001 - a changed part (`changed`) or the store's, raised below
             pass
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
         if self._error is not None:
             raise self._error
         return self.digester

@@ -342,8 +342,8 @@ def loaded_weights(
     """What the modelpub loader feeds the model inside the vLLM process: the tensors of
     the version `request` names, once its record is the one verified (and signed), the
     model directory and the adapters are what was published. The tensors stream from the
-    store once, decrypted and hash-verified by tensorizer, while the same read computes
-    the file's digests; a mismatch fails the load at its end, before anything is served."""
+    store once, each part checked against the signed record before tensorizer decrypts
+    it: a changed part fails the load before the model gets any tensor of it."""
     settings = settings or Settings.from_env()
     try:
         registry, keys = open_stores(settings)

@@ -59,9 +59,18 @@ class Digester:
 
     def update(self, chunk: bytes) -> None:
         view = memoryview(chunk).cast("B")
-        self.size += len(view)
+        self.update_whole(view)
+        self.update_parts(view)
+
+    def update_whole(self, view: memoryview) -> None:
+        """The whole-file sha256 alone: `update` in two halves, which two threads may
+        run at once (each half sees every byte, in order)."""
         if self._whole is not None:
             self._whole.update(view)
+
+    def update_parts(self, view: memoryview) -> None:
+        """The size and the per-part digests alone (see `update_whole`)."""
+        self.size += len(view)
         while self.part_size is not None and view:
             take = view[: self.part_size - self._filled]
             self._part.update(take)

@@ -55,8 +55,8 @@ class IntegrityReport:
 
 def verify_published(registry: Registry, keys: KeyStore, record: VersionRecord) -> IntegrityReport:
     """Each file read once from the store: its digest against the record and its sha256
-    for the signature, the tensors files decrypted and verified by tensorizer as they
-    stream (resources/formats/checked_read.py)."""
+    for the signature, the tensors files decrypted by tensorizer as they stream, each part
+    checked before tensorizer reads it (resources/formats/checked_read.py)."""
     store = registry.store
     prefix, tensors_file = record.location
     report = IntegrityReport(record.reference, signing_key=record.signing_key)

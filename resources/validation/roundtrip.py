@@ -1,9 +1,10 @@
 """Round-trip validation: does the published artifact reproduce the source model?
 
 Three layers, each catching what the one before cannot: the files' sha256s match the
-record (a swapped config), every tensor deserializes (hash-verified, decrypted) to the
-source's exact bytes (tampering, a wrong key), and vLLM loading the artifact generates
-exactly what vLLM loading the source generates (a format vLLM reads differently).
+record (a swapped config), every tensor deserializes (from bytes checked against the
+record, decrypted) to the source's exact bytes (tampering, a wrong key), and vLLM
+loading the artifact generates exactly what vLLM loading the source generates (a format
+vLLM reads differently).
 Great Expectations then states the pass criteria over the resulting tables.
 
 The vLLM-tensorized format holds vLLM's parameters (fused, sharded per rank), which have no
@@ -184,7 +185,7 @@ class RoundTrip:
     tensor_parallel_size: int = 1
 
     def check_tensors(self, report: RoundTripReport) -> None:
-        """Each file read once: its digest checked while tensorizer decrypts and verifies
+        """Each file read once: its digest checked, part by part, before tensorizer decrypts
         the tensors files as they stream, compared with the source one tensor at a time."""
         source = None
         fmt = artifact_format(self.fmt)
