@@ -6,9 +6,9 @@ dirty pages, and a read back of each part to hash it; fresh page cache costs far
 write costs 0.03). `DirectFile` is a resources/formats/parted.py `PartedFile` whose
 parts are held in page-aligned anonymous mappings, reused from part to part, and whose
 final parts are hashed in memory and written with O_DIRECT at their offset, bypassing
-the page cache. It holds what `PartedFile` counts, batch + (in_flight + 4) x part: 352
+the page cache. It holds what `PartedFile` counts, batch + (in_flight + 5) x part: 368
 MiB for a local publish (256 MiB batches, 16 MiB parts, in_flight 2), whatever the size
-of the model.
+of the model; as many buffers are mapped, each faulted in once.
 
 O_DIRECT needs the memory, the offset and the size aligned to the device's logical
 block: buffers are mappings (page-aligned), parts a multiple of `ALIGN`, and the last,

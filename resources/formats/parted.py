@@ -10,8 +10,9 @@ written, unless it holds the prologue (sent last, when the file is finished) or 
 latest end marker, then hashes it and sends it on, on a pool of `in_flight` threads. A
 part inside a large tensor's data is thus sent while the rest of that tensor is still
 being written. It holds at most the prologue's part, the parts of one batch whose
-headers are pending, and `in_flight` + 2 parts being sent: batch + (in_flight + 4) x
-part, whatever the size of the model or of its largest tensor.
+headers are pending (two more where the batch straddles parts), the latest end marker's,
+and `in_flight` + 2 parts being sent: batch + (in_flight + 5) x part, whatever the size
+of the model or of its largest tensor.
 
 Where a part's bytes are held and where a final part goes are its subclasses' to say:
 resources/formats/streaming.py `StreamedFile` (spool files, an S3 multipart upload) and

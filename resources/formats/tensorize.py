@@ -317,7 +317,8 @@ def serialize(
     from tensorizer import EncryptionParams
 
     encryption = EncryptionParams(key) if key is not None else None
-    batches = [weights] if isinstance(weights, Mapping) else _prefetched(weights)
+    prefetched = None if isinstance(weights, Mapping) else _prefetched(weights)
+    batches = [weights] if prefetched is None else prefetched
     start = time.perf_counter()
     local = DirectFile(dest, part_size) if isinstance(dest, Path) else None
     target = local or dest
@@ -346,6 +347,9 @@ def serialize(
         if local is not None:
             local.abort()
         raise
+    finally:
+        if prefetched is not None:
+            prefetched.close()  # its reader thread, even where tensorizer failed
     return SerializeStats(entry["size"], time.perf_counter() - start, entry)
 
 
