@@ -321,7 +321,7 @@ def serialize(
     batches = [weights] if prefetched is None else prefetched
     start = time.perf_counter()
     local = DirectFile(dest, part_size) if isinstance(dest, Path) else None
-    target = local or dest
+    target = local if local is not None else dest
     try:
         serializer = _serializer_class()(target, encryption=encryption)
         if isinstance(target, PartedFile):
