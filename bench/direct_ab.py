@@ -2,7 +2,10 @@
 commit before O_DIRECT, exported with `git archive`) against this one's, and a raw
 buffered write + fsync of the same byte count as the baseline.
 
-    python bench/direct_ab.py SNAPSHOT OUT_DIR OLD_ROOT [ROUNDS]
+    python bench/direct_ab.py SNAPSHOT OUT_DIR OLD_ROOT [ROUNDS] [--recycle]
+
+The source is read as `iter_source_weights` reads it, or with --recycle as the publish
+step does (resources/formats/format.py: `SourceCheckpoint.batches(..., recycle=True)`).
 
 Each round runs, alternating, one fresh process per variant; each process writes twice:
 its first write is a fresh process's (a forked Dagster step's: fresh page cache, fresh
@@ -30,7 +33,7 @@ def _usage() -> tuple[float, float]:
     return time.perf_counter(), ru.ru_utime + ru.ru_stime
 
 
-def worker(variant: str, root: str, snapshot: str, out: str, size: int) -> None:
+def worker(variant: str, root: str, snapshot: str, out: str, size: int, recycle: bool) -> None:
     sys.path.insert(0, root)
     import torch
 
@@ -46,7 +49,8 @@ def worker(variant: str, root: str, snapshot: str, out: str, size: int) -> None:
         time.sleep(SETTLE_S)  # the disk done with what came before (the unlink's trims)
         wall, cpu = _usage()
         if data is None:
-            batches = tensorize.iter_source_weights(Path(snapshot), "float16")
+            source = tensorize.SourceCheckpoint(Path(snapshot), "float16")
+            batches = source.batches(tensorize.BATCH_BYTES, recycle=recycle)
             tensorize.serialize(batches, dest, KEY, consume=True)
         else:
             raw_write(data, dest)
@@ -57,26 +61,30 @@ def worker(variant: str, root: str, snapshot: str, out: str, size: int) -> None:
     print(json.dumps(rows))
 
 
-def run(variant: str, root: str, snapshot: str, out: str, size: int = 0) -> list[dict]:
+def run(variant: str, root: str, snapshot: str, out: str, size: int, recycle: bool) -> list[dict]:
     args = [sys.executable, __file__, "--worker", variant, root, snapshot, out, str(size)]
+    args += ["--recycle"] if recycle else []
     done = subprocess.run(args, check=True, capture_output=True, text=True, cwd=HERE)
     return json.loads(done.stdout.splitlines()[-1])
 
 
 def main() -> None:
-    snapshot, out_dir, old_root = sys.argv[1:4]
-    rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+    recycle = "--recycle" in sys.argv
+    argv = [a for a in sys.argv if a != "--recycle"]
+    snapshot, out_dir, old_root = argv[1:4]
+    rounds = int(argv[4]) if len(argv) > 4 else 3
     out = str(Path(out_dir) / "model.tensors")
     results: dict[str, list[list[dict]]] = {"old": [], "new": [], "raw": []}
     size = 0
     for _ in range(rounds):
         for variant, root in (("old", old_root), ("new", str(HERE))):
-            results[variant].append(run(variant, root, snapshot, out))
+            results[variant].append(run(variant, root, snapshot, out, 0, recycle))
             size = results[variant][-1][0]["bytes"]
-        results["raw"].append(run("raw", str(HERE), snapshot, out, size))
+        results["raw"].append(run("raw", str(HERE), snapshot, out, size, recycle))
         print(json.dumps({v: r[-1] for v, r in results.items()}), file=sys.stderr)
     gb = size / 1e9
-    print(f"{size / 2**30:.2f} GiB written per run; {os.cpu_count()} cores")
+    source = "recycled batches (the publish step's)" if recycle else "iter_source_weights"
+    print(f"{size / 2**30:.2f} GiB written per run; {os.cpu_count()} cores; source: {source}")
     for which, label in ((0, "fresh process (first write)"), (1, "steady state (second write)")):
         print(f"\n{label}: median of {rounds}")
         raw_s = sorted(r[which]["wall"] for r in results["raw"])[rounds // 2]
@@ -93,6 +101,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--worker":
-        worker(*sys.argv[2:6], int(sys.argv[6]))
+        worker(*sys.argv[2:6], int(sys.argv[6]), "--recycle" in sys.argv)
     else:
         main()
