@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resources.formats import streaming, tensorize
+from resources.formats import parted, streaming, tensorize
 from resources.formats.artifact import write_artifact
 from resources.formats.format import StagingFull
 from resources.formats.streaming import MIN_PART, StreamedFile
@@ -72,7 +72,7 @@ def test_a_streamed_file_is_byte_for_byte_the_local_file(tmp_path):
     # two handed to the sink, not the file
     batch = sum(t.nbytes for t in _batches()[0].values())
     bound = batch + (1 + 4) * PART  # streaming.py: batch + (in_flight + 4) x part
-    assert streamed.peak_spooled <= bound < 0.5 * local.stat().st_size
+    assert streamed.peak_held <= bound < 0.5 * local.stat().st_size
     assert not list((tmp_path / "staging").iterdir())
 
 
@@ -95,7 +95,7 @@ def test_a_tensor_larger_than_the_staging_bound_streams_part_by_part(tmp_path):
     assert sink.order[-1] == 1
     # the prologue's part, the embedding's header part, the part being written, and the
     # in_flight + 2 handed to the sink
-    assert streamed.peak_spooled <= (1 + 5) * PART < 0.75 * weights[1]["embed"].nbytes
+    assert streamed.peak_held <= (1 + 5) * PART < 0.75 * weights[1]["embed"].nbytes
 
 
 def test_a_write_into_a_part_already_sent_fails_the_stream(tmp_path):
@@ -105,7 +105,7 @@ def test_a_write_into_a_part_already_sent_fails_the_stream(tmp_path):
     streamed.prologue_written()
     streamed.write(bytes(3 * PART))  # parts 2 and 3 are whole, so they are sent
     streamed.seek(PART + 10)
-    with pytest.raises(streaming.StreamLayoutError, match=f"rewrote byte {PART + 10}"):
+    with pytest.raises(parted.PartLayoutError, match=f"rewrote byte {PART + 10}"):
         streamed.write(b"late")
     streamed.abort()
     assert sink.aborted

@@ -113,7 +113,7 @@ def _write_streamed(
     except BaseException:
         target.abort()
         raise
-    out.peak_staging = target.peak_spooled
+    out.peak_staging = target.peak_held
     name = f"{prefix}/{tensors_file}"
     try:
         out.files[tensors_file] = entry

@@ -10,10 +10,9 @@ import functools
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,9 @@ import torch
 
 from resources.errors import ModelpubError
 from resources.formats.checked_read import ChangedInStore, CheckedRead
-from resources.formats.streaming import END_MARKER, PART_SIZE, StreamedFile, part_size_for
+from resources.formats.direct import DirectFile
+from resources.formats.parted import PartedFile
+from resources.formats.streaming import PART_SIZE, part_size_for
 from resources.storage import digests
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
@@ -249,96 +250,6 @@ class SerializeStats:
     entry: digests.Entry | None
 
 
-class _Flusher:
-    """Writes a file's dirty pages to disk in the background while it is being written,
-    so the disk works alongside serialization instead of only at the final fsync (the
-    kernel would otherwise hold gigabytes back as dirty page cache)."""
-
-    def __init__(self, path: Path):
-        self.fd = os.open(path, os.O_RDONLY)
-        self.error: OSError | None = None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="modelpub-flusher", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self.done.wait(0.05):
-                os.fdatasync(self.fd)
-            os.fsync(self.fd)
-        except OSError as exc:  # a full or failing disk: reported by finish()
-            self.error = exc
-
-    def stop(self) -> None:
-        self.done.set()
-        self.thread.join()
-        os.close(self.fd)
-
-    def finish(self, last: Callable[[], digests.Entry]) -> digests.Entry:
-        """`last()` (the file's remaining digests, from the page cache) while its last
-        pages go to disk; returns once the whole file is durable."""
-        self.done.set()
-        try:
-            entry = last()
-        finally:
-            self.stop()
-        if self.error is not None:
-            raise self.error
-        return entry
-
-
-class _PartHasher:
-    """The sha256 of each `part_size` slice of a file tensorizer is writing, each read
-    back from the page cache on another thread as soon as no write can change it, so
-    the file's digest costs no pass after the write. tensorizer rewrites only its
-    prologue (file header and metadata block, at the start) and the 8-byte end marker
-    after the last tensor written; every other byte is final once a batch is written."""
-
-    def __init__(self, path: Path, part_size: int):
-        self.fd = os.open(path, os.O_RDONLY)
-        self.part_size = part_size
-        self.prologue = os.fstat(self.fd).st_size  # rewritten until the file is closed
-        self.digests: dict[int, Future] = {}
-        self.pool = ThreadPoolExecutor(2, thread_name_prefix="modelpub-hash")
-
-    def batch_written(self) -> None:
-        """Hash the parts that lie wholly between the prologue and the end marker."""
-        end = os.fstat(self.fd).st_size - len(END_MARKER)
-        first = -(-self.prologue // self.part_size)
-        self._hash(range(first, end // self.part_size), end)
-
-    def finish(self) -> digests.Entry:
-        """The closed file's entry: hash the parts left, wait for all."""
-        size = os.fstat(self.fd).st_size
-        self._hash(range(max(1, -(-size // self.part_size))), size)
-        try:
-            ordered = [self.digests[i].result() for i in sorted(self.digests)]
-        finally:
-            self.stop()
-        return digests.parts(size, self.part_size, ordered)
-
-    def stop(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        os.close(self.fd)
-
-    def _hash(self, indexes: range, size: int) -> None:
-        for index in indexes:
-            if index not in self.digests:
-                self.digests[index] = self.pool.submit(self._part_sha256, index, size)
-
-    def _part_sha256(self, index: int, size: int, chunk: int = 1 << 20) -> str:
-        """Read in small chunks, each hashed while it is still in the CPU's cache."""
-        digest, buf = hashlib.sha256(), memoryview(bytearray(chunk))
-        at, end = index * self.part_size, min((index + 1) * self.part_size, size)
-        while at < end:
-            n = os.preadv(self.fd, [buf[: min(chunk, end - at)]], at)
-            if n == 0:
-                raise OSError(f"byte {at} of part {index + 1} is past the end of the file")
-            digest.update(buf[:n])
-            at += n
-        return digest.hexdigest()
-
-
 def _prefetched(batches: Iterable[Mapping]) -> Iterator[Mapping]:
     """`batches`, each read while the one before is being written."""
     with ThreadPoolExecutor(1, thread_name_prefix="modelpub-prefetch") as pool:
@@ -394,8 +305,10 @@ def serialize(
     """Write `weights` (one mapping, or batches of them, each read while the one before
     is written) to the local file `dest`, encrypted with `key` when given; returns once
     the file is durable, with its record entry (the sha256 of each `part_size` slice,
-    hashed as the batches are written). `dest` may be a file object instead (a
-    resources.formats.streaming.StreamedFile): its size is then what it was told, no entry.
+    hashed in memory as the batches are written, each written with O_DIRECT:
+    resources.formats.direct.DirectFile). `dest` may be a file object instead (a
+    resources.formats.parted.PartedFile, whose `finish` the caller calls): its size is
+    then what it was told, no entry.
 
     With `consume`, the caller gives the tensors up: each batch is emptied once
     written and its tensors may be left encrypted, which saves a cipher pass.
@@ -404,15 +317,15 @@ def serialize(
     from tensorizer import EncryptionParams
 
     encryption = EncryptionParams(key) if key is not None else None
-    batches = [weights] if isinstance(weights, Mapping) else _prefetched(weights)
+    prefetched = None if isinstance(weights, Mapping) else _prefetched(weights)
+    batches = [weights] if prefetched is None else prefetched
     start = time.perf_counter()
-    local = isinstance(dest, Path)
-    serializer = _serializer_class()(str(dest) if local else dest, encryption=encryption)
-    if isinstance(dest, StreamedFile):
-        dest.prologue_written()
-    flusher = _Flusher(dest) if local else None
-    hasher = _PartHasher(dest, part_size) if local else None
+    local = DirectFile(dest, part_size) if isinstance(dest, Path) else None
+    target = local if local is not None else dest
     try:
+        serializer = _serializer_class()(target, encryption=encryption)
+        if isinstance(target, PartedFile):
+            target.prologue_written()
         try:
             for given in batches:
                 batch, serializer.owned = given, consume
@@ -421,22 +334,22 @@ def serialize(
                     # (views of one buffer; CryptographyError on load): copy them apart
                     batch, serializer.owned = {n: t.clone() for n, t in given.items()}, True
                 serializer.write_state_dict(batch)
-                if hasher is not None:
-                    hasher.batch_written()
                 if written is not None:
                     written(len(batch))
                 if consume:
                     given.clear()
         finally:
             serializer.close()
+        if local is None:
+            return SerializeStats(dest.seek(0, os.SEEK_END), time.perf_counter() - start, None)
+        entry = local.finish()
     except BaseException:
-        if flusher is not None:
-            flusher.stop()
-            hasher.stop()
+        if local is not None:
+            local.abort()
         raise
-    if flusher is None:
-        return SerializeStats(dest.seek(0, os.SEEK_END), time.perf_counter() - start, None)
-    entry = flusher.finish(hasher.finish)
+    finally:
+        if prefetched is not None:
+            prefetched.close()  # its reader thread, even where tensorizer failed
     return SerializeStats(entry["size"], time.perf_counter() - start, entry)
 
 
