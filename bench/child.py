@@ -86,6 +86,7 @@ def plain_run(spec: dict) -> dict:
     steps["model_snapshot"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    vllm_runner.context_length(snapshot, entry.prompts, entry.max_tokens)  # as the step does
     registry, keys = open_stores(settings)
     store = registry.store
     suffix = registry.reserve_suffix(entry.repo_id, run_id)
