@@ -71,7 +71,7 @@ def test_a_streamed_file_is_byte_for_byte_the_local_file(tmp_path):
     # the staging directory held the header's part, a batch, the part being written and
     # two handed to the sink, not the file
     batch = sum(t.nbytes for t in _batches()[0].values())
-    bound = batch + (1 + 4) * PART  # streaming.py: batch + (in_flight + 4) x part
+    bound = batch + (1 + 5) * PART  # parted.py: batch + (in_flight + 5) x part
     assert streamed.peak_held <= bound < 0.5 * local.stat().st_size
     assert not list((tmp_path / "staging").iterdir())
 

@@ -3,10 +3,9 @@
 `StreamedFile` is a resources/formats/parted.py `PartedFile` (read its docstring for
 tensorizer's write order and which parts are final) that spools each part of the file
 to its own file in the staging directory and hands a final part to the sink (an S3
-multipart upload). The staging directory holds at most the prologue's part, the parts
-of one batch whose headers are pending, and `in_flight` + 2 parts handed to the sink:
-batch + (in_flight + 4) x part, whatever the size of the model or of its largest tensor
-(192 MiB with the defaults below).
+multipart upload). The staging directory holds at most what `PartedFile` counts,
+batch + (in_flight + 5) x part, whatever the size of the model or of its largest tensor
+(208 MiB with the defaults below).
 """
 
 from __future__ import annotations
