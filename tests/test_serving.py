@@ -268,7 +268,10 @@ def test_serve_of_a_bf16_model_answers_as_transformers_and_peft_do(env: Env, tmp
     finally:
         stop(server)
     log = server.log.read_text()
-    assert f"serving {LLAMA}@v1 (signature verified, each tensor checked as it loads; " in log
+    assert (
+        f"serving {LLAMA}@v1 (signature verified, the tensors checked against it as they load; "
+        in log
+    )
 
 
 @pytest.mark.vllm

@@ -84,8 +84,8 @@ def _serve(settings: Settings, args) -> int:
     extra = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
     adapters = ", ".join(a.reference for a in plan.adapters) or "none"
     print(
-        f"serving {plan.record.reference} (signature verified, each tensor checked as it "
-        f"loads; adapters: {adapters}); config files in {plan.model_dir}",
+        f"serving {plan.record.reference} (signature verified, the tensors checked against it "
+        f"as they load; adapters: {adapters}); config files in {plan.model_dir}",
         file=sys.stderr,
         flush=True,
     )
