@@ -71,7 +71,9 @@ def test_a_streamed_file_is_byte_for_byte_the_local_file(tmp_path):
     # the staging directory held the header's part, a batch, the part being written and
     # two handed to the sink, not the file
     batch = sum(t.nbytes for t in _batches()[0].values())
-    bound = batch + (1 + 5) * PART  # parted.py: batch + (in_flight + 5) x part
+    # parted.py bounds it by batch + (in_flight + 5) x part, one part for a batch that
+    # straddles parts: here it stays within one part less
+    bound = batch + (1 + 4) * PART
     assert streamed.peak_held <= bound < 0.5 * local.stat().st_size
     assert not list((tmp_path / "staging").iterdir())
 
