@@ -81,9 +81,28 @@ def test_the_file_is_the_one_tensorizer_writes_to_a_path(tmp_path, use_direct, k
     assert all(torch.equal(back[n], expected[n]) for n in expected)
 
 
-def test_a_local_publish_writes_with_o_direct_and_returns_the_entry(tmp_path):
+def test_a_local_publish_writes_with_o_direct_and_returns_the_entry(tmp_path, monkeypatch):
+    real_open, real_pwrite, direct_fds, direct_bytes = os.open, os.pwrite, set(), []
+
+    def opening(path, flags, *args):
+        fd = real_open(path, flags, *args)
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def pwrite(fd, data, offset):
+        written = real_pwrite(fd, data, offset)
+        if fd in direct_fds:
+            direct_bytes.append(written)
+        return written
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "pwrite", pwrite)
     dest = tmp_path / "model.tensors"
     stats = tensorize.serialize(_batches(), dest, KEY, consume=True, part_size=PART)
+    # every part went through the O_DIRECT descriptor, the last one padded to a block
+    assert len(direct_bytes) == len(stats.entry["parts_sha256"])
+    assert sum(direct_bytes) >= stats.bytes_written
     assert stats.entry == digests.recompute({"part_size": PART}, digests.file_chunks(dest))
     assert stats.bytes_written == dest.stat().st_size
 

@@ -217,8 +217,15 @@ class PartedFile(io.RawIOBase):
             self._room.release()
 
     def _raise_failed(self) -> None:
-        for future in [f for f in self._pending if f.done()]:
-            future.result()  # a send's error, raised in the writer
+        """A send's error, raised in the writer; sends done are no longer looked at (this
+        runs on every write, and a large model has thousands of parts)."""
+        pending = []
+        for future in self._pending:
+            if future.done():
+                future.result()
+            else:
+                pending.append(future)
+        self._pending = pending
 
     def _wait(self) -> None:
         for future in self._pending:

@@ -286,12 +286,11 @@ def verify_signature(
 @dataclass(frozen=True)
 class SignedVersion:
     """A version record whose signature verified, read once: the record parsed from the
-    very bytes that were checked, their sha256 (to pin them by), and each file's sha256
-    as signed, which whoever reads the files next must find."""
+    very bytes that were checked, and their sha256 (to pin them by). The record's digests
+    are what whoever reads the files next must find."""
 
     record: VersionRecord
     record_sha256: str
-    sha256: dict[str, str]
 
 
 def signed_version(
@@ -315,14 +314,15 @@ def signed_version(
         signed = _trusted_statement(keys, registry.store, record)
     except SigningError as exc:
         raise SigningError(f"{where}: {exc}") from None
-    # a per-part entry names no whole-file sha256: its reader checks the signed one
+    # a per-part entry names no whole-file sha256: the signed record names its parts,
+    # which its reader checks; the statement must still name the file
     stated = {RECORD_FILE: digest} | {
         n: e.get("sha256") or signed.get(n) for n, e in record.files.items()
     }
     difference = _difference(signed, stated)
     if difference:
         raise SigningError(f"{where}: signature: does not match the record ({difference})")
-    return SignedVersion(record, digest, {n: signed[n] for n in record.files})
+    return SignedVersion(record, digest)
 
 
 def fetch_signed(registry: Registry, record: VersionRecord, dest: Path) -> list[Path]:
