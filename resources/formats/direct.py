@@ -75,13 +75,13 @@ class DirectFile(PartedFile):
             with memoryview(self._buffers[index]) as whole, whole[:padded] as aligned:
                 aligned[length:] = bytes(padded - length)  # past the end: cut by _complete
                 try:
-                    _pwrite_all(self._direct_fd, aligned, offset)
+                    pwrite_all(self._direct_fd, aligned, offset)
                     return
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
                     self.direct = False  # opened, yet refused: write as others do
-        _pwrite_all(self._fd, data, offset)
+        pwrite_all(self._fd, data, offset)
 
     def _free(self, index: int) -> None:
         with self._lock:
@@ -112,7 +112,7 @@ class DirectFile(PartedFile):
         self._spare.clear()
 
 
-def _pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
+def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
