@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import pytest
 import torch
@@ -76,6 +77,31 @@ def test_it_only_goes_forward(tmp_path):
     with pytest.raises(OSError, match="only goes forward"):
         stream.seek(10)
     stream.finish()
+
+
+def test_a_stopped_read_fetches_no_further_and_closes_the_store_s_stream(tmp_path):
+    """A reader that fails on checked bytes (a wrong key, at the first tensor) stops the
+    read there: the rest of the file is not fetched for nothing, no thread is left."""
+    _, data = _file(tmp_path)
+    entry = digests.recompute({"part_size": PART}, [data])
+    fetched, closed = [], []
+
+    def store_stream():
+        try:
+            for chunk in _chunks(data, 100_000):
+                fetched.append(len(chunk))
+                yield chunk
+        finally:
+            closed.append(True)
+
+    threads = threading.active_count()
+    stream = CheckedRead(store_stream(), entry)
+    assert stream.read(1000) == data[:1000]
+    stream.stop()
+    assert closed == [True]
+    assert sum(fetched) < len(data) / 2
+    assert threading.active_count() == threads
+    assert not stream.changed
 
 
 def _changed(data: bytes, at: int) -> bytes:

@@ -134,6 +134,12 @@ def _edit_record(env: Env, record, **fields) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
 
 
+def _replace_data_key(env: Env, record) -> None:
+    _, keys = stores(env)
+    keys.delete(record.key_id)  # a key store restored from the wrong backup, say
+    keys.create(record.key_id)
+
+
 def _sign_with_another_key(env: Env, record) -> None:
     _, keys = stores(env)
     keys.store.delete(layout.SIGNING_KEY)  # a new signing key, that never signed this
@@ -166,8 +172,20 @@ def _swap_adapter(env: Env, plan: ServePlan) -> None:
             lambda env, plan: _sign_with_another_key(env, plan.record),
             "which the key store does not trust",
         ),
+        (
+            lambda env, plan: _replace_data_key(env, plan.record),
+            "does not decrypt .*model.tensors: its bytes are the ones published, so the key",
+        ),
     ],
-    ids=["tensors", "tensors-appended", "config", "adapter", "record-key-id", "another-key"],
+    ids=[
+        "tensors",
+        "tensors-appended",
+        "config",
+        "adapter",
+        "record-key-id",
+        "another-key",
+        "another-data-key",
+    ],
 )
 def test_anything_changed_after_prepare_is_refused_by_the_loader(env: Env, swap, message):
     base, adapter = _published(env)

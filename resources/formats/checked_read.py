@@ -15,6 +15,7 @@ per-tensor hashes add nothing and are skipped (`checks_parts`). A whole-file dig
 
 from __future__ import annotations
 
+import contextlib
 import io
 import queue
 import threading
@@ -28,6 +29,12 @@ DEPTH = 4  # chunks (of digests.CHUNK, 8 MiB from the stores) checked ahead of t
 
 class ChangedInStore(StoreError):
     """A part of the file is not the one its record names."""
+
+
+def checked_first(stream: object) -> bool:
+    """Whether every byte a reader gets from `stream` was checked against the record
+    before it got it (a CheckedRead of a file whose record keeps a digest per part)."""
+    return isinstance(stream, CheckedRead) and stream.checks_parts
 
 
 class CheckedRead(io.RawIOBase):
@@ -46,6 +53,7 @@ class CheckedRead(io.RawIOBase):
         self._queue: queue.Queue[memoryview | BaseException | None] = queue.Queue(DEPTH)
         self._chunk, self._at, self._pos, self._ended = memoryview(b""), 0, 0, False
         self._error: BaseException | None = None  # the store's, raised again by finish
+        self._stopped = False  # `stop`: read no further
         self._failure: BaseException | None = None  # what every read raises from here on
         # the whole file's sha256 on a thread of its own where parts are checked too:
         # two hashes of every byte, on two cores
@@ -63,8 +71,11 @@ class CheckedRead(io.RawIOBase):
 
     def _fetch(self, chunks: Iterable[bytes]) -> None:
         held = _Held()  # bytes of the part not yet checked
+        chunks = iter(chunks)
         try:
             for chunk in chunks:
+                if self._stopped:
+                    return
                 view = memoryview(chunk).cast("B")
                 if self._wholes is None:
                     self.digester.update(view)
@@ -91,6 +102,8 @@ class CheckedRead(io.RawIOBase):
         finally:
             if self._wholes is not None:
                 self._wholes.put(None)
+            if hasattr(chunks, "close"):
+                chunks.close()  # the store's stream, where it was left before its end
 
     def _hash_whole(self) -> None:
         while (view := self._wholes.get()) is not None:
@@ -203,6 +216,20 @@ class CheckedRead(io.RawIOBase):
         if self._error is not None:
             raise self._error
         return self.digester
+
+    def stop(self) -> None:
+        """End the read where it is, for a reader that failed or left early: no more of
+        the file is fetched (a wrong key found at the first tensor does not read the
+        whole model for nothing). Where every byte handed on was checked first
+        (`checks_parts`), what the reader hit cannot be a change in the store, so the
+        rest is not needed to say what went wrong; a changed part found before the stop
+        still sets `changed`. A read that ended already is left as it is."""
+        self._stopped = True
+        while any(thread.is_alive() for thread in self._threads):
+            with contextlib.suppress(queue.Empty):  # unblock a fetch waiting to hand on
+                self._queue.get(timeout=0.05)
+        for thread in self._threads:
+            thread.join()
 
 
 class _Held:

@@ -21,7 +21,7 @@ from typing import BinaryIO, TypedDict
 import torch
 
 from resources.errors import ModelpubError
-from resources.formats.checked_read import ChangedInStore, CheckedRead
+from resources.formats.checked_read import ChangedInStore, checked_first
 from resources.formats.direct import DirectFile
 from resources.formats.parted import PartedFile
 from resources.formats.streaming import PART_SIZE, part_size_for
@@ -378,7 +378,7 @@ def _deserializer(
             device="cpu",
             lazy_load=streaming,
             num_readers=1 if streaming else None,
-            verify_hash=not (isinstance(source, CheckedRead) and source.checks_parts),
+            verify_hash=not checked_first(source),
             encryption=decryption,
         ) as tensors,
     ):
@@ -481,15 +481,19 @@ def compare_published(
     return sorted(rows, key=lambda r: r["name"])
 
 
-def describe_load_error(exc: Exception, uri: str, key_id: str | None) -> str:
-    """Say what a failure to read the artifact means for the person who sees it."""
+def describe_load_error(exc: Exception, uri: str, key_id: str | None, checked: bool = False) -> str:
+    """Say what a failure to read the artifact means for the person who sees it.
+    `checked`: every byte read was checked against the record first
+    (resources/formats/checked_read.py `checked_first`), so the file is not the cause."""
     from tensorizer.serialization import CryptographyError, HashMismatchError
 
     if isinstance(exc, CryptographyError):
-        return (
-            f"key {key_id!r} does not decrypt {uri}: the key is wrong or the file was "
-            f"modified after publishing ({exc})"
+        cause = (
+            "its bytes are the ones published, so the key is not the one it was encrypted with"
+            if checked
+            else "the key is wrong or the file was modified after publishing"
         )
+        return f"key {key_id!r} does not decrypt {uri}: {cause} ({exc})"
     if isinstance(exc, ChangedInStore):
         return f"{uri} was modified after publishing: {exc}; do not serve this version"
     if isinstance(exc, HashMismatchError):

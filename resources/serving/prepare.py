@@ -370,12 +370,17 @@ def _checked_tensors(
         yield from tensorize.iter_deserialized(stream, key)
         read = stream.finish()
     except Exception as exc:  # noqa: BLE001 - reported with what it means
-        with contextlib.suppress(Exception):
-            stream.finish()
+        if stream.checks_parts:
+            stream.stop()  # tensorizer only had checked bytes: the rest cannot explain it
+        else:
+            with contextlib.suppress(Exception):
+                stream.finish()  # whether the file changed shows only at its end
         if not stream.changed:
-            problem = tensorize.describe_load_error(exc, uri, record.key_id)
+            problem = tensorize.describe_load_error(exc, uri, record.key_id, stream.checks_parts)
             raise request.refuse(f"{record.reference}: {problem}") from None
         read = stream.digester
+    finally:
+        stream.stop()  # a load its consumer left early reads no further
     if not read.matches(entry):
         raise request.refuse(
             f"{record.reference}: {uri} is not the file that was signed (it changed in the "

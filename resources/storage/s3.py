@@ -181,7 +181,7 @@ class S3Store(ObjectStore):
         return self._chunks(key, body)
 
     def _chunks(self, key: str, body) -> Iterator[bytes]:
-        with self._errors("read", key):
+        with self._errors("read", key), contextlib.closing(body):
             yield from body.iter_chunks(CHUNK)
 
     def exists(self, key: str) -> bool:

@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from resources.formats import tensorize
 from resources.formats.artifact import check_files
+from resources.formats.checked_read import checked_first
 from resources.formats.format import artifact_format
 from resources.registry.records import VersionRecord
 from resources.registry.registry import Registry, RegistryError
@@ -78,7 +79,8 @@ def verify_published(registry: Registry, keys: KeyStore, record: VersionRecord) 
                 report.tensors += sum(1 for _ in tensorize.iter_deserialized(stream, key))
             except Exception as exc:  # noqa: BLE001 - every way of failing to read back is a finding
                 uri = store.uri(f"{prefix}/{name}")
-                report.error = tensorize.describe_load_error(exc, uri, record.key_id)
+                checked = checked_first(stream)
+                report.error = tensorize.describe_load_error(exc, uri, record.key_id, checked)
 
         return read
 

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from resources.formats import tensorize
 from resources.formats.access import vllm_loader_options
 from resources.formats.artifact import FileRow, check_files
+from resources.formats.checked_read import checked_first
 from resources.formats.format import artifact_format
 from resources.formats.tensorize import TensorRow
 from resources.layout import tensors_name
@@ -208,7 +209,9 @@ class RoundTrip:
                     else:
                         rows = tensorize.compare_published(source, published)
                 except Exception as exc:  # noqa: BLE001 - any failure to read back fails it
-                    report.tensors_error = tensorize.describe_load_error(exc, uri, self.key_id)
+                    report.tensors_error = tensorize.describe_load_error(
+                        exc, uri, self.key_id, checked_first(stream)
+                    )
                     return
                 report.tensors += rows
 
