@@ -7,6 +7,8 @@ plain `S3Env`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from dagster import ConfigurableResource, EnvVar
@@ -105,10 +107,17 @@ class TensorizerResource(ConfigurableResource):
 
     staging_dir: str
 
-    def staging(self, run_id: str) -> Path:
+    @contextmanager
+    def staging(self, run_id: str) -> Iterator[Path]:
+        """The run's staging directory, removed after once empty (each write stages in a
+        directory of its own inside it, which it removes)."""
         path = Path(self.staging_dir) / run_id
         path.mkdir(parents=True, exist_ok=True)
-        return path
+        try:
+            yield path
+        finally:
+            with suppress(OSError):  # another attempt of the run still uses it
+                path.rmdir()
 
 
 class VllmResource(ConfigurableResource):

@@ -90,15 +90,9 @@ def tensorize_step(
         worker=run_worker(context),
         log=context.log.info,
     )
-    staged = stage(
-        reg,
-        key_store.open(),
-        request,
-        run,
-        snapshot,
-        tensorizer.staging(context.run.run_id),
-        step_progress(context),
-    )
+    progress = step_progress(context)
+    with tensorizer.staging(context.run.run_id) as staging:
+        staged = stage(reg, key_store.open(), request, run, snapshot, staging, progress)
     artifact, written = staged.artifact, staged.written
     recorded = {"suffix": artifact.suffix, "sha": artifact.sha, "reused": written is None}
     handed_on = {STAGED: MetadataValue.json(artifact.to_metadata())}  # for the later steps

@@ -67,8 +67,8 @@ def bench_model(spec: ModelSpec, work: Path, repeat: int, smoke: bool) -> list[F
     figures += log(throughput.publish_local(spec.label, snapshot, work, key, repeat))
     figures += log(throughput.load_local(spec.label, snapshot, work, key, repeat))
     with s3_server("bench") as s3:  # stopped before the vLLM runs: it holds memory
-        figures += log(throughput.publish_s3(spec.label, snapshot, work, key, s3))
-        figures += log(throughput.load_s3(spec.label, key, s3, work))
+        figures += log(throughput.publish_s3(spec.label, snapshot, work, key, s3, repeat))
+        figures += log(throughput.load_s3(spec.label, key, s3, work, repeat))
         if smoke or spec == LARGE:
             figures += log(throughput.size_sweep(spec.label, snapshot, work, key, s3))
     if smoke or spec == LARGE:

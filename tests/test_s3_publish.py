@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance
@@ -85,6 +86,8 @@ def test_publish_to_s3_survives_a_server_killed_mid_upload(
         assert record.validation["generations"]["passed"]
         assert registry.resolve(LLAMA) == record
         assert registry.aliases(LLAMA) == {"latest": "v2"}
+        # neither run, the failed nor the published, left anything in the staging disk
+        assert list(Path(env.settings.staging).iterdir()) == []
 
         keys = open_key_store(env.settings.keys, store_uri, env.settings.keys_s3)
         runs = partial(run_state, DagsterInstance.get())

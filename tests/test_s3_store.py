@@ -65,6 +65,20 @@ def test_files_round_trip_and_listing_is_relative_to_the_store(store, tmp_path):
         store.get_file("vllm/org/m/v10/config.json", dest)
 
 
+def test_each_whole_file_write_stages_in_a_directory_of_its_own_removed_after(store, tmp_path):
+    """Files written whole before upload (the `vllm` format) go to a directory of their
+    own per write: a retry of a run never shares one with a lost worker still writing,
+    and nothing is left in the run's staging, even where the write failed."""
+    key, staging = "vllm/org/m/v1/model.tensors", tmp_path / "staging"
+    with store.staging_dir(key, staging) as first, store.staging_dir(key, staging) as second:
+        assert first != second and first.parent == second.parent == staging
+        (first / "model.tensors").write_bytes(b"tensors")
+    with pytest.raises(RuntimeError), store.staging_dir(key, staging) as failed:
+        (failed / "model.tensors").write_bytes(b"half")
+        raise RuntimeError("serialization failed")
+    assert list(staging.iterdir()) == []
+
+
 def test_tensorizer_streams_encrypted_tensors_from_s3(store, tmp_path):
     """stream_kwargs carry the endpoint, credentials and force_http for an http endpoint."""
     from tensorizer import EncryptionParams

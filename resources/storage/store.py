@@ -89,9 +89,13 @@ class ObjectStore(ABC):
 
     @contextmanager
     def staging_dir(self, key: str, staging: Path) -> Iterator[Path]:
-        """Where a file bound for `key` is best written before `put_staged`: `staging`,
-        unless the store has a place that makes `put_staged` a rename."""
-        yield staging
+        """Where a file bound for `key` is best written before `put_staged`: a directory
+        of its own in `staging`, removed after (a retry of a run never shares one with a
+        lost worker still writing, and a failed write leaves nothing), unless the store
+        has a place that makes `put_staged` a rename."""
+        staging.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staging, prefix=".staging-") as tmp:
+            yield Path(tmp)
 
     # How a file written through `staging_dir` lands, as a publish's step line says it.
     staged_writes = "whole file staged, then uploaded"
