@@ -85,6 +85,9 @@ def test_keys_are_private_files_outside_the_store(tmp_path):
         keys.create("org__m/v1")
     with pytest.raises(KeyStoreError, match="not in the key store"):
         keys.get("org__m/v9")
+    path.write_bytes(b"")  # a key file emptied by a failed copy, say
+    with pytest.raises(KeyStoreError, match="'org__m/v1' in the key store .* is 0 bytes, not 32"):
+        keys.get("org__m/v1")
 
 
 @pytest.mark.parametrize("keys", ["store/keys", "store", "."])

@@ -17,6 +17,8 @@ from resources.layout import SIGNING_KEY, key_file
 from resources.settings import KEYS_S3, NO_S3, S3Env
 from resources.storage.store import LocalStore, NotFound, ObjectStore
 
+KEY_BYTES = 32  # an XSalsa20-Poly1305 key, what tensorizer's EncryptionParams make
+
 
 class KeyStoreError(ModelpubError):
     pass
@@ -47,12 +49,18 @@ class KeyStore:
 
     def get(self, key_id: str) -> bytes:
         try:
-            return self.store.get_bytes(self._key(key_id))
+            key = self.store.get_bytes(self._key(key_id))
         except NotFound:
             raise KeyStoreError(
                 f"key {key_id!r} is not in the key store {self.store.uri('')}; without it the "
                 "artifact cannot be decrypted (check MODELPUB_KEYS)"
             ) from None
+        if len(key) != KEY_BYTES:  # cut short or overwritten: no key tensorizer could use
+            raise KeyStoreError(
+                f"key {key_id!r} in the key store {self.store.uri('')} is {len(key)} bytes, not "
+                f"{KEY_BYTES}: the key store is damaged; restore the key from its backup"
+            )
+        return key
 
     def signing_key(self, make: Callable[[], bytes]) -> bytes:
         """The key versions are signed with, made by `make` on first use. Created once and
