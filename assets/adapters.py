@@ -37,7 +37,6 @@ from assets.publishing import (
 from assets.state import BASE_TAG, SHA_TAG, pin_tag, run_tag
 from resources.catalog import AdapterTarget, Catalog
 from resources.formats.lora import AdapterError, AdapterInfo, check_compatible
-from resources.layout import ADAPTER_TENSORS_FILE, adapter_prefix
 from resources.registry.records import AdapterSettings, AdapterVersion, VersionRecord
 from resources.registry.registry import Registry, RegistryError
 from resources.registry.stage import StageRequest
@@ -106,10 +105,6 @@ def adapter_request(inputs: SerializeInputs) -> tuple[StageRequest, Path]:
             base_hf_sha=base.hf_sha,
         ),
         key_prefix=context.partition_key,
-        prefix=lambda suffix: adapter_prefix(
-            target.base.repo_id, base_suffix, target.adapter.repo_id, suffix
-        ),
-        tensors_file=ADAPTER_TENSORS_FILE,
         cast=None,
         force=inputs.force,
     )

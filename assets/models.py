@@ -29,7 +29,6 @@ from assets.publishing import (
 )
 from assets.state import SHA_TAG, pin_tag, run_tag
 from resources.formats.format import FormatError, choose_format
-from resources.layout import model_prefix, tensors_name
 from resources.registry.records import ModelSettings
 from resources.registry.stage import StageRequest
 from resources.serving.command import serve_command
@@ -61,8 +60,6 @@ def model_request(inputs: SerializeInputs) -> tuple[StageRequest, Path]:
             tensor_parallel_size=entry.tensor_parallel_size,
         ),
         key_prefix=inputs.context.partition_key,
-        prefix=lambda suffix: model_prefix(entry.repo_id, suffix),
-        tensors_file=tensors_name(entry.tensor_parallel_size),
         cast=entry.dtype,
         force=inputs.force,
     )

@@ -5,8 +5,6 @@ version."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 
 from resources.formats.artifact import check_files
@@ -28,8 +26,6 @@ REQUEST = StageRequest(
     sha=SHA,
     settings=SETTINGS,
     key_prefix="test-org__tiny-llama",
-    prefix=partial(model_prefix, LLAMA),
-    tensors_file="model.tensors",
     cast="float16",
 )
 

@@ -80,6 +80,10 @@ class ModelSettings(BaseModel):
     format: Literal["hf", "vllm"] = "hf"
     tensor_parallel_size: int = 1
 
+    def files_location(self, repo_id: str, suffix: str) -> tuple[str, str]:
+        """(prefix, tensors file) of the version `repo_id@suffix` made so, in the store."""
+        return layout.model_prefix(repo_id, suffix), layout.tensors_name(self.tensor_parallel_size)
+
 
 class AdapterSettings(BaseModel):
     """How an adapter version was made, and the base version it was checked against."""
@@ -98,6 +102,11 @@ class AdapterSettings(BaseModel):
     @property
     def tensor_parallel_size(self) -> int:
         return 1
+
+    def files_location(self, repo_id: str, suffix: str) -> tuple[str, str]:
+        """(prefix, tensors file) of the version `repo_id@suffix`: under its base version."""
+        prefix = layout.adapter_prefix(self.base_repo_id, self.base_suffix, repo_id, suffix)
+        return prefix, layout.ADAPTER_TENSORS_FILE
 
 
 ArtifactSettings = Annotated[ModelSettings | AdapterSettings, Field(discriminator="kind")]
@@ -158,8 +167,7 @@ class ModelVersion(ModelSettings, _VersionFields):
     @property
     def location(self) -> tuple[str, str]:
         """(prefix, tensors file) of its files in the store."""
-        prefix = layout.model_prefix(self.repo_id, self.suffix)
-        return prefix, layout.tensors_name(self.tensor_parallel_size)
+        return self.files_location(self.repo_id, self.suffix)
 
 
 class AdapterVersion(AdapterSettings, _VersionFields):
@@ -173,10 +181,7 @@ class AdapterVersion(AdapterSettings, _VersionFields):
 
     @property
     def location(self) -> tuple[str, str]:
-        prefix = layout.adapter_prefix(
-            self.base_repo_id, self.base_suffix, self.repo_id, self.suffix
-        )
-        return prefix, layout.ADAPTER_TENSORS_FILE
+        return self.files_location(self.repo_id, self.suffix)
 
     @property
     def base_reference(self) -> str:

@@ -38,13 +38,15 @@ class StageRequest:
     sha: str
     settings: ModelSettings | AdapterSettings
     key_prefix: str  # its key is "<key_prefix>/<suffix>" (the catalog key), if encrypted
-    prefix: Callable[[str], str]  # suffix -> where its files go in the store
-    tensors_file: str  # vLLM's tensorizer_uri name (a per-rank template when sharded)
     cast: str | None  # the dtype the weights are converted to; None keeps theirs
     force: bool = False  # a new suffix even if this build was published already
 
     def key_id(self, suffix: str) -> str | None:
         return f"{self.key_prefix}/{suffix}" if self.settings.encrypted else None
+
+    def prefix(self, suffix: str) -> str:
+        """Where the files of version `suffix` go in the store."""
+        return self.settings.files_location(self.repo_id, suffix)[0]
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ def stage(
             return _reused(run, earlier)
     key_id = request.key_id(suffix)
     key = keys.create(key_id) if key_id else None
-    where = request.prefix(suffix)
+    # vLLM's tensorizer_uri name (a per-rank template when sharded)
+    where, tensors_file = request.settings.files_location(request.repo_id, suffix)
     run.log(
         f"serializing {request.repo_id}@{request.sha[:12]} ({request.settings.format} format) "
         f"to {registry.store.uri(where)}"
@@ -115,7 +118,7 @@ def stage(
         request.cast,
         key,
         staging,
-        request.tensors_file,
+        tensors_file,
         fmt=request.settings.format,
         tensor_parallel_size=request.settings.tensor_parallel_size,
         progress=progress,
@@ -125,7 +128,7 @@ def stage(
         suffix=suffix,
         sha=request.sha,
         prefix=where,
-        tensors_file=request.tensors_file,
+        tensors_file=tensors_file,
         key_id=key_id,
         files=written.files,
         reused=False,
