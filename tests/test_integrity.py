@@ -55,6 +55,7 @@ def test_flipped_byte_is_caught(published, capsys):
     tensors.write_bytes(bytes(data))
     code, out = verify(capsys)
     assert code == 2
+    assert f"{REF}: TAMPERED OR DAMAGED" in out
     assert "model.tensors: sha256 does not match the record" in out
     assert "was modified after publishing" in out
 
@@ -90,6 +91,18 @@ def test_missing_key_is_a_clear_error(published, env, capsys):
         key.unlink()
     code, out = verify(capsys)
     assert code == 2 and "is not in the key store" in out
+    assert f"{REF}: WRONG OR MISSING KEY" in out
+
+
+def test_a_wrong_key_is_told_apart_from_a_changed_file(published, env, capsys):
+    """The files are the ones published (each part checked before tensorizer read it), so
+    a key that does not decrypt them is the key store's problem, not the version's."""
+    for key in Path(env.settings.keys).rglob("*.key"):
+        key.write_bytes(bytes(32))
+    code, out = verify(capsys)
+    assert code == 2 and f"{REF}: WRONG OR MISSING KEY" in out
+    assert "its bytes are the ones published, so the key is not the one it was encrypted" in out
+    assert "does not match the record" not in out
 
 
 def test_verify_answers_scripts_in_json(published, capsys):

@@ -481,13 +481,20 @@ def compare_published(
     return sorted(rows, key=lambda r: r["name"])
 
 
+def is_decryption_error(exc: Exception) -> bool:
+    """Whether tensorizer failed to decrypt (a wrong key, or changed ciphertext)."""
+    from tensorizer.serialization import CryptographyError
+
+    return isinstance(exc, CryptographyError)
+
+
 def describe_load_error(exc: Exception, uri: str, key_id: str | None, checked: bool = False) -> str:
     """Say what a failure to read the artifact means for the person who sees it.
     `checked`: every byte read was checked against the record first
     (resources/formats/checked_read.py `checked_first`), so the file is not the cause."""
-    from tensorizer.serialization import CryptographyError, HashMismatchError
+    from tensorizer.serialization import HashMismatchError
 
-    if isinstance(exc, CryptographyError):
+    if is_decryption_error(exc):
         cause = (
             "its bytes are the ones published, so the key is not the one it was encrypted with"
             if checked

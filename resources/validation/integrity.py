@@ -1,11 +1,13 @@
 """Is a published version still what was published? Checked without the source model.
 
-Every file's sha256 must match the registry record, the tensors file (each rank's, for a
-sharded vLLM-tensorized version) must decrypt with its key and pass tensorizer's
-per-tensor hash verification, and the version's signature must verify, with a key the
-key store trusts, over its files and its record as stored. This catches flipped bytes,
-truncation, a swapped config.json, a record that no longer matches its files or was
-edited, a version signed again by another key, and one with no signature.
+Every file's digests must match the registry record (a tensors file's part by part,
+before tensorizer reads a byte of it), the tensors file (each rank's, for a sharded
+vLLM-tensorized version) must decrypt with its key, and the version's signature must
+verify, with a key the key store trusts, over its files and its record as stored. This
+catches flipped bytes, truncation, a swapped config.json, a record that no longer
+matches its files or was edited, a version signed again by another key, and one with no
+signature; where the files are whole but the key store's key does not open them, it
+says so apart.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from resources.formats.format import artifact_format
 from resources.registry.records import VersionRecord
 from resources.registry.registry import Registry, RegistryError
 from resources.registry.signing import verify_signature
-from resources.storage.keys import KeyStore
+from resources.storage.keys import KeyStore, KeyStoreError
 
 
 @dataclass
@@ -32,6 +34,7 @@ class IntegrityReport:
     error: str | None = None
     signing_key: str | None = None  # the fingerprint the record names
     signature: str | None = None  # why the signature does not hold
+    key_failed: bool = False  # `error` is the key store's key not opening checked bytes
 
     @property
     def problems(self) -> list[str]:
@@ -46,8 +49,11 @@ class IntegrityReport:
     @property
     def verdict(self) -> str:
         """What `modelpub verify` heads its findings with."""
-        unsigned_only = self.signing_key is None and self.problems == [self.signature]
-        return "UNSIGNED" if unsigned_only else "TAMPERED OR DAMAGED"
+        if self.signing_key is None and self.problems == [self.signature]:
+            return "UNSIGNED"
+        if self.key_failed and self.problems == [self.error]:
+            return "WRONG OR MISSING KEY"  # the version itself is whole: its files verified
+        return "TAMPERED OR DAMAGED"
 
     @property
     def ok(self) -> bool:
@@ -68,6 +74,7 @@ def verify_published(registry: Registry, keys: KeyStore, record: VersionRecord) 
         report.error = tensorize.describe_load_error(
             exc, store.uri(f"{prefix}/{names[0]}"), record.key_id
         )
+        report.key_failed = isinstance(exc, KeyStoreError)
         key = None
 
     def reader(name: str) -> Callable[[BinaryIO], None]:
@@ -81,6 +88,7 @@ def verify_published(registry: Registry, keys: KeyStore, record: VersionRecord) 
                 uri = store.uri(f"{prefix}/{name}")
                 checked = checked_first(stream)
                 report.error = tensorize.describe_load_error(exc, uri, record.key_id, checked)
+                report.key_failed = checked and tensorize.is_decryption_error(exc)
 
         return read
 
