@@ -335,6 +335,7 @@ def _gated(name: str):
 
 for _name in (
     "read_chunks",
+    "open_read",
     "exists",
     "list",
     "delete",

@@ -35,13 +35,16 @@ def test_verify_reads_each_file_once(env, published, capsys, monkeypatch):
     # the digest, the signature's sha256 and tensorizer's check share one read (on S3:
     # one GET per file, not three for the tensors)
     reads: list[str] = []
-    read_chunks = LocalStore.read_chunks
 
-    def counted(self, key: str):
-        reads.append(key.rsplit("/", 1)[-1])
-        return read_chunks(self, key)
+    def counted(read):
+        def call(self, key: str):
+            reads.append(key.rsplit("/", 1)[-1])
+            return read(self, key)
 
-    monkeypatch.setattr(LocalStore, "read_chunks", counted)
+        return call
+
+    for method in ("read_chunks", "open_read"):  # as chunks, or into the reader's buffers
+        monkeypatch.setattr(LocalStore, method, counted(getattr(LocalStore, method)))
     code, out = verify(capsys)
     assert code == 0, out
     registry, _ = stores(env)

@@ -342,12 +342,22 @@ from resources.serving.prepare import prepare
 from resources.storage.s3 import S3Store
 
 read = collections.Counter()
-chunks = S3Store.read_chunks
+chunks, open_read = S3Store.read_chunks, S3Store.open_read
 def counted(self, key):
     for chunk in chunks(self, key):
         read[key] += len(chunk)
         yield chunk
 S3Store.read_chunks = counted
+def counted_open(self, key):
+    body = open_read(self, key)
+    readinto = body.readinto
+    def counted_readinto(buffer):
+        done = readinto(buffer)
+        read[key] += done
+        return done
+    body.readinto = counted_readinto
+    return body
+S3Store.open_read = counted_open
 for method in ("get_file", "get_bytes"):
     setattr(S3Store, method, lambda self, key, *a, _m=getattr(S3Store, method): (
         read.update({key + " (" + _m.__name__ + ")": 1}), _m(self, key, *a))[1])

@@ -207,13 +207,12 @@ def check_files(
         check = FileCheck(name, expected["size"])
         reader = (readers or {}).get(name)
         try:
-            chunks = store.read_chunks(f"{prefix}/{name}")
             if reader is None:
                 digester = digests.Digester(expected, whole=True)
-                for chunk in chunks:
+                for chunk in store.read_chunks(f"{prefix}/{name}"):
                     digester.update(chunk)
             else:
-                stream = CheckedRead(chunks, expected)
+                stream = CheckedRead(store.open_read(f"{prefix}/{name}"), expected)
                 reader(stream)
                 digester = stream.finish()
             check.matches, check.sha256 = digester.matches(expected), digester.sha256

@@ -4,27 +4,40 @@ before the reader sees it.
 The serve loader, `modelpub verify` and the round-trip check each read a tensors file
 through tensorizer and need its digest against the version record (the signed record,
 where one is). `CheckedRead` gives tensorizer a file whose bytes a thread fetches from the
-store ahead of the reader, hashing them on their way. Where the record keeps a digest per
-part (every tensors file modelpub writes), each part is held back until its sha256 is the
-one the record names: tensorizer, and vLLM after it, only ever see bytes that were
-checked, its header included, and a file changed in the store fails at the first changed
-part. Those bytes are then exactly what was published and proved, so tensorizer's own
-per-tensor hashes add nothing and are skipped (`checks_parts`). A whole-file digest
-(records from before streaming) can only be compared at the end, in `finish`.
+store ahead of the reader. Where the record keeps a digest per part (every tensors file
+modelpub writes), each part is read into a buffer of its own, hashed on a pool of threads
+(parts are independent, so every core can hash one) and held back until its sha256 is the
+one the record names; checked parts are handed on in order. tensorizer, and vLLM after
+it, only ever see bytes that were checked, its header included, and a file changed in
+the store fails at the first changed part. Those bytes are then exactly what was
+published and proved, so tensorizer's own per-tensor hashes add nothing and are skipped
+(`checked_first`). A whole-file digest (records from before streaming) can only be
+compared at the end, in `finish`.
+
+The buffers are reused: a few parts' worth, whatever the size of the file, each filled
+again only once the reader has moved past it and the whole-file hasher is done with it.
+The store's bytes are read into them (the bytes checked are the bytes handed on: a
+writer of the store cannot change them in between), and no fresh memory is faulted in
+for every chunk.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import io
+import os
 import queue
 import threading
-from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO
 
 from resources.storage import digests
 from resources.storage.store import StoreError
 
-DEPTH = 4  # chunks (of digests.CHUNK, 8 MiB from the stores) checked ahead of the reader
+# parts read and hashed ahead of the reader, and as many threads hashing them
+DEPTH = max(2, min(8, os.cpu_count() or 1))
 
 
 class ChangedInStore(StoreError):
@@ -37,104 +50,151 @@ def checked_first(stream: object) -> bool:
     return isinstance(stream, CheckedRead) and stream.checks_parts
 
 
-class CheckedRead(io.RawIOBase):
-    """`chunks` (a stored file's bytes, in order) as a readable file that only goes
-    forward; `finish()` reads what the reader left and returns the file's digests.
-    `whole`: compute the whole file's sha256 too (what a signature names), in the same
-    pass."""
+class _Buffer:
+    """One part's (or chunk's) bytes, filled again once each of its users let it go."""
 
-    def __init__(self, chunks: Iterable[bytes], entry: digests.Entry, whole: bool = True):
+    def __init__(self, size: int, free: queue.Queue[_Buffer]):
+        self.data = bytearray(size)
+        self._free = free
+        self._users = 0
+        self._lock = threading.Lock()
+
+    def lend(self, users: int) -> None:
+        self._users = users
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._free.put(self)
+
+
+class _Buffers:
+    """At most `count` buffers of `size` bytes, made as they are first needed."""
+
+    def __init__(self, count: int, size: int):
+        self._free: queue.Queue[_Buffer] = queue.Queue()
+        self._left, self._size = count, size
+
+    def take(self, block: bool) -> _Buffer | None:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            if self._left:
+                self._left -= 1
+                return _Buffer(self._size, self._free)
+            return self._free.get() if block else None
+
+
+class CheckedRead(io.RawIOBase):
+    """`stream` (a stored file, open for reading, as the store's `open_read` gives it) as
+    a readable file that only goes forward; `finish()` reads what the reader left and
+    returns the file's digests. `whole`: compute the whole file's sha256 too (what a
+    signature names), in the same pass."""
+
+    def __init__(self, stream: BinaryIO, entry: digests.Entry, whole: bool = True):
         super().__init__()
         self.digester = digests.Digester(entry, whole=whole)
         self.checks_parts = "parts_sha256" in entry
         self.changed = False  # a part differed from the record: nothing from it on is read
         self._entry = entry
-        self._checked = 0  # parts found to be the recorded ones
-        self._queue: queue.Queue[memoryview | BaseException | None] = queue.Queue(DEPTH)
+        self._stream = stream
+        part = entry.get("part_size") or digests.CHUNK
+        # each buffer: with the reader (1), being filled (1), checked ahead (DEPTH),
+        # queued for the reader or the whole-file hasher (DEPTH)
+        self._buffers = _Buffers(2 * DEPTH + 2, part)
+        self._queue: queue.Queue[tuple[memoryview, _Buffer] | BaseException | None] = queue.Queue()
         self._chunk, self._at, self._pos, self._ended = memoryview(b""), 0, 0, False
+        self._holding: _Buffer | None = None  # the buffer `_chunk` is a view of
         self._error: BaseException | None = None  # the store's, raised again by finish
-        self._stopped = False  # `stop`: read no further
         self._failure: BaseException | None = None  # what every read raises from here on
+        self._stopped = False  # `stop`: read no further
         # the whole file's sha256 on a thread of its own where parts are checked too:
-        # two hashes of every byte, on two cores
-        self._wholes: queue.Queue[memoryview | None] | None = None
-        self._threads = [
-            threading.Thread(target=self._fetch, args=(chunks,), name="modelpub-read", daemon=True)
-        ]
+        # it is one hash of every byte, in order, where the parts' are many
+        self._wholes: queue.Queue[tuple[memoryview, _Buffer] | None] | None = None
+        self._threads = [threading.Thread(target=self._fetch, name="modelpub-read", daemon=True)]
         if whole and self.checks_parts:
-            self._wholes = queue.Queue(2 * DEPTH)
+            self._wholes = queue.Queue()
             self._threads.append(
                 threading.Thread(target=self._hash_whole, name="modelpub-hash", daemon=True)
             )
         for thread in self._threads:
             thread.start()
 
-    def _fetch(self, chunks: Iterable[bytes]) -> None:
-        held = _Held()  # bytes of the part not yet checked
-        chunks = iter(chunks)
+    # --- the fetch thread ---------------------------------------------------------------
+
+    def _fetch(self) -> None:
+        pending: collections.deque[tuple[memoryview, _Buffer, Future[str]]] = collections.deque()
+        hashers = ThreadPoolExecutor(DEPTH, thread_name_prefix="modelpub-part")
         try:
-            for chunk in chunks:
-                if self._stopped:
-                    return
-                view = memoryview(chunk).cast("B")
-                if self._wholes is None:
+            while not self._stopped:
+                buffer = self._buffers.take(block=False)
+                while buffer is None:  # every buffer is out: pass the oldest part on first
+                    if pending:
+                        self._pass_on(*pending.popleft())
+                    buffer = self._buffers.take(block=not pending)
+                view = memoryview(buffer.data)[: _fill(self._stream, buffer.data)]
+                if not view:
+                    buffer.lend(1)
+                    buffer.release()
+                    break
+                buffer.lend(1 + (self._wholes is not None))
+                if self._wholes is not None:
+                    self._wholes.put((view, buffer))
+                if self.checks_parts:
+                    pending.append((view, buffer, hashers.submit(_sha256, view)))
+                    while pending and pending[0][2].done():
+                        self._pass_on(*pending.popleft())
+                else:  # a whole-file record: known only at the end, in `finish`
                     self.digester.update(view)
-                else:
-                    self._wholes.put(view)
-                    self.digester.update_parts(view)
-                if self.changed:
-                    continue  # hashed for the digests `finish` reports, never handed on
-                if not self.checks_parts:
-                    self._queue.put(view)
-                    continue
-                held.add(view)
-                self._hand_on(held, self._checked_bytes())
-            if self.checks_parts and not self.changed:
-                if not self.digester.matches(self._entry):
-                    self._refuse(self._end_difference())
-                self._hand_on(held, held.end)
+                    self._hand_on(view, buffer)
+            while pending:
+                self._pass_on(*pending.popleft())
+            ended = self.checks_parts and not self.changed and not self._stopped
+            if ended and not self.digester.matches(self._entry):  # each part matched: fewer
+                read, size = self.digester.size, self._entry["size"]
+                self._refuse(f"it holds {read} bytes where its record names {size}")
             if not self.changed:
                 self._queue.put(None)
         except BaseException as exc:  # noqa: BLE001 - raised in the reader instead
+            for view, buffer, done in pending:  # what was checked before the failure
+                with contextlib.suppress(BaseException):
+                    self._pass_on(view, buffer, done)
             self._error = exc
             if not self.changed:
                 self._queue.put(exc)
         finally:
+            hashers.shutdown()
             if self._wholes is not None:
                 self._wholes.put(None)
-            if hasattr(chunks, "close"):
-                chunks.close()  # the store's stream, where it was left before its end
+            with contextlib.suppress(Exception):
+                self._stream.close()  # the store's stream, where it was left before its end
 
-    def _hash_whole(self) -> None:
-        while (view := self._wholes.get()) is not None:
-            self.digester.update_whole(view)
+    def _pass_on(self, view: memoryview, buffer: _Buffer, sha256: Future[str]) -> None:
+        """A part hashed: recorded, and handed on if it is the one the record names."""
+        index, expected = len(self.digester.parts), self._entry["parts_sha256"]
+        self.digester.add_part(len(view), sha256.result())
+        if not self.changed and (index >= len(expected) or sha256.result() != expected[index]):
+            self._refuse(f"part {index} of the file is not the one its record names")
+        self._hand_on(view, buffer)
 
-    def _checked_bytes(self) -> int:
-        """How far the file is known to be what the record names: up to its last whole
-        part whose sha256 is the recorded one (and no further, from a part that is not)."""
-        done, expected = self.digester.parts, self._entry["parts_sha256"]
-        for index in range(self._checked, len(done)):
-            if index >= len(expected) or done[index] != expected[index]:
-                self._refuse(f"part {index} of the file is not the one its record names")
-                return 0
-        self._checked = len(done)
-        return self._checked * self._entry["part_size"]
-
-    def _end_difference(self) -> str:
-        """What differs at the end, every part before the last having matched."""
-        read, size = self.digester.entry(), self._entry["size"]
-        if read["size"] != size:
-            return f"it holds {read['size']} bytes where its record names {size}"
-        return f"part {len(read['parts_sha256']) - 1} of the file is not the one its record names"
+    def _hand_on(self, view: memoryview, buffer: _Buffer) -> None:
+        if self.changed or self._stopped:
+            buffer.release()  # hashed for the digests `finish` reports, never handed on
+        else:
+            self._queue.put((view, buffer))
 
     def _refuse(self, problem: str) -> None:
         self.changed = True
         self._queue.put(ChangedInStore(problem))
 
-    def _hand_on(self, held: _Held, upto: int) -> None:
-        if not self.changed:
-            for view in held.take(upto):
-                self._queue.put(view)
+    def _hash_whole(self) -> None:
+        while (item := self._wholes.get()) is not None:
+            view, buffer = item
+            self.digester.update_whole(view)
+            buffer.release()
+
+    # --- the reader's side --------------------------------------------------------------
 
     def _next(self) -> bool:
         """Whether bytes are left to read (fetching the next chunk when needed)."""
@@ -150,8 +210,14 @@ class CheckedRead(io.RawIOBase):
             if item is None:
                 self._ended = True
                 return False
-            self._chunk, self._at = item, 0
+            self._let_go()  # the reader has moved past it: it may be filled again
+            (self._chunk, self._holding), self._at = item, 0
         return True
+
+    def _let_go(self) -> None:
+        if self._holding is not None:
+            self._holding.release()
+            self._chunk, self._holding = memoryview(b""), None
 
     # --- what tensorizer calls --------------------------------------------------------
 
@@ -206,11 +272,11 @@ class CheckedRead(io.RawIOBase):
         hashed to its end, never handed on). Raises the store's error where the read
         itself failed."""
         try:
-            self._chunk, self._at = memoryview(b""), 0
             while self._next():
-                self._chunk, self._at = memoryview(b""), 0
+                self._at = len(self._chunk)
         except Exception:  # noqa: BLE001 - a changed part (`changed`) or the store's, raised below
             pass
+        self._let_go()
         for thread in self._threads:
             thread.join()
         if self._error is not None:
@@ -225,34 +291,26 @@ class CheckedRead(io.RawIOBase):
         rest is not needed to say what went wrong; a changed part found before the stop
         still sets `changed`. A read that ended already is left as it is."""
         self._stopped = True
+        self._let_go()
         while any(thread.is_alive() for thread in self._threads):
-            with contextlib.suppress(queue.Empty):  # unblock a fetch waiting to hand on
-                self._queue.get(timeout=0.05)
+            with contextlib.suppress(queue.Empty):  # what the fetch thread handed on
+                item = self._queue.get(timeout=0.05)
+                if isinstance(item, tuple):
+                    item[1].release()
         for thread in self._threads:
             thread.join()
 
 
-class _Held:
-    """Bytes fetched but not yet handed on, from file offset `start` to `end`."""
+def _fill(stream: BinaryIO, into: bytearray) -> int:
+    """Read from `stream` until `into` is full or the stream ends: how many bytes."""
+    view, done = memoryview(into), 0
+    while done < len(into):
+        read = stream.readinto(view[done:])
+        if not read:
+            break
+        done += read
+    return done
 
-    def __init__(self) -> None:
-        self.views: list[memoryview] = []
-        self.start = self.end = 0
 
-    def add(self, view: memoryview) -> None:
-        self.views.append(view)
-        self.end += len(view)
-
-    def take(self, upto: int) -> list[memoryview]:
-        """The held bytes before file offset `upto`, no longer held."""
-        taken = []
-        while self.views and self.start < upto:
-            view = self.views[0]
-            step = min(len(view), upto - self.start)
-            taken.append(view[:step])
-            if step == len(view):
-                self.views.pop(0)
-            else:
-                self.views[0] = view[step:]
-            self.start += step
-        return taken
+def _sha256(view: memoryview) -> str:
+    return hashlib.sha256(view).hexdigest()

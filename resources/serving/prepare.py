@@ -365,7 +365,7 @@ def _checked_tensors(
     entry = record.files[name]
     uri = registry.store.uri(f"{prefix}/{name}")
     # the record is signed and names the file's digest: no whole-file sha256 is needed
-    stream = CheckedRead(registry.store.read_chunks(f"{prefix}/{name}"), entry, whole=False)
+    stream = CheckedRead(registry.store.open_read(f"{prefix}/{name}"), entry, whole=False)
     try:
         yield from tensorize.iter_deserialized(stream, key)
         read = stream.finish()

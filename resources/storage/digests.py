@@ -80,6 +80,12 @@ class Digester:
                 self._parts.append(self._part.hexdigest())
                 self._part, self._filled = hashlib.sha256(), 0
 
+    def add_part(self, size: int, sha256: str) -> None:
+        """A part hashed elsewhere (parts are independent: any thread may hash one),
+        added in order, in place of `update_parts`."""
+        self.size += size
+        self._parts.append(sha256)
+
     @property
     def parts(self) -> list[str]:
         """The sha256 of each whole part read so far, in order."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 import boto3
@@ -184,6 +186,11 @@ class S3Store(ObjectStore):
         with self._errors("read", key), contextlib.closing(body):
             yield from body.iter_chunks(CHUNK)
 
+    def open_read(self, key: str) -> BinaryIO:
+        with self._errors("read", key):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+        return _Body(self, key, body)
+
     def exists(self, key: str) -> bool:
         try:
             with self._errors("look up", key):
@@ -345,3 +352,22 @@ class _Multipart:
             self.store.client.abort_multipart_upload(
                 Bucket=self.store.bucket, Key=self.store._full(self.key), UploadId=self.upload_id
             )
+
+
+class _Body(io.RawIOBase):
+    """An object's body read in order, a failure of the read said as the store says it."""
+
+    def __init__(self, store: S3Store, key: str, body):
+        super().__init__()
+        self._store, self._key, self._body = store, key, body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        with self._store._errors("read", self._key):
+            return self._body.readinto(buffer)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from resources.errors import ModelpubError
 from resources.storage import digests
@@ -103,6 +103,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def read_chunks(self, key: str) -> Iterator[bytes]:
         """The object's bytes in order, a few MiB at a time: nothing staged on disk."""
+
+    @abstractmethod
+    def open_read(self, key: str) -> BinaryIO:
+        """The object open to be read in order into the reader's own buffers (`readinto`,
+        then `close`): resources/formats/checked_read.py reads a tensors file so."""
 
     def sha256(self, key: str) -> str:
         """The object's whole-file sha256 (hex), read as a stream."""
@@ -263,6 +268,12 @@ class LocalStore(ObjectStore):
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return self.path(key).open("rb", buffering=0)
+        except (FileNotFoundError, IsADirectoryError):
             raise NotFound(f"{self.uri(key)} does not exist") from None
 
     def read_chunks(self, key: str) -> Iterator[bytes]:
