@@ -60,16 +60,6 @@ class Digester:
     def update(self, chunk: bytes) -> None:
         view = memoryview(chunk).cast("B")
         self.update_whole(view)
-        self.update_parts(view)
-
-    def update_whole(self, view: memoryview) -> None:
-        """The whole-file sha256 alone: `update` in two halves, which two threads may
-        run at once (each half sees every byte, in order)."""
-        if self._whole is not None:
-            self._whole.update(view)
-
-    def update_parts(self, view: memoryview) -> None:
-        """The size and the per-part digests alone (see `update_whole`)."""
         self.size += len(view)
         while self.part_size is not None and view:
             take = view[: self.part_size - self._filled]
@@ -80,9 +70,15 @@ class Digester:
                 self._parts.append(self._part.hexdigest())
                 self._part, self._filled = hashlib.sha256(), 0
 
+    def update_whole(self, view: memoryview) -> None:
+        """The whole-file sha256 alone, for a reader whose parts are hashed elsewhere
+        (`add_part`): a thread of its own may run it (it sees every byte, in order)."""
+        if self._whole is not None:
+            self._whole.update(view)
+
     def add_part(self, size: int, sha256: str) -> None:
         """A part hashed elsewhere (parts are independent: any thread may hash one),
-        added in order, in place of `update_parts`."""
+        added in order, the last one short, in place of `update`."""
         self.size += size
         self._parts.append(sha256)
 
